@@ -34,3 +34,90 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True))
     return path
+
+
+# --------------------------------------------------------------------------- model / training
+OBJECTIVES = ("cloze", "causal")
+NEGATIVES = ("all", "in_batch", "sampled")
+
+
+@dataclass
+class ModelConfig:
+    """The dual-tower model (docs/model.md); stored as a checkpoint's config.json."""
+
+    encoder: str = ""
+    modality_dims: dict[str, int] = field(default_factory=dict)
+    d_model: int = 512
+    n_layers: int = 2
+    n_heads: int = 8
+    d_ff: int = 1024
+    dropout: float = 0.5
+    emb_dropout: float = 0.2
+    max_len: int = 20
+    share_towers: bool = True
+    objective: str = "cloze"
+    temperature: float = 0.05
+    mask_prob: float = 0.2
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be at least 1, got {self.max_len}")
+        self.modality_dims = {str(k): int(v) for k, v in dict(self.modality_dims).items()}
+
+
+@dataclass
+class FinetuneConfig:
+    """Sequential fine-tuning (dtrec.train.finetune); `model` holds the architecture."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    patience: int = 10
+    eval_every: int = 1
+    eval_batch_size: int = 256
+    negatives: str = "all"
+    num_negatives: int = 1024
+    seed: int = 42
+    amp: bool = True
+    device: str | None = None
+    log_every: int = 50
+    max_steps: int | None = None
+    evaluate_test: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, not {self.negatives!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be at least 1")
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised multi-modal pretraining over items (dtrec.train.pretrain)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 42
+    amp: bool = True
+    device: str | None = None
+    log_every: int = 50
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        if self.batch_size < 2 or self.epochs < 1:
+            raise ValueError("pretraining needs batch_size >= 2 and epochs >= 1")

@@ -1,0 +1,241 @@
+"""SASRec (Kang & McAuley, 2018), the ID-based baseline, as RecBole's cross-entropy variant.
+
+Item IDs get learned embeddings (row 0 is padding, item i is row i + 1), learned
+absolute positions over a left-padded window of `max_len`, causal Transformer
+blocks, and a softmax over *all* items against the shared item embedding table —
+the SASRec that UniSRec and MISSRec report. Being ID-based it cannot rank an item
+it never saw in training: such an item keeps its random initial embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from dtrec.data.catalog import Dataset
+from dtrec.eval import evaluate
+
+
+@dataclass
+class SASRecConfig:
+    """Architecture of a SASRec checkpoint (RecBole's defaults); saved as config.json."""
+
+    num_items: int
+    hidden: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int = 256
+    dropout: float = 0.5
+    attn_dropout: float = 0.5
+    max_len: int = 50
+    model_type: str = "sasrec"
+
+
+@dataclass
+class SASRecTrainConfig:
+    """How a SASRec baseline is trained; written beside the checkpoint."""
+
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    seed: int = 42
+    eval_batch_size: int = 1024
+    device: str | None = None
+
+
+class SASRec(nn.Module, PyTorchModelHubMixin):
+    """Causal self-attention over item IDs, predicting the next item at every position."""
+
+    def __init__(self, config: SASRecConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = SASRecConfig(**config)
+        if config.model_type != "sasrec":
+            raise ValueError(f"config model_type is {config.model_type!r}, not 'sasrec'")
+        self.config = config
+        c = config
+        self.item_emb = nn.Embedding(c.num_items + 1, c.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(c.max_len, c.hidden)
+        self.emb_norm = nn.LayerNorm(c.hidden, eps=1e-12)
+        self.emb_drop = nn.Dropout(c.dropout)
+        layer = nn.TransformerEncoderLayer(
+            c.hidden, c.n_heads, c.d_ff, dropout=c.dropout, activation="gelu", batch_first=True, norm_first=False,
+            layer_norm_eps=1e-12,
+        )
+        # nn.TransformerEncoderLayer shares one dropout rate; RecBole's separate attention
+        # dropout is applied by overriding the attention module's rate.
+        layer.self_attn.dropout = c.attn_dropout
+        self.encoder = nn.TransformerEncoder(layer, c.n_layers, enable_nested_tensor=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # RecBole's initialisation; PyTorch's defaults train noticeably worse here.
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            m.weight.data.normal_(0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            m.bias.data.zero_()
+        if isinstance(m, nn.MultiheadAttention):
+            m.in_proj_weight.data.normal_(0.0, 0.02)
+            m.in_proj_bias.data.zero_()
+        if isinstance(m, nn.LayerNorm):
+            m.weight.data.fill_(1.0)
+            m.bias.data.zero_()
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, L, hidden) of left-padded `seq` (B, L) of rows (item index + 1, 0 = pad)."""
+        L = seq.shape[1]
+        pos = torch.arange(self.config.max_len - L, self.config.max_len, device=seq.device)
+        x = self.item_emb(seq) + self.pos_emb(pos).unsqueeze(0)
+        x = self.emb_drop(self.emb_norm(x))
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), diagonal=1)
+        # Padding is masked as keys only through causality and left padding: a real
+        # position never attends to a later one, and pads only precede real items, so
+        # pad keys are masked explicitly; a fully padded row attends to itself to avoid NaN.
+        pad = seq == 0
+        mask = causal.unsqueeze(0) | pad.unsqueeze(1)
+        mask = mask & ~torch.eye(L, dtype=torch.bool, device=seq.device).unsqueeze(0)
+        mask = mask.repeat_interleave(self.config.n_heads, dim=0)
+        return self.encoder(x, mask=mask)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores of every item (..., N) for hidden states (..., hidden); padding excluded."""
+        return hidden @ self.item_emb.weight[1:].T
+
+    def encode_histories(self, histories: list[list[int]]) -> torch.Tensor:
+        """Left-padded (B, L) tensor of the last `max_len` items of each history, on the model's device."""
+        L = self.config.max_len
+        out = torch.zeros(len(histories), L, dtype=torch.long)
+        for b, h in enumerate(histories):
+            h = h[-L:]
+            if h:
+                out[b, L - len(h):] = torch.tensor(h, dtype=torch.long) + 1
+        return out.to(self.item_emb.weight.device)
+
+    @torch.no_grad()
+    def scores(self, histories: list[list[int]]) -> torch.Tensor:
+        """(B, N) next-item scores for each history (item indices, oldest first)."""
+        was = self.training
+        self.eval()
+        h = self.forward(self.encode_histories(histories))[:, -1]
+        self.train(was)
+        return self.logits(h).float()
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_windows(sequences: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) left-padded windows covering every next-item target of every sequence.
+
+    A sequence longer than `max_len + 1` is cut into consecutive windows from its end,
+    so each target is predicted once, with up to `max_len` items of context.
+    """
+    inputs, targets = [], []
+    for s in sequences:
+        if len(s) < 2:
+            continue
+        end = len(s)
+        while end >= 2:
+            start = max(0, end - max_len - 1)
+            w = s[start:end]
+            x = np.zeros(max_len, dtype=np.int64)
+            y = np.zeros(max_len, dtype=np.int64)
+            x[max_len - len(w) + 1:] = np.asarray(w[:-1]) + 1
+            y[max_len - len(w) + 1:] = np.asarray(w[1:]) + 1
+            inputs.append(x)
+            targets.append(y)
+            end = start + 1  # the next window ends where this one's first target was
+            if start == 0:
+                break
+    if not inputs:
+        raise ValueError("no training sequence has two or more items: nothing to train SASRec on")
+    return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
+
+
+def train_sasrec(
+    dataset: Dataset,
+    config: SASRecConfig | None = None,
+    train: SASRecTrainConfig | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[SASRec, dict]:
+    """Train SASRec on `dataset.train_sequences()`, keep the best epoch by valid NDCG@10.
+
+    Returns the best model (on CPU) and a report with its valid metrics and the
+    per-epoch log; with `out`, the checkpoint and report are written there.
+    """
+    train = train or SASRecTrainConfig()
+    config = config or SASRecConfig(num_items=len(dataset.catalog))
+    if config.num_items != len(dataset.catalog):
+        raise ValueError(f"config has {config.num_items} items but the data set has {len(dataset.catalog)}")
+    _set_seed(train.seed)
+    device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    x_all, y_all = training_windows(dataset.train_sequences(), config.max_len)
+    valid = dataset.eval_cases("valid")
+    model = SASRec(config).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    gen = torch.Generator().manual_seed(train.seed)
+    best, best_state, best_epoch, bad, log = -math.inf, None, -1, 0, []
+    epochs = range(train.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc="sasrec", unit="epoch")
+    for epoch in epochs:
+        model.train()
+        t0, total, steps = time.time(), 0.0, 0
+        perm = torch.randperm(len(x_all), generator=gen)
+        for i in range(0, len(perm), train.batch_size):
+            idx = perm[i : i + train.batch_size]
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            h = model(x)
+            keep = y > 0
+            loss = F.cross_entropy(model.logits(h[keep]), y[keep] - 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss)
+            steps += 1
+        model.eval()
+        m = evaluate(model.scores, valid, batch_size=train.eval_batch_size) if valid else {"ndcg@10": 0.0}
+        log.append({"epoch": epoch, "loss": total / max(steps, 1), "valid": m, "seconds": time.time() - t0})
+        if progress and hasattr(epochs, "set_postfix"):
+            epochs.set_postfix(loss=f"{total / max(steps, 1):.3f}", ndcg10=f"{m['ndcg@10']:.4f}")
+        if m["ndcg@10"] > best:
+            best, best_epoch, bad = m["ndcg@10"], epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= train.patience:
+                break
+    model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    report = {
+        "model_type": "sasrec",
+        "best_epoch": best_epoch,
+        "valid": log[best_epoch]["valid"],
+        "config": asdict(config),
+        "train": asdict(train),
+        "log": log,
+    }
+    if out is not None:
+        out = Path(out)
+        model.save_pretrained(out)
+        (out / "train_log.json").write_text(json.dumps(report, indent=2))
+    return model, report
