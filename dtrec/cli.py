@@ -33,7 +33,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     j = psub.add_parser("jsonl", help="your own catalog: items.jsonl + interactions.csv")
     j.add_argument("--items", required=True)
     j.add_argument("--interactions", required=True)
-    _add_prep_flags(j)
+    _add_prep_flags(j, kcore_default=0)
     p.set_defaults(func=_cmd_prepare)
 
     i = sub.add_parser("info", help="counts of a prepared data set")
@@ -85,6 +85,211 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return extract_command(args)
 
 
+# --------------------------------------------------------------------------- evaluate / baseline
+def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("evaluate", help="full-ranking metrics of a dtrec or baseline checkpoint")
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder (or a training folder holding best/)")
+    e.add_argument("--data", required=True, help="prepared data folder")
+    e.add_argument("--encoder", default=None, help="feature encoder (default: the checkpoint's)")
+    e.add_argument("--batch-size", type=int, default=256, help="users scored at a time")
+    e.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=_cmd_evaluate)
+
+    b = sub.add_parser("baseline", help="train a baseline (popularity | sasrec) and save it")
+    b.add_argument("kind", choices=["popularity", "sasrec"])
+    b.add_argument("--data", required=True, help="prepared data folder")
+    b.add_argument("--out", required=True, help="checkpoint folder to write (gets valid.json too)")
+    b.add_argument("--seed", type=int, default=None)
+    b.add_argument("--epochs", type=int, default=None, help="sasrec: most epochs (early stopping on valid NDCG@10)")
+    b.add_argument("--patience", type=int, default=None, help="sasrec: epochs without improvement before stopping")
+    b.add_argument("--lr", type=float, default=None)
+    b.add_argument("--batch-size", type=int, default=None)
+    b.add_argument("--hidden", type=int, default=None)
+    b.add_argument("--n-layers", type=int, default=None)
+    b.add_argument("--n-heads", type=int, default=None)
+    b.add_argument("--dropout", type=float, default=None)
+    b.add_argument("--attn-dropout", type=float, default=None)
+    b.add_argument("--max-len", type=int, default=None)
+    b.add_argument("--device", default=None)
+    b.set_defaults(func=_cmd_baseline)
+
+
+def _json_safe(obj):
+    """NaN (an empty case set) becomes null so the output stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dtrec.eval import evaluate_checkpoint
+
+    res = evaluate_checkpoint(args.checkpoint, args.data, encoder=args.encoder, batch_size=args.batch_size,
+                              device=args.device, progress=not args.json)
+    if args.json:
+        print(json.dumps(_json_safe(res), allow_nan=False))
+    else:
+        for split, m in res.items():
+            nums = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("n", "note"))
+            print(f"{split:>10} (n={m['n']}): {nums}" + (f"  [{m['note']}]" if "note" in m else ""))
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from dtrec.baselines import train_baseline
+
+    opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
+                                          "n_heads", "dropout", "attn_dropout", "max_len", "device")}
+    if args.kind == "popularity":
+        opts = {k: v for k, v in opts.items() if k in ("seed", "device")}
+    valid = train_baseline(args.kind, args.data, args.out, **opts)
+    print(json.dumps(_json_safe(valid)))
+    return 0
+
+
+# --------------------------------------------------------------------------- pretrain / finetune
+def _add_train_commands(sub: argparse._SubParsersAction) -> None:
+    from dtrec.config import FinetuneConfig, PretrainConfig
+    from dtrec.train.cli_config import add_config_flags
+
+    p = sub.add_parser("pretrain", help="self-supervised multi-modal pretraining over items (torchrun-aware)")
+    p.add_argument("--data", required=True, action="append", help="prepared data folder (repeat for several)")
+    p.add_argument("--encoder", required=True, help="feature encoder whose cached features to read")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--config", default=None, help="JSON file of PretrainConfig fields (model fields under 'model')")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(p, PretrainConfig)
+    p.set_defaults(func=_cmd_pretrain)
+
+    f = sub.add_parser("finetune", help="train the two towers on next-item prediction (torchrun-aware)")
+    f.add_argument("--data", required=True, help="prepared data folder")
+    f.add_argument("--encoder", required=True, help="feature encoder whose cached features to read")
+    f.add_argument("--out", required=True, help="output folder: best/, last/, metrics.jsonl, valid.json")
+    f.add_argument("--init", default=None, help="start from this checkpoint (e.g. a `dtrec pretrain` output)")
+    f.add_argument("--config", default=None, help="JSON file of FinetuneConfig fields (model fields under 'model')")
+    f.add_argument("--resume", action="store_true", help="continue OUT/last with OUT's saved config")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(f, FinetuneConfig)
+    f.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from dtrec.train.pretrain import pretrain_command
+
+    return pretrain_command(args)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from dtrec.train.finetune import finetune_command
+
+    return finetune_command(args)
+
+
+# --------------------------------------------------------------------------- publish / publish-demo
+def _add_publish_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish", help="upload a checkpoint, its results and a generated model card to the Hub")
+    p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("--repo-id", required=True, help="USER/NAME")
+    p.add_argument("--results", default=None, help="results.json (default: the one beside the checkpoint)")
+    p.add_argument("--dataset", default=None, help="data set name for the card (default: from the training config)")
+    p.add_argument("--recipe", default=None, help="the command that trained it (default: from the training config)")
+    _add_hub_flags(p)
+    p.set_defaults(func=_cmd_publish)
+
+    d = sub.add_parser("publish-demo", help="upload a demo folder (dtrec build-demo) as a Hub repo")
+    d.add_argument("demo", help="demo folder")
+    d.add_argument("--repo-id", required=True, help="USER/NAME")
+    d.add_argument("--repo-type", choices=("model", "dataset"), default="model")
+    _add_hub_flags(d)
+    d.set_defaults(func=_cmd_publish_demo)
+
+
+def _add_hub_flags(p: argparse.ArgumentParser) -> None:
+    # No --token flag on purpose: the token comes from HF_TOKEN or `hf auth login` only.
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--revision", default=None, help="branch to commit to (created when absent)")
+    p.add_argument("--commit-message", default=None)
+    p.add_argument("--dry-run", metavar="OUT_DIR", default=None,
+                   help="write the exact folder that would be uploaded to OUT_DIR and upload nothing")
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from dtrec.hub import publish
+
+    out = publish(args.checkpoint, args.repo_id, results=args.results, private=args.private,
+                  revision=args.revision, commit_message=args.commit_message, dry_run_dir=args.dry_run,
+                  dataset_name=args.dataset, recipe=args.recipe)
+    print(f"dry run: wrote the upload for {args.repo_id} to {out}" if args.dry_run else f"published: {out}")
+    return 0
+
+
+def _cmd_publish_demo(args: argparse.Namespace) -> int:
+    from dtrec.hub import publish_demo
+
+    out = publish_demo(args.demo, args.repo_id, repo_type=args.repo_type, private=args.private,
+                       revision=args.revision, commit_message=args.commit_message, dry_run_dir=args.dry_run)
+    print(f"dry run: wrote the upload for {args.repo_id} to {out}" if args.dry_run else f"published: {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- build-demo / serve
+def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("build-demo", help="write the demo folder the app serves (default: assets/demo)")
+    b.add_argument("--data", required=True, help="prepared data set (dtrec prepare) with extracted features")
+    b.add_argument("--checkpoint", required=True, help="DualTower folder (config.json + model.safetensors)")
+    b.add_argument("--out", default="assets/demo", help="demo folder to write (replaced whole)")
+    b.add_argument("--results", default=None, help="results.json of the run (default: the one beside the checkpoint)")
+    b.add_argument("--thumb-size", type=int, default=160, help="maximum poster thumbnail width in px")
+    b.add_argument("--histories", type=int, default=300, help="real test users' histories to include (at most 300)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--full-precision", action="store_true", help="keep float32 weights and features (default fp16)")
+    b.set_defaults(func=_cmd_build_demo)
+
+    s = sub.add_parser("serve", help="run the Gradio demo (app.py) on a demo folder or a model + catalog")
+    s.add_argument("--app", default=None, help="path of app.py (default: the repository's, else ./app.py)")
+    s.add_argument("--demo", default=None, help="demo folder or Hub repo id (default: assets/demo)")
+    s.add_argument("--model", default=None, help="model folder or Hub repo id, overriding the demo's")
+    s.add_argument("--catalog", default=None, help="catalog folder, overriding the demo's")
+    s.add_argument("--store-dir", default=None, help="writable folder for uploads")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--share", action="store_true", help="open a public gradio.live link")
+    s.set_defaults(func=_cmd_serve)
+
+
+def _cmd_build_demo(args: argparse.Namespace) -> int:
+    from dtrec.demo import build_demo_command
+
+    return build_demo_command(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # app.py runs in a child process: library code never imports the UI module, and the
+    # app's exit status and Ctrl-C behave exactly as with `python app.py`.
+    import subprocess
+    from pathlib import Path
+
+    candidates = [Path(args.app)] if args.app else [Path(__file__).resolve().parents[1] / "app.py", Path("app.py")]
+    app = next((p for p in candidates if p.is_file()), None)
+    if app is None:
+        raise CLIError(f"app.py not found at {candidates[0]}: run from the repository root or pass --app PATH")
+    cmd = [sys.executable, str(app)]
+    for flag in ("demo", "model", "catalog", "store_dir", "host", "port"):
+        value = getattr(args, flag)
+        if value is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.share:
+        cmd.append("--share")
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # the child got the same SIGINT; let it shut down cleanly
+        return proc.wait()
+
+
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
@@ -93,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _add_data_commands(sub)
     _add_extract_command(sub)
+    _add_eval_commands(sub)
+    _add_train_commands(sub)
+    _add_publish_command(sub)
+    _add_demo_commands(sub)
     return parser
 
 

@@ -121,3 +121,38 @@ class PretrainConfig:
             self.model = ModelConfig(**self.model)
         if self.batch_size < 2 or self.epochs < 1:
             raise ValueError("pretraining needs batch_size >= 2 and epochs >= 1")
+
+
+# --------------------------------------------------------------------------- serving (dtrec.service)
+INDEX_KINDS = ("flat", "hnsw", "ivfpq")
+
+
+@dataclass
+class ServeConfig:
+    """The Recommender service (dtrec.service): where things live and the limits on user input."""
+
+    model: str = ""  # checkpoint folder or Hub repo id
+    catalog: str = ""  # catalog folder (items.parquet, images/, features/)
+    store_dir: str = ""  # writable folder for the SQLite store, uploaded images and the index
+    index: str = "flat"  # "flat" (exact) | "hnsw" | "ivfpq"
+    device: str | None = None  # None: CUDA when available, else CPU
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_title_chars: int = 200
+    max_text_chars: int = 2000
+    max_history: int = 200
+    max_uploads: int = 1000  # beyond this the oldest upload is evicted
+    max_k: int = 100
+    thumbnail_px: int = 256
+    ef_search: int = 64  # hnsw
+    nprobe: int = 16  # ivfpq
+    ivfpq_min_items: int = 10_000  # ivfpq is trained only from this many items; exact below
+    encoder_device: str | None = None  # frozen encoder for uploads/search; None: same as `device`
+
+    def __post_init__(self):
+        if self.index not in INDEX_KINDS:
+            raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, not {self.index!r}")
+        for name in ("max_upload_bytes", "max_pixels", "max_title_chars", "max_text_chars", "max_history",
+                     "max_uploads", "max_k", "thumbnail_px"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServeConfig.{name} must be at least 1")

@@ -7,7 +7,11 @@ ties broken pessimistically so that a constant scorer earns nothing.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import sys
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -101,3 +105,94 @@ def evaluate(
     result = {k: (sums[k] / n if n else math.nan) for k in keys}
     result["n"] = n
     return result
+
+
+# --------------------------------------------------------------------------- checkpoints
+COLD_NOTES = {
+    "popularity": "popularity: cold items never occur in training, so they score 0",
+    "sasrec": "ID model: cold items never seen in training (their embeddings are untrained)",
+}
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The folder holding config.json: `path` itself, or `path/best` as written by training."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    if (path / "best" / "config.json").exists():
+        return path / "best"
+    raise FileNotFoundError(f"{path} holds no config.json (nor best/config.json): is it a checkpoint folder?")
+
+
+def dual_tower_score_fn(model, features, device: str | torch.device = "cpu", item_batch_size: int = 4096) -> ScoreFn:
+    """Score function of a DualTower: cosine of the user tower's prediction with every item embedding."""
+    model = model.to(device).eval()
+    features = features.to(device)
+    with torch.no_grad():
+        items = model.item_embeddings(features, batch_size=item_batch_size)
+
+    def score(histories: list[list[int]]) -> torch.Tensor:
+        with torch.no_grad():
+            return (model.user_embeddings(histories, features) @ items.T).float()
+
+    return score
+
+
+def load_scorer(checkpoint: str | Path, data_dir: str | Path, encoder: str | None = None,
+                device: str | torch.device | None = None) -> tuple[str, ScoreFn]:
+    """(model type, score function) for a DualTower or baseline checkpoint over the data set at `data_dir`."""
+    from dtrec.baselines import checkpoint_type, load_baseline
+
+    ckpt = resolve_checkpoint(checkpoint)
+    kind = checkpoint_type(ckpt)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if kind != "dtrec":
+        model = load_baseline(ckpt).to(device)
+        return kind, model.scores
+    from dtrec.model import DualTower
+
+    with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints on stdout; keep --json clean
+        model = DualTower.from_pretrained(str(ckpt))
+    name = encoder or json.loads((ckpt / "config.json").read_text()).get("encoder")
+    if not name:
+        raise ValueError(f"{ckpt / 'config.json'} names no encoder: pass --encoder")
+    features = _load_features(data_dir, name)
+    model.check_features(features)
+    return kind, dual_tower_score_fn(model, features, device)
+
+
+def _load_features(data_dir: str | Path, encoder: str):
+    try:
+        from dtrec.features import load_features
+    except ImportError:  # older trees have only the cache file helpers
+        from dtrec.features import Features, cache_path
+
+        p = cache_path(data_dir, encoder)
+        if not p.exists():
+            raise FileNotFoundError(f"{p} is missing: run `dtrec extract {data_dir} --encoder {encoder}` first")
+        return Features.load(p)
+    return load_features(data_dir, encoder)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    encoder: str | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items."""
+    from dtrec.data.catalog import Dataset
+
+    dataset = Dataset.load(data_dir)
+    kind, score_fn = load_scorer(checkpoint, data_dir, encoder=encoder, device=device)
+    out: dict[str, dict] = {}
+    for split in ("valid", "test"):
+        out[split] = evaluate(score_fn, dataset.eval_cases(split), batch_size=batch_size, progress=progress)
+    if dataset.cold_items:
+        cold = evaluate(score_fn, dataset.cold_cases("test"), batch_size=batch_size, progress=progress)
+        if kind in COLD_NOTES:
+            cold["note"] = COLD_NOTES[kind]
+        out["cold_start"] = cold
+    return out

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # the data and encoder modules import this one, so only for annotations
+    from dtrec.data.catalog import Catalog, Dataset
+    from PIL import Image
+
+    from dtrec.encoders.base import Encoder
 
 MODALITIES = ("text", "image")
 
@@ -94,3 +103,168 @@ def encoder_slug(name: str) -> str:
 def cache_path(data_dir: str | Path, encoder: str) -> Path:
     """Where the feature cache of `encoder` lives inside a prepared data set."""
     return Path(data_dir) / "features" / f"{encoder_slug(encoder)}.safetensors"
+
+
+# --------------------------------------------------------------------------- extraction
+def _cached(path: Path, encoder: str, fingerprint: str, n: int | None) -> Features | None:
+    """The features in `path` when they were made by `encoder` for this exact catalog, else None."""
+    if not path.is_file():
+        return None
+    try:
+        feats = Features.load(path)
+    except Exception as e:  # a truncated or foreign file is recomputed, never trusted
+        warnings.warn(f"ignoring unreadable feature cache {path}: {e}", stacklevel=3)
+        return None
+    if feats.encoder != encoder or feats.fingerprint != fingerprint or (n is not None and len(feats) != n):
+        return None
+    return feats
+
+
+def _open_image(path: Path) -> "Image.Image":
+    """A fully decoded RGB copy of the image file (first frame of animations)."""
+    from PIL import Image
+
+    from dtrec.encoders.base import to_rgb
+
+    with Image.open(path) as im:
+        im.seek(0)
+        im.load()
+        return to_rgb(im)
+
+
+def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", batch_size: int = 64,
+            device: str | torch.device | None = None, force: bool = False, cache: bool = True,
+            progress: bool = True, checkpoint_seconds: float = 120.0,
+            stats: dict[str, Any] | None = None) -> Features:
+    """Encode every item of a data set or catalog with a frozen encoder, reusing the on-disk cache when valid.
+
+    Items without text (blank) or without a readable image get a zero row and
+    `present == False`; an unreadable image also raises a warning. The cache
+    (`cache_path(root, encoder)`) is used only when its encoder name and catalog
+    fingerprint match; long runs leave a `.partial` file every
+    `checkpoint_seconds` so that an interrupted extraction resumes where it stopped.
+    `stats`, when given, receives `cached`, `encoded`, `load_s` and `encode_s`.
+    """
+    from tqdm.auto import tqdm
+
+    from dtrec.data.catalog import Catalog
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    catalog = data if isinstance(data, Catalog) else data.catalog
+    root = getattr(data, "root", None) or catalog.root
+    name = encoder if isinstance(encoder, str) else encoder.name
+    n = len(catalog)
+    fingerprint = catalog.fingerprint()
+    path = cache_path(root, name) if cache and root is not None else None
+    info = stats if stats is not None else {}
+    info.update(cached=False, encoded=0, load_s=0.0, encode_s=0.0, path=path)
+
+    if path is not None and not force:
+        hit = _cached(path, name, fingerprint, n)
+        if hit is not None:
+            info["cached"] = True
+            return hit
+
+    t0 = time.perf_counter()
+    if isinstance(encoder, str):
+        from dtrec.encoders import get_encoder
+
+        enc = get_encoder(encoder, device=device)
+    else:
+        enc = encoder
+    info["load_s"] = time.perf_counter() - t0
+    mods = [m for m in MODALITIES if m in enc.dims]
+    if not mods:
+        raise ValueError(f"encoder {name!r} encodes neither text nor images")
+    values = {m: torch.zeros(n, enc.dims[m], dtype=torch.float32) for m in mods}
+    present = {m: torch.zeros(n, dtype=torch.bool) for m in mods}
+
+    start = 0
+    partial = path.with_name(path.name.replace(".safetensors", ".partial.safetensors")) if path else None
+    if partial is not None and not force:
+        done = _cached(partial, name, fingerprint, None) if partial.is_file() else None
+        if done is not None and 0 < len(done) < n and done.dims == {m: enc.dims[m] for m in mods}:
+            start = len(done)
+            for m in mods:
+                values[m][:start] = done.values[m]
+                present[m][:start] = done.present[m]
+
+    texts = catalog.texts()
+    t1 = last_save = time.perf_counter()
+    bar = tqdm(total=n, initial=start, unit="item", desc=f"extract {name}", disable=not progress)
+    for lo in range(start, n, batch_size):
+        hi = min(lo + batch_size, n)
+        if "text" in mods:
+            rows = [i for i in range(lo, hi) if texts[i].strip()]
+            if rows:
+                values["text"][rows] = enc.encode_text([texts[i] for i in rows]).float()
+                present["text"][rows] = True
+        if "image" in mods:
+            rows, images = [], []
+            for i in range(lo, hi):
+                p = catalog.image_path(i)
+                if p is None:
+                    continue
+                try:
+                    images.append(_open_image(p))
+                    rows.append(i)
+                except Exception as e:  # one bad file must not stop a catalog-wide run
+                    warnings.warn(f"item {catalog[i].id!r}: image {p} is unreadable, "
+                                  f"treated as missing ({type(e).__name__}: {e})", stacklevel=2)
+            if rows:
+                values["image"][rows] = enc.encode_image(images).float()
+                present["image"][rows] = True
+        bar.update(hi - lo)
+        info["encoded"] += hi - lo
+        if partial is not None and hi < n and time.perf_counter() - last_save > checkpoint_seconds:
+            Features(name, {m: v[:hi] for m, v in values.items()}, {m: p[:hi] for m, p in present.items()},
+                     fingerprint).save(partial)
+            last_save = time.perf_counter()
+    bar.close()
+    info["encode_s"] = time.perf_counter() - t1
+
+    feats = Features(name, values, present, fingerprint)
+    if path is not None:
+        feats.save(path)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+    return feats
+
+
+def load_features(data_dir: str | Path, encoder: str, catalog: "Catalog | None" = None) -> Features:
+    """The cached features of `encoder` for the prepared data set in `data_dir`, checked against its catalog."""
+    data_dir = Path(data_dir)
+    path = cache_path(data_dir, encoder)
+    fix = f"run `dtrec extract {data_dir} --encoder {encoder}`"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {encoder!r} features for {data_dir} ({path} is missing): {fix}")
+    if catalog is None:
+        from dtrec.data.catalog import Dataset
+
+        catalog = Dataset.load(data_dir).catalog
+    feats = _cached(path, encoder, catalog.fingerprint(), len(catalog))
+    if feats is None:
+        raise FileNotFoundError(f"the {encoder!r} features in {path} are stale (the catalog or encoder changed): {fix}")
+    return feats
+
+
+def extract_command(args: Any) -> int:
+    """`dtrec extract DIR --encoder NAME [--batch-size N --device D --force]`: print items/s and the cache path."""
+    from dtrec.data.catalog import Dataset
+
+    dataset = Dataset.load(args.data)
+    stats: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    feats = extract(dataset, args.encoder, batch_size=args.batch_size, device=args.device,
+                    force=bool(getattr(args, "force", False)), stats=stats)
+    total = time.perf_counter() - t0
+    counts = ", ".join(f"{int(feats.present[m].sum())} with {m}" for m in feats.modalities)
+    if stats["cached"]:
+        print(f"{len(feats)} items ({counts}): features are up to date in {stats['path']} (--force recomputes)")
+        return 0
+    rate = stats["encoded"] / stats["encode_s"] if stats["encode_s"] > 0 else float("inf")
+    print(f"{len(feats)} items ({counts}) encoded with {feats.encoder} in {stats['encode_s']:.1f} s "
+          f"({rate:.1f} items/s; model load {stats['load_s']:.1f} s, total {total:.1f} s)")
+    print(f"features: {stats['path']}")
+    return 0

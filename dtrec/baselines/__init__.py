@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 BASELINE_TYPES = ("popularity", "sasrec")
@@ -23,11 +25,52 @@ def load_baseline(path: str | Path):
     """Load a baseline checkpoint (strict weights) written by `dtrec baseline`."""
     kind = checkpoint_type(path)
     if kind == "popularity":
+        from dtrec.baselines.popularity import PopularityModel as cls
+    elif kind == "sasrec":
+        from dtrec.baselines.sasrec import SASRec as cls
+    else:
+        raise ValueError(f"{path} holds a {kind!r} checkpoint, not a baseline")
+    # huggingface_hub prints a progress line on stdout, which would corrupt `--json` output
+    with contextlib.redirect_stdout(sys.stderr):
+        return cls.from_pretrained(str(path), strict=True).eval()
+
+
+def train_baseline(kind: str, data_dir: str | Path, out: str | Path, progress: bool = True, **options) -> dict:
+    """Fit a baseline on a prepared data set, save it to `out`, write `out/valid.json`; returns valid metrics.
+
+    `options` are SASRecConfig / SASRecTrainConfig fields (unknown keys are an error);
+    popularity ignores `seed` and `device`.
+    """
+    from dataclasses import fields
+
+    from dtrec.data.catalog import Dataset
+    from dtrec.eval import evaluate
+
+    if kind not in BASELINE_TYPES:
+        raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINE_TYPES)}")
+    dataset = Dataset.load(data_dir)
+    out = Path(out)
+    options = {k: v for k, v in options.items() if v is not None}
+    if kind == "popularity":
         from dtrec.baselines.popularity import PopularityModel
 
-        return PopularityModel.from_pretrained(str(path), strict=True).eval()
-    if kind == "sasrec":
-        from dtrec.baselines.sasrec import SASRec
+        unknown = sorted(set(options) - {"seed", "device"})
+        if unknown:
+            raise ValueError(f"the popularity baseline takes no option(s) {', '.join(unknown)}")
+        model = PopularityModel.fit(dataset)
+        model.save_pretrained(out)
+        valid = evaluate(model.scores, dataset.eval_cases("valid"), batch_size=1024)
+    else:
+        from dtrec.baselines.sasrec import SASRecConfig, SASRecTrainConfig, train_sasrec
 
-        return SASRec.from_pretrained(str(path), strict=True).eval()
-    raise ValueError(f"{path} holds a {kind!r} checkpoint, not a baseline")
+        mnames = {f.name for f in fields(SASRecConfig)} - {"num_items", "model_type"}
+        tnames = {f.name for f in fields(SASRecTrainConfig)}
+        unknown = sorted(set(options) - mnames - tnames)
+        if unknown:
+            raise ValueError(f"the sasrec baseline takes no option(s) {', '.join(unknown)}")
+        cfg = SASRecConfig(num_items=len(dataset.catalog), **{k: v for k, v in options.items() if k in mnames})
+        tcfg = SASRecTrainConfig(**{k: v for k, v in options.items() if k in tnames})
+        _, report = train_sasrec(dataset, cfg, tcfg, out=out, progress=progress)
+        valid = report["valid"]
+    (out / "valid.json").write_text(json.dumps(valid, indent=2))
+    return valid

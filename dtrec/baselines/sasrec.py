@@ -116,7 +116,9 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
 
     def encode_histories(self, histories: list[list[int]]) -> torch.Tensor:
         """Left-padded (B, L) tensor of the last `max_len` items of each history, on the model's device."""
-        L = self.config.max_len
+        # Pad only to the longest history in the batch: positions count from the end, so
+        # a shorter window gives the same result at a fraction of the cost.
+        L = max(1, min(self.config.max_len, max((len(h) for h in histories), default=1)))
         out = torch.zeros(len(histories), L, dtype=torch.long)
         for b, h in enumerate(histories):
             h = h[-L:]
@@ -203,14 +205,16 @@ def train_sasrec(
         perm = torch.randperm(len(x_all), generator=gen)
         for i in range(0, len(perm), train.batch_size):
             idx = perm[i : i + train.batch_size]
-            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            x, y = x_all[idx], y_all[idx]
+            width = int((x > 0).sum(1).max())  # left padding: drop columns that are padding in every row
+            x, y = x[:, -width:].to(device), y[:, -width:].to(device)
             h = model(x)
             keep = y > 0
             loss = F.cross_entropy(model.logits(h[keep]), y[keep] - 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
         model.eval()
         m = evaluate(model.scores, valid, batch_size=train.eval_batch_size) if valid else {"ndcg@10": 0.0}

@@ -21,10 +21,9 @@ from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.data.errors import DataFormatError, require_file
 from dtrec.data import preprocess
 
-N_GENRES = 19
 # Articles that MovieLens moves behind the title ("Shawshank Redemption, The").
 ARTICLES = {"the", "a", "an", "les", "la", "le", "l'", "los", "las", "el", "il", "lo", "i", "gli", "der", "die",
-            "das", "den", "det", "de", "het", "o", "os", "a", "as", "un", "une", "ein", "eine"}
+            "das", "den", "det", "de", "het", "o", "os", "as", "un", "une", "ein", "eine"}
 _YEAR = re.compile(r"\s*\((\d{4})(?:/[IVX]+)?\)\s*$")
 _TRAILING_NOTE = re.compile(r"\s*\((?:V|TV)\)\s*$")
 _AKA = re.compile(r"(?:^|,\s*)a\.k\.a\.\s*", re.I)
@@ -212,8 +211,11 @@ def read_ml1m_movies(path: Path) -> list[Movie]:
     return movies
 
 
-def read_ratings(path: Path) -> tuple[list[str], list[int], list[int]]:
-    """(users, item ids, timestamps) of `u.data` (`user\\titem\\trating\\ttime`), in file order."""
+def read_ratings(path: Path, known: set[int] | None = None) -> tuple[list[int], list[int], list[int]]:
+    """(users, item ids, timestamps) of `u.data` (`user\\titem\\trating\\ttime`), in file order.
+
+    Every rating counts as an interaction, whatever its value. Item ids outside `known` are an error.
+    """
     users, items, ts = [], [], []
     with open(path, encoding="latin-1") as fh:
         for ln, line in enumerate(fh, 1):
@@ -223,7 +225,9 @@ def read_ratings(path: Path) -> tuple[list[str], list[int], list[int]]:
             if len(parts) != 4 or not all(p.lstrip("-").isdigit() for p in parts):
                 raise DataFormatError(path, f"expected 4 integer fields 'user item rating time', got {line.strip()!r}",
                                       ln)
-            users.append(parts[0])
+            if known is not None and int(parts[1]) not in known:
+                raise DataFormatError(path, f"unknown item id {parts[1]} (not in u.item)", ln)
+            users.append(int(parts[0]))  # ints, so users sort numerically
             items.append(int(parts[1]))
             ts.append(int(parts[3]))
     return users, items, ts
@@ -252,14 +256,10 @@ def read_movielens(source: str | Path, posters: str | Path | None, out: str | Pa
     source, out = Path(source), Path(out)
     genre_names = read_genres(require_file(source / "u.genre"))
     movies = read_items(require_file(source / "u.item"), genre_names)
-    users, item_ids, ts = read_ratings(require_file(source / "u.data"))
-
     by_id = {m.id: m for m in movies}
     if len(by_id) != len(movies):
         raise DataFormatError(source / "u.item", "duplicate movie ids")
-    for n, iid in enumerate(item_ids):
-        if iid not in by_id:
-            raise DataFormatError(source / "u.data", f"unknown item id {iid}", n + 1)
+    users, item_ids, ts = read_ratings(require_file(source / "u.data"), set(by_id))
 
     matches: dict[int, int] = {}
     poster_dir = None
@@ -292,16 +292,18 @@ def read_movielens(source: str | Path, posters: str | Path | None, out: str | Pa
                           text=movie_text(m.title, m.year, m.genres), image=image,
                           meta={"year": m.year, "genres": m.genres, "ml100k_id": m.id,
                                 "ml1m_id": matches.get(m.id)}))
-    with open(out / "unmatched_posters.txt", "w", encoding="utf-8") as fh:
-        for m in movies:
-            if m.id not in matches:
-                fh.write(f"{m.id}\t{m.title}\n")
+    if posters is not None:
+        with open(out / "unmatched_posters.txt", "w", encoding="utf-8") as fh:
+            for m in movies:
+                if m.id not in matches:
+                    fh.write(f"{m.id}\t{m.title}\n")
 
     catalog, inter = preprocess.compact(Catalog(items, root=out), inter)
     info = {
         "source": {"kind": "movielens", "ratings": str(source.resolve()),
                    "posters": str(Path(posters).resolve()) if posters is not None else None},
         "kcore": kcore,
-        "posters": {"matched": len(matches), "movies": len(movies), "unmatched_list": "unmatched_posters.txt"},
     }
+    if posters is not None:
+        info["posters"] = {"matched": len(matches), "movies": len(movies), "unmatched_list": "unmatched_posters.txt"}
     return Dataset(catalog, inter, name="ml100k", info=info, root=out)

@@ -1,0 +1,6 @@
+"""The dual-tower model: `FusionEncoder`, `DualTower` and the training losses."""
+
+from dtrec.model.fusion import FusionEncoder
+from dtrec.model.tower import CheckpointError, DualTower, FeatureMismatchError, same_encoder
+
+__all__ = ["CheckpointError", "DualTower", "FeatureMismatchError", "FusionEncoder", "same_encoder"]

@@ -1,0 +1,471 @@
+"""dtrec demo: a Gradio UI and HTTP API over `dtrec.service.Recommender`.
+
+Only layout and event wiring live here; every answer comes from the
+Recommender (see docs/architecture.md). Run `python app.py` for the embedded
+default in assets/demo, or `python app.py --help` for the flags.
+
+Named API endpoints (callable with `gradio_client`):
+  /recommend (history, k) -> list of items     history: JSON list or "id1, id2, ..."
+  /search    (text, k)    -> list of items
+  /add_item  (image, title, text) -> {"id", "latency_ms"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_DEMO = ROOT / "assets" / "demo"
+PLACEHOLDER = ROOT / "assets" / "placeholder.png"
+NEW_BADGE = "new — never interacted with"
+ALL_GENRES = "All genres"
+BROWSE_LIMIT = 60
+MAX_K = 100
+
+log = logging.getLogger("dtrec.app")
+
+CSS = """
+/* captions under the posters (not over them), wrapped, two lines at most for the title */
+.poster-grid .thumbnail-item { aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column; align-items: stretch; overflow: hidden; }
+.poster-grid .thumbnail-item img { aspect-ratio: 2 / 3; width: 100%; height: auto !important; object-fit: cover; }
+.poster-grid .caption-label { position: static !important; transform: none !important; max-width: none !important;
+  white-space: pre-line !important; text-align: left; background: transparent !important; box-shadow: none !important;
+  border: none !important; padding: 4px 3px 2px !important; margin: 0 !important; font-size: 0.76rem; line-height: 1.25;
+  overflow: hidden; text-overflow: ellipsis; }
+.poster-grid .grid-container { grid-auto-rows: auto !important; align-items: start; }
+#recs .grid-wrap { height: auto !important; max-height: none !important; overflow: visible !important; }
+#recs .caption-label { font-size: 0.78rem; }
+.hint { color: var(--body-text-color-subdued); font-size: 0.85rem; }
+"""
+
+
+# --------------------------------------------------------------------------- error boundary
+def _user_errors(fn: Callable) -> Callable:
+    """Turn bad input into one-sentence gr.Error messages; log anything else without leaking a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, KeyError) as e:  # InputError is a ValueError
+            msg = e.args[0] if e.args else str(e)
+            raise gr.Error(str(msg), print_exception=False) from None
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error("Something went wrong on the server; the error was logged.", print_exception=False) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- formatting
+def _image(view: Any) -> str:
+    """The poster path of an item, or the placeholder for text-only items."""
+    return view.image if view.image else str(PLACEHOLDER)
+
+
+def _short(title: str, n: int = 42) -> str:
+    return title if len(title) <= n else title[: n - 1] + "…"
+
+
+def _browse_caption(view: Any) -> str:
+    return f"NEW · {_short(view.title)}" if view.is_new else _short(view.title)
+
+
+def _rec_caption(r: Any) -> str:
+    new = f" · {NEW_BADGE}" if r.item.is_new else ""
+    return f"#{r.rank} {_short(r.item.title)}\nscore {r.score:.2f}{new}\n{_short(r.reason, 60)}"
+
+
+def _item_json(view: Any) -> dict:
+    return {"id": view.id, "title": view.title, "meta": view.meta, "is_new": bool(view.is_new),
+            "has_image": bool(view.image)}
+
+
+def _rec_json(r: Any) -> dict:
+    return {**_item_json(r.item), "rank": int(r.rank), "score": round(float(r.score), 6),
+            "reason": r.reason, "reason_id": r.reason_id}
+
+
+def parse_history(history: Any) -> list[str]:
+    """Item ids from a list, a JSON list string, or a comma/space-separated string."""
+    if history is None:
+        return []
+    if isinstance(history, str):
+        s = history.strip()
+        if s.startswith("["):
+            try:
+                history = json.loads(s)
+            except json.JSONDecodeError:
+                raise ValueError("The history is not valid JSON; send a list of item ids or 'id1, id2'.") from None
+        else:
+            return [p for p in s.replace(",", " ").split() if p]
+    if not isinstance(history, (list, tuple)):
+        raise ValueError("The history must be a list of item ids or a comma-separated string.")
+    return [str(h).strip() for h in history if str(h).strip()]
+
+
+def parse_k(k: Any) -> int:
+    """A result count between 1 and MAX_K."""
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise ValueError(f"k must be a whole number between 1 and {MAX_K}.") from None
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K}, not {k}.")
+    return k
+
+
+def eval_frame(about: dict) -> pd.DataFrame:
+    """The model card's evaluation table as rows of (model, split, metrics...)."""
+    table = next((about[k] for k in ("results", "eval", "evaluation", "metrics") if about.get(k)), None)
+    rows = []
+    if isinstance(table, dict):
+        for model, splits in table.items():
+            if not isinstance(splits, dict):
+                continue
+            for split, metrics in splits.items():
+                if isinstance(metrics, dict):
+                    rows.append({"model": model, "split": split,
+                                 **{m: v for m, v in metrics.items() if isinstance(v, (int, float))}})
+    elif isinstance(table, list):
+        rows = [r for r in table if isinstance(r, dict)]
+    df = pd.DataFrame(rows)
+    for c in df.columns:
+        if c not in ("model", "split", "n") and pd.api.types.is_float_dtype(df[c]):
+            df[c] = df[c].round(4)
+    return df
+
+
+def metric_frame(df: pd.DataFrame, metric: str, split: str = "test") -> pd.DataFrame:
+    """One metric of one split per model, for the bar plot."""
+    if df.empty or metric not in df.columns:
+        return pd.DataFrame({"model": [], metric or "value": []})
+    sub = df[df["split"] == split] if "split" in df.columns and (df["split"] == split).any() else df
+    return sub[["model", metric]].dropna().reset_index(drop=True)
+
+
+def about_markdown(about: dict) -> str:
+    """A short prose description of the served model."""
+    skip = {"results", "eval", "evaluation", "metrics", "model_card"}
+    lines = ["dtrec is an ID-free two-tower sequential recommender: an **item tower** encodes each "
+             "item's content (poster and/or text), a **user tower** reads your history and predicts the "
+             "next item's embedding, and FAISS retrieves the nearest items. Because items are known only "
+             "by content, an uploaded poster is recommendable the moment it is added — no retraining.", ""]
+    for k, v in about.items():
+        if k in skip or isinstance(v, (dict, list)):
+            continue
+        lines.append(f"- **{k.replace('_', ' ')}**: `{v}`")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the app
+def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blocks:
+    """The Gradio Blocks app (UI and named API endpoints) over a Recommender."""
+
+    def browse(query: str, genre: str | None, first: list[str] | None = None) -> tuple[list, list[str]]:
+        genre = None if not genre or genre == ALL_GENRES else genre
+        query = (query or "").strip()
+        views = list(rec.list_items(query=query, genre=genre, limit=BROWSE_LIMIT))
+        if query and len(views) < BROWSE_LIMIT:
+            # Title matches first, then the text tower's semantic matches ("space adventure").
+            seen = {v.id for v in views}
+            for r in rec.search(query, k=BROWSE_LIMIT).items:
+                v = r.item
+                if v.id not in seen and (genre is None or genre in (v.meta or {}).get("genres", [])):
+                    views.append(v)
+                    seen.add(v.id)
+        if first:
+            head = [rec.get(i) for i in first]
+            views = head + [v for v in views if v.id not in set(first)]
+        views = views[:BROWSE_LIMIT]
+        return [(_image(v), _browse_caption(v)) for v in views], [v.id for v in views]
+
+    def history_gallery(history: list[str]) -> tuple[list, str]:
+        views = [rec.get(i) for i in history]
+        note = f"{len(history)} item(s) — most recent last." if history else "Empty: click posters on the left."
+        return [(_image(v), _short(v.title)) for v in views], note
+
+    def recommendations(history: list[str], k: int, new_id: str | None) -> tuple[list, list[str], str, str]:
+        rank_text = _rank_text(new_id, history)
+        if not history:
+            return [], [], "Add a few movies to your history to get recommendations.", rank_text
+        res = rec.recommend(history, k=parse_k(k))
+        gal = [(_image(r.item), _rec_caption(r)) for r in res.items]
+        return gal, [r.item.id for r in res.items], f"{len(res.items)} recommendations in **{res.latency_ms:.1f} ms**.", rank_text
+
+    def _rank_text(new_id: str | None, history: list[str]) -> str:
+        if not new_id:
+            return ""
+        if not history:
+            return "Add some history to see where the new item ranks for you."
+        r = rec.rank_of(new_id, history)
+        name = rec.get(new_id).title
+        return f"**{name}** ranks **#{r}** for your current history." if r else f"**{name}** is not in the ranking."
+
+    # -- handlers (each returns the new history and the history view) ----------------
+    @_user_errors
+    def on_search(query: str, genre: str | None):
+        return browse(query, genre)
+
+    @_user_errors
+    def on_pick(ids: list[str], history: list[str], evt: gr.SelectData):
+        item_id = ids[evt.index]
+        if item_id in history:
+            gr.Info(f"{rec.get(item_id).title} is already in your history.")
+            return history, *history_gallery(history)
+        history = history + [item_id]
+        return history, *history_gallery(history)
+
+    @_user_errors
+    def on_history_select(evt: gr.SelectData):
+        return evt.index
+
+    @_user_errors
+    def on_remove(history: list[str], sel: int | None):
+        if sel is None or not 0 <= sel < len(history):
+            raise gr.Error("Select a poster in your history first, then press Remove.", print_exception=False)
+        history = history[:sel] + history[sel + 1:]
+        return history, None, *history_gallery(history)
+
+    @_user_errors
+    def on_clear():
+        return [], None, *history_gallery([])
+
+    @_user_errors
+    def on_sample():
+        history = list(rec.sample_history(seed=int(time.time() * 1000) % (2**31)))
+        return history, None, *history_gallery(history)
+
+    @_user_errors
+    def on_refresh(history: list[str], k: int, new_id: str | None):
+        return recommendations(history, k, new_id)
+
+    @_user_errors
+    def on_add(image: str | None, title: str, text: str, history: list[str], genre: str | None):
+        if image is None and not (title or "").strip():
+            raise gr.Error("Upload a poster and give it a title first.", print_exception=False)
+        new_id, ms = rec.add_item(title=title or "", text=text or "", image=image)
+        view = rec.get(new_id)
+        sim = rec.similar(new_id, k=8)
+        status = (f"Added **{view.title}** as id `{new_id}` in {ms:.0f} ms — *{NEW_BADGE}*. "
+                  "It is in the index now and can be recommended right away.")
+        sim_gal = [(_image(r.item), f"#{r.rank} {_short(r.item.title)} · {r.score:.2f}") for r in sim.items]
+        cat_gal, cat_ids = browse("", genre, first=[new_id])
+        return new_id, status, sim_gal, cat_gal, cat_ids
+
+    # -- API endpoints (JSON in, JSON out) ------------------------------------------
+    @_user_errors
+    def api_recommend(history: str | list[str], k: int = 10) -> list[dict]:
+        """Recommend k items for a history of item ids (a JSON list or 'id1, id2, ...'), oldest first."""
+        return [_rec_json(r) for r in rec.recommend(parse_history(history), k=parse_k(k)).items]
+
+    @_user_errors
+    def api_search(text: str, k: int = 10) -> list[dict]:
+        """Items whose content best matches a text query."""
+        return [_rec_json(r) for r in rec.search(text or "", k=parse_k(k)).items]
+
+    @_user_errors
+    def api_add_item(image: str | None, title: str, text: str) -> dict:
+        """Add a new item (poster image file, title, text); it is recommendable at once."""
+        new_id, ms = rec.add_item(title=title or "", text=text or "", image=image)
+        return {"id": new_id, "latency_ms": round(float(ms), 2), "is_new": True}
+
+    about = rec.about()
+    df = eval_frame(about)
+    metrics = [c for c in df.columns if c not in ("model", "split", "n")]
+    metric0 = next((m for m in ("ndcg@10", "recall@10") if m in metrics), metrics[0] if metrics else None)
+
+    with gr.Blocks(title=title, fill_width=True) as demo:
+        history = gr.State([])
+        cat_ids = gr.State([])
+        rec_ids = gr.State([])
+        hist_sel = gr.State(None)
+        new_id = gr.State(None)
+
+        gr.Markdown(f"# {title}\n<span class='hint'>Build a viewing history by clicking posters; the "
+                    "recommendations update on every change. Upload a poster that has never been seen to watch "
+                    "cold start work.</span>")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                gr.Markdown("### Browse the catalog")
+                with gr.Row():
+                    query = gr.Textbox(placeholder="Search by title or describe a movie…", show_label=False,
+                                       scale=3, submit_btn=True)
+                    genre = gr.Dropdown([ALL_GENRES] + list(rec.genres()), value=ALL_GENRES, show_label=False,
+                                        scale=1, filterable=True)
+                catalog = gr.Gallery(label="Catalog — click a poster to add it to your history", columns=6,
+                                     height=560, allow_preview=False, object_fit="cover",
+                                     elem_classes="poster-grid", elem_id="catalog", buttons=[])
+            with gr.Column(scale=2):
+                gr.Markdown("### Your history")
+                hist_gal = gr.Gallery(label="History (select one, then Remove)", columns=4, height=380,
+                                      allow_preview=False, object_fit="cover", elem_classes="poster-grid",
+                                      elem_id="history", buttons=[])
+                hist_note = gr.Markdown("Empty: click posters on the left.", elem_classes="hint")
+                with gr.Row():
+                    remove_btn = gr.Button("Remove selected", size="sm")
+                    clear_btn = gr.Button("Clear", size="sm")
+                sample_btn = gr.Button("Load a real user's history", size="sm", variant="secondary")
+                k = gr.Slider(4, 24, value=12, step=1, label="How many recommendations")
+
+        gr.Markdown("### Recommended for you")
+        latency = gr.Markdown("Add a few movies to your history to get recommendations.", elem_classes="hint")
+        recs = gr.Gallery(show_label=False, columns=6, height=None, allow_preview=False,
+                          object_fit="cover", elem_classes="poster-grid", elem_id="recs", buttons=[])
+
+        with gr.Accordion("Add a new item (cold start)", open=True):
+            with gr.Row(equal_height=False):
+                up_image = gr.Image(type="filepath", label="Poster", sources=["upload", "clipboard"],
+                                    height=260, scale=1, elem_id="upload-image")
+                with gr.Column(scale=2):
+                    up_title = gr.Textbox(label="Title", placeholder="e.g. My Short Film (2024)",
+                                          elem_id="upload-title")
+                    up_text = gr.Textbox(label="Description (optional)", lines=3,
+                                         placeholder="Genres, plot, cast…")
+                    add_btn = gr.Button("Add item", variant="primary", elem_id="add-item")
+                    add_status = gr.Markdown(elem_id="add-status")
+                    rank_md = gr.Markdown(elem_id="new-rank")
+                with gr.Column(scale=3):
+                    similar = gr.Gallery(label="Nearest items to the new one (item tower)", columns=4,
+                                         height=300, allow_preview=False, object_fit="cover",
+                                         elem_classes="poster-grid", buttons=[])
+
+        with gr.Accordion("About the model", open=False):
+            gr.Markdown(about_markdown(about))
+            if not df.empty:
+                gr.Dataframe(df, label="Evaluation (leave-one-out, full ranking)", interactive=False, wrap=True)
+            if metric0:
+                metric = gr.Dropdown(metrics, value=metric0, label="Metric (test split)")
+                plot = gr.BarPlot(metric_frame(df, metric0), x="model", y=metric0, color="model",
+                                  label="Test split by model", height=260)
+                metric.change(lambda m: gr.BarPlot(metric_frame(df, m), y=m), metric, plot,
+                              api_visibility="private")
+
+        # Hidden components give /add_item a real file upload (validated by Gradio, then the service).
+        with gr.Row(visible=False):
+            api_image = gr.File(type="filepath", file_types=["image"], label="image")
+            api_title = gr.Textbox(label="title")
+            api_text = gr.Textbox(label="text")
+            api_out = gr.JSON()
+            api_btn = gr.Button()
+
+        # -- wiring -----------------------------------------------------------------
+        priv = {"api_visibility": "private"}
+        refresh = dict(fn=on_refresh, inputs=[history, k, new_id], outputs=[recs, rec_ids, latency, rank_md],
+                       show_progress="minimal", **priv)
+
+        demo.load(on_search, [query, genre], [catalog, cat_ids], **priv)
+        query.submit(on_search, [query, genre], [catalog, cat_ids], **priv)
+        genre.change(on_search, [query, genre], [catalog, cat_ids], **priv)
+        catalog.select(on_pick, [cat_ids, history], [history, hist_gal, hist_note], **priv).success(**refresh)
+        recs.select(on_pick, [rec_ids, history], [history, hist_gal, hist_note], **priv).success(**refresh)
+        hist_gal.select(on_history_select, None, hist_sel, **priv)
+        remove_btn.click(on_remove, [history, hist_sel], [history, hist_sel, hist_gal, hist_note],
+                         **priv).success(**refresh)
+        clear_btn.click(on_clear, None, [history, hist_sel, hist_gal, hist_note], **priv).success(**refresh)
+        sample_btn.click(on_sample, None, [history, hist_sel, hist_gal, hist_note], **priv).success(**refresh)
+        k.release(**refresh)
+        add_btn.click(on_add, [up_image, up_title, up_text, history, genre],
+                      [new_id, add_status, similar, catalog, cat_ids], **priv).success(**refresh)
+
+        gr.api(api_recommend, api_name="recommend")
+        gr.api(api_search, api_name="search")
+        api_btn.click(api_add_item, [api_image, api_title, api_text], api_out, api_name="add_item",
+                      api_description="Add a new item (poster image file, title, text); returns its id.")
+    return demo
+
+
+def launch_kwargs(allowed: list[str | Path]) -> dict:
+    """Arguments shared by `main` and the tests: errors as messages, upload cap, served folders, look."""
+    return {"show_error": True, "max_file_size": "10mb", "allowed_paths": [str(p) for p in allowed],
+            "theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": CSS,
+            "footer_links": ["api"]}
+
+
+def default_store_dir(source: str) -> Path:
+    """A writable per-source folder for uploads, outside the repo: $DTREC_STORE_DIR or ~/.cache/dtrec/store/<hash>."""
+    if os.environ.get("DTREC_STORE_DIR"):
+        return Path(os.environ["DTREC_STORE_DIR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "dtrec" / "store" / hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags of the demo."""
+    p = argparse.ArgumentParser(description="dtrec Gradio demo")
+    p.add_argument("--demo", default=os.environ.get("DTREC_DEMO", str(DEFAULT_DEMO)),
+                   help="demo folder or Hub repo id written by `dtrec build-demo` (default: assets/demo; env DTREC_DEMO)")
+    p.add_argument("--model", default=os.environ.get("DTREC_MODEL"),
+                   help="model folder or Hub repo id, overriding the demo folder's model (env DTREC_MODEL)")
+    p.add_argument("--catalog", default=os.environ.get("DTREC_CATALOG"),
+                   help="catalog folder (items.parquet, images/, features/), overriding the demo's (env DTREC_CATALOG)")
+    p.add_argument("--store-dir", default=None,
+                   help="writable folder for the item store and uploads (default: ~/.cache/dtrec/store/<hash>)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
+    return p.parse_args(argv)
+
+
+def load_recommender(demo: str | None, model: str | None, catalog: str | None,
+                     store_dir: str | None) -> tuple[Any, list[Path]]:
+    """The Recommender the flags name, and the folders whose images the app may serve."""
+    from dtrec.config import ServeConfig
+    from dtrec.hub import resolve_demo, resolve_model
+    from dtrec.service import Recommender
+
+    demo_dir = resolve_demo(demo) if demo and not (model and catalog) else None
+    model_dir = resolve_model(model) if model else demo_dir / "model"
+    catalog_dir = Path(catalog).resolve() if catalog else demo_dir / "catalog"
+    store = Path(store_dir) if store_dir else default_store_dir(f"{model_dir}|{catalog_dir}")
+    cfg = ServeConfig(model=str(model_dir), catalog=str(catalog_dir), store_dir=str(store))
+    rec = Recommender(cfg, demo_dir=demo_dir)
+    # Only the catalog's and the store's images are served; never the store's database.
+    return rec, [catalog_dir / "images", store / "images"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the Recommender named by the flags and serve the app."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    if not args.model and not args.catalog and args.demo == str(DEFAULT_DEMO) and not (DEFAULT_DEMO / "model").is_dir():
+        print(f"No demo at {DEFAULT_DEMO}: run `dtrec build-demo` to make it (or pass --demo, or --model and --catalog).",
+              file=sys.stderr)
+        return 2
+    if bool(args.model) != bool(args.catalog) and not args.demo:
+        print("Give both --model and --catalog, or a --demo folder.", file=sys.stderr)
+        return 2
+    try:
+        rec, served = load_recommender(args.demo, args.model, args.catalog, args.store_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dtrec demo: {e}", file=sys.stderr)
+        return 2
+    demo = build_app(rec)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                **launch_kwargs([*served, PLACEHOLDER]))
+    log.info("dtrec demo ready in %.1f s at http://%s:%d", time.perf_counter() - t0, args.host, args.port)
+    try:
+        demo.block_thread()
+    finally:
+        rec.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

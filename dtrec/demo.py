@@ -1,0 +1,222 @@
+"""`dtrec build-demo`: the embedded default demo folder (assets/demo) from a prepared data set and a checkpoint.
+
+The folder layout is the one `dtrec.service.write_demo_folder` writes and
+`Recommender.from_folder` reads; this module chooses what goes in it for a
+public demo: poster thumbnails no wider than `thumb_size`, fp16 weights and
+features (half the download, cast back to float32 on load), at most 300 real
+test users' histories cut to the model's window, the run's evaluation table, a
+model card and a data notice. The folder is built beside `out` and swapped in
+whole, so a failed build never leaves a half-written demo behind.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from dtrec.data.catalog import Catalog, Dataset, Item
+
+MAX_HISTORIES = 300  # the data notice promises no more than this many ratings-derived histories
+POSTER_ASPECT = 1.5  # height / width of a film poster (2:3)
+
+MOVIELENS_NOTICE = """# Data notice
+
+This demo folder is derived from public research data. It holds **no rating
+file**; what it holds, and under which terms:
+
+- **MovieLens 100K** (GroupLens Research, University of Minnesota; F. M. Harper
+  and J. A. Konstan, "The MovieLens Datasets: History and Context", ACM TiiS 5(4),
+  2015). Used for research under its licence: acknowledge GroupLens, no
+  endorsement by the University of Minnesota or GroupLens implied, no
+  redistribution of the data without permission. The catalog here keeps only
+  each movie's title, year and genres, plus embeddings derived from them.
+  `histories.json` holds {n_histories} item-id sequences (at most {history_len}
+  items each, no user ids, no ratings, no timestamps) derived from `u.data`'s
+  test users so that the demo can show "a real user's history"; it is a small
+  derived sample, not the rating data. Get the data itself from
+  https://grouplens.org/datasets/movielens/100k/.
+- **Movie posters** are the copyright of their owners. They were collected by the
+  public repository `antonsteenvoorden/ml1m-images` (keyed by MovieLens-1M ids and
+  joined to MovieLens-100K by title and year) and appear here only as small
+  thumbnails (at most {thumb_size} px wide) in a non-commercial research demo.
+  {n_posters} of {n_items} movies have one; the others are text-only items.
+- The model weights and item embeddings were trained on the data above by dtrec.
+"""
+
+
+class DemoBuildError(ValueError):
+    """A demo folder that cannot be built from the given inputs (one sentence)."""
+
+
+@dataclass
+class DemoBuildConfig:
+    """Inputs and choices of `dtrec build-demo`."""
+
+    data: str  # prepared data set (dtrec prepare), with the checkpoint encoder's features extracted
+    checkpoint: str  # DualTower folder (config.json + model.safetensors)
+    out: str = "assets/demo"
+    results: str | None = None  # results.json of the training run; default: one beside the checkpoint
+    thumb_size: int = 160  # maximum thumbnail width in px
+    n_histories: int = MAX_HISTORIES
+    history_len: int | None = None  # default: the model's max_len
+    seed: int = 0
+    half: bool = True  # fp16 weights and features
+    max_mb: float = 40.0  # warn above this folder size
+
+    def __post_init__(self):
+        if not 32 <= self.thumb_size <= 1024:
+            raise DemoBuildError(f"--thumb-size must be between 32 and 1024 px, not {self.thumb_size}.")
+        if not 0 <= self.n_histories <= MAX_HISTORIES:
+            raise DemoBuildError(f"--histories must be between 0 and {MAX_HISTORIES}, not {self.n_histories}.")
+
+
+def sample_histories(dataset: Dataset, n: int, length: int, seed: int = 0) -> list[list[str]]:
+    """`n` test users' histories (target withheld), each cut to its last `length` items, as item ids."""
+    cases = [h for h, _ in dataset.eval_cases("test") if len(h) >= 2]
+    random.Random(seed).shuffle(cases)
+    cat = dataset.catalog
+    return [[cat[i].id for i in h[-length:]] for h in cases[:n]]
+
+
+def find_results(checkpoint: str | Path, results: str | Path | None) -> dict:
+    """The evaluation table: `results` if given, else results.json in or beside the checkpoint, else {}."""
+    from dtrec.modelcard import load_results
+
+    if results:
+        return load_results(results)
+    ckpt = Path(checkpoint)
+    for p in (ckpt / "results.json", ckpt.parent / "results.json"):
+        if p.is_file():
+            return load_results(p)
+    return {}
+
+
+def _thumb_sources(catalog: Catalog, thumb_size: int, tmp: Path) -> Catalog:
+    """The catalog with wide images pre-shrunk (lossless) so that the writer's square box keeps them narrow."""
+    box = round(thumb_size * POSTER_ASPECT)
+    items = []
+    for i, it in enumerate(catalog):
+        p = catalog.image_path(i)
+        image = str(p) if p is not None else None
+        if p is not None and p.is_file():
+            with Image.open(p) as im:
+                w, h = im.size
+                scale = min(1.0, box / max(w, h))
+                if w * scale > thumb_size:  # wider than a poster: cap the width instead
+                    im.seek(0)
+                    im.load()
+                    small = im.convert("RGB")
+                    small.thumbnail((thumb_size, box), Image.Resampling.LANCZOS)
+                    image = str(tmp / f"{i}.png")
+                    small.save(image)
+        items.append(Item(it.id, it.title, it.text, image, dict(it.meta)))
+    return Catalog(items, root=catalog.root)
+
+
+def _halve_features(catalog_dir: Path, encoder: str) -> None:
+    """Rewrite the feature cache with fp16 values (Features.load casts back to float32)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from dtrec.features import cache_path
+
+    path = cache_path(catalog_dir, encoder)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    t = load_file(str(path))
+    tmp = path.with_suffix(".half.tmp")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in t.items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def _model_card(cfg: DemoBuildConfig, dataset: Dataset, model: torch.nn.Module, results: dict,
+                n_hist: int, history_len: int) -> str:
+    """The checkpoint's model card plus what this demo folder holds."""
+    from dtrec.modelcard import make_model_card
+
+    card = str(make_model_card(cfg.checkpoint, results or None, dataset_name=dataset.name))
+    c = model.config
+    return card.rstrip() + f"""
+
+## This demo folder
+
+Built by `dtrec build-demo --data {cfg.data} --checkpoint {cfg.checkpoint} --thumb-size {cfg.thumb_size}`;
+served by `python app.py` (or `dtrec serve`), read by `dtrec.service.Recommender.from_folder`.
+
+| path | content |
+| --- | --- |
+| `model/` | the DualTower ({c.n_layers} layers, d={c.d_model}, `{c.encoder}` features){", fp16 weights" if cfg.half else ""} |
+| `catalog/items.parquet` | {len(dataset.catalog)} items: id, title, text, image, year and genres |
+| `catalog/images/` | poster thumbnails, at most {cfg.thumb_size} px wide (JPEG) |
+| `catalog/features/` | raw `{c.encoder}` features of every item{" (fp16)" if cfg.half else ""} |
+| `histories.json` | {n_hist} test users' histories, last {history_len} items each ("load a real user's history") |
+| `results.json` | the evaluation table above |
+| `NOTICE.md` | data sources and their terms |
+"""
+
+
+def build_demo(cfg: DemoBuildConfig) -> Path:
+    """Write the demo folder `cfg.out` (swapped in whole) and return it."""
+    from dtrec.features import load_features
+    from dtrec.model import DualTower
+    from dtrec.service import write_demo_folder
+
+    out = Path(cfg.out)
+    dataset = Dataset.load(cfg.data)
+    model = DualTower.from_pretrained(str(cfg.checkpoint))
+    features = load_features(cfg.data, model.config.encoder, dataset.catalog)
+    results = find_results(cfg.checkpoint, cfg.results)
+    length = int(cfg.history_len or model.config.max_len)
+    histories = sample_histories(dataset, cfg.n_histories, length, cfg.seed)
+    readme = _model_card(cfg, dataset, model, results, len(histories), length)
+    cat = dataset.catalog
+    n_posters = sum(1 for i in range(len(cat)) if cat.image_path(i) is not None)
+    notice = MOVIELENS_NOTICE.format(n_histories=len(histories), history_len=length, thumb_size=cfg.thumb_size,
+                                     n_posters=n_posters, n_items=len(cat))
+    if "movielens" not in dataset.name.lower() and "ml" not in dataset.name.lower():
+        notice = None  # the writer's generic notice; MovieLens terms would be wrong here
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.build-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "wide").mkdir()
+        src = Dataset(_thumb_sources(cat, cfg.thumb_size, tmp / "wide"), dataset.interactions, name=dataset.name,
+                      cold_items=dataset.cold_items, info=dataset.info, root=dataset.root)
+        staged = tmp / "demo"
+        write_demo_folder(src, features, model, staged, histories=histories, results=results, readme=readme,
+                          notice=notice, thumbnail_px=round(cfg.thumb_size * POSTER_ASPECT), seed=cfg.seed,
+                          half=cfg.half)
+        if cfg.half:
+            _halve_features(staged / "catalog", model.config.encoder)
+        old = tmp / "old"
+        if out.exists():
+            out.replace(old)
+        staged.replace(out)
+    return out
+
+
+def folder_mb(path: str | Path) -> float:
+    """Total size of the files under `path` in MB."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
+
+
+def build_demo_command(args) -> int:
+    """`dtrec build-demo` handler: build, then report the size against the budget."""
+    cfg = DemoBuildConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, results=args.results,
+                          thumb_size=args.thumb_size, n_histories=args.histories, seed=args.seed,
+                          half=not args.full_precision)
+    out = build_demo(cfg)
+    mb = folder_mb(out)
+    with open(out / "histories.json") as fh:
+        n_hist = len(json.load(fh))
+    print(f"wrote {out}: {mb:.1f} MB, {n_hist} histories")
+    if mb > cfg.max_mb:
+        print(f"warning: {out} is {mb:.1f} MB, over the {cfg.max_mb:g} MB budget for assets/; "
+              f"lower --thumb-size", flush=True)
+    return 0

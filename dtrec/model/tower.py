@@ -1,0 +1,232 @@
+"""`DualTower`: the item tower and the user tower over one (or two) `FusionEncoder`s.
+
+Item tower = the encoder on a length-1 sequence; user tower = the encoder on a
+history, read at the last real position (causal) or at an appended learned
+[MASK] query position (Cloze). Items are known only by their features, so the
+model holds no per-item parameters and transfers to any catalog whose features
+come from the same encoder. Saved with `PyTorchModelHubMixin` as `config.json`
++ `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from dtrec.config import ModelConfig
+from dtrec.features import Features
+from dtrec.model.fusion import FusionEncoder
+
+# Names under which the same frozen features are known (precomputed files vs live encoder).
+_ENCODER_ALIASES = {"clip-vit-b-32": "clip:ViT-B-32:openai"}
+
+
+class FeatureMismatchError(ValueError):
+    """Features come from another encoder (or other dims) than the checkpoint was trained on."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint's weights do not fit the model its config describes."""
+
+
+def same_encoder(a: str, b: str) -> bool:
+    """Whether two encoder names denote the same feature space."""
+    return _ENCODER_ALIASES.get(a, a) == _ENCODER_ALIASES.get(b, b)
+
+
+def _model_config(config: ModelConfig | dict) -> ModelConfig:
+    if isinstance(config, ModelConfig):
+        return config
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in dict(config).items() if k in names})
+
+
+class DualTower(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="dtrec",
+    tags=["recommendation", "sequential-recommendation", "multimodal", "two-tower"],
+    license="apache-2.0",
+):
+    """Item tower + user tower; scores are cosines between their L2-normalised outputs."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config = _model_config(config)
+        if not config.modality_dims:
+            raise ValueError("ModelConfig.modality_dims is empty: set it from the features (Features.dims)")
+        self.config = config
+        self._hub_mixin_config = config
+        self.user_encoder = self._make_encoder()
+        # Registered only when separate, so a shared checkpoint holds each weight once.
+        self.separate_item_encoder = None if config.share_towers else self._make_encoder()
+
+    def _make_encoder(self) -> FusionEncoder:
+        c = self.config
+        return FusionEncoder(c.modality_dims, c.d_model, c.n_layers, c.n_heads, c.d_ff, c.dropout,
+                             c.emb_dropout, max_positions=c.max_len + 1)
+
+    @property
+    def item_encoder(self) -> FusionEncoder:
+        """The encoder of the item tower (the user encoder when towers are shared)."""
+        return self.separate_item_encoder if self.separate_item_encoder is not None else self.user_encoder
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.config.modality_dims)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ training-side forward passes
+    def encode_items(self, values: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """Item-tower outputs (N, d), not normalised, for per-item `values[m]` (N, D_m)."""
+        n = next(iter(values.values())).shape[0]
+        pad = torch.zeros(n, 1, dtype=torch.bool, device=self.device)
+        out = self.item_encoder(
+            {m: values[m].unsqueeze(1) for m in self.modalities},
+            {m: present[m].unsqueeze(1) for m in self.modalities},
+            pad,
+        )
+        return out[:, 0]
+
+    def encode_sequences(
+        self, items: Tensor, padding: Tensor, table: Features, masked: Tensor | None = None
+    ) -> Tensor:
+        """User-encoder outputs (B, L, d) for item indices `items` (B, L; padding holds any index).
+
+        `table` gives the features of every index; the attention is causal for the
+        causal objective and bidirectional for Cloze.
+        """
+        idx = items.clamp(min=0)
+        values = {m: table.values[m][idx] for m in self.modalities}
+        present = {m: table.present[m][idx] & ~padding for m in self.modalities}
+        return self.user_encoder(values, present, padding, masked=masked,
+                                 causal=self.config.objective == "causal")
+
+    # ------------------------------------------------------------------ serving API (docs/architecture.md)
+    def check_features(self, features: Features) -> None:
+        """Raise `FeatureMismatchError` when `features` come from another encoder or dims."""
+        c = self.config
+        if not same_encoder(features.encoder, c.encoder) or features.dims != c.modality_dims:
+            raise FeatureMismatchError(
+                f"checkpoint expects features of encoder {c.encoder!r} with dims {c.modality_dims}, "
+                f"got {features.encoder!r} with dims {features.dims}; extract features with the checkpoint's encoder"
+            )
+
+    @torch.no_grad()
+    def item_embeddings(self, features: Features, batch_size: int = 4096) -> Tensor:
+        """L2-normalised item-tower embeddings (N, d) of every row of `features`, on the model's device."""
+        self.check_features(features)
+        out = []
+        for start in range(0, len(features), batch_size):
+            sl = slice(start, start + batch_size)
+            vals = {m: features.values[m][sl].to(self.device) for m in self.modalities}
+            pres = {m: features.present[m][sl].to(self.device) for m in self.modalities}
+            out.append(F.normalize(self.encode_items(vals, pres).float(), dim=-1))
+        if not out:
+            return torch.zeros(0, self.config.d_model, device=self.device)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def user_embeddings(self, histories: list[list[int]], features: Features) -> Tensor:
+        """L2-normalised next-item predictions (B, d) for histories of row indices of `features`."""
+        self.check_features(features)
+        batch = history_batch(histories, self.config.max_len, self.config.objective)
+        idx = batch["items"].clamp(min=0)
+        n = len(features)
+        if idx.numel() and int(idx.max()) >= n:
+            raise ValueError(f"a history holds item index {int(idx.max())}, but the features have {n} rows")
+        # Gather on the features' device, so a large table never has to move.
+        values = {m: features.values[m][idx].to(self.device) for m in self.modalities}
+        present = {m: features.present[m][idx].to(self.device) for m in self.modalities}
+        padding = batch["padding"].to(self.device)
+        present = {m: p & ~padding for m, p in present.items()}
+        masked = batch["masked"].to(self.device) if batch["masked"] is not None else None
+        h = self.user_encoder(values, present, padding, masked=masked, causal=self.config.objective == "causal")
+        read = batch["read"].to(self.device)
+        out = h[torch.arange(h.shape[0], device=self.device), read]
+        return F.normalize(out.float(), dim=-1)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: Any,
+        force_download: bool,
+        local_files_only: bool,
+        token: Any,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> "DualTower":
+        """Load `model.safetensors` with a strict key and shape check."""
+        if "config" not in model_kwargs:
+            raise FileNotFoundError(f"{model_id} has no config.json: it is not a DualTower checkpoint")
+        model = cls(**model_kwargs)
+        if os.path.isdir(model_id):
+            path = os.path.join(model_id, "model.safetensors")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path} is missing: the checkpoint has no weights")
+        else:
+            path = hf_hub_download(repo_id=model_id, filename="model.safetensors", revision=revision,
+                                   cache_dir=cache_dir, force_download=force_download, token=token,
+                                   local_files_only=local_files_only)
+        state = load_file(path, device=str(map_location))
+        load_state_checked(model, state, strict=strict, source=model_id)
+        model.eval()
+        return model
+
+
+def load_state_checked(model: nn.Module, state: dict[str, Tensor], strict: bool = True, source: str = "") -> None:
+    """`load_state_dict` that reports missing, unexpected and mis-shaped keys in one sentence."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if shapes or (strict and (missing or unexpected)):
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        if shapes:
+            parts.append(f"shape mismatch {shapes[:5]}")
+        raise CheckpointError(f"checkpoint {source} does not fit the model its config describes: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=strict)
+
+
+def history_batch(histories: list[list[int]], max_len: int, objective: str) -> dict[str, Tensor | None]:
+    """Left-aligned, right-padded user-tower input for inference, with the position to read.
+
+    Each history keeps its last `max_len` items; Cloze appends a masked query
+    position after the last item and reads there, causal reads the last item.
+    """
+    hs = [list(map(int, h))[-max_len:] for h in histories]
+    if any(len(h) == 0 for h in hs):
+        raise ValueError("a history is empty: the user tower needs at least one item")
+    extra = 1 if objective == "cloze" else 0
+    length = max((len(h) for h in hs), default=0) + extra
+    b = len(hs)
+    items = torch.full((b, length), -1, dtype=torch.long)
+    padding = torch.ones(b, length, dtype=torch.bool)
+    masked = torch.zeros(b, length, dtype=torch.bool) if extra else None
+    read = torch.zeros(b, dtype=torch.long)
+    for i, h in enumerate(hs):
+        items[i, : len(h)] = torch.tensor(h, dtype=torch.long)
+        padding[i, : len(h) + extra] = False
+        if masked is not None:
+            masked[i, len(h)] = True
+        read[i] = len(h) - 1 + extra
+    return {"items": items, "padding": padding, "masked": masked, "read": read}

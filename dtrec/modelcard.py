@@ -1,0 +1,313 @@
+"""Model cards generated from a checkpoint's own files, never typed by hand.
+
+Everything on the card comes from `config.json` (architecture, encoder,
+modality dims), from `results.json` (the evaluation table of the run that made
+the checkpoint, baselines included) and, when present beside the checkpoint,
+from the training run's resolved config. The YAML header follows the Hub's
+model card metadata so that the test metrics appear as `model-index` results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr")
+METRIC_NAMES = {"recall@10": "Recall@10", "recall@50": "Recall@50", "ndcg@10": "NDCG@10",
+                "ndcg@50": "NDCG@50", "mrr": "MRR"}
+SPLITS = ("test", "cold_start", "valid")
+# Names baselines are written under in results.json; the model being published is any other entry.
+BASELINE_NAMES = ("popularity", "pop", "sasrec", "random", "most_popular")
+# Where the training loop may leave its resolved config, in order of preference.
+TRAINING_CONFIG_NAMES = ("train_config.json", "finetune_config.json", "training_config.json",
+                         "resolved_config.json", "pretrain_config.json")
+TAGS = ["recommendation", "sequential-recommendation", "multimodal", "two-tower", "retrieval",
+        "cold-start", "pytorch", "dtrec"]
+# The Hub has no recommendation task: the towers output embedding vectors scored by a dot
+# product, which is what the modality-agnostic `feature-extraction` pipeline denotes.
+PIPELINE_TAG = "feature-extraction"
+TASK_TYPE = "sequential-recommendation"
+TASK_NAME = "Sequential Recommendation"
+
+_DATA_NOTICES = {
+    "movielens": (
+        "MovieLens data (GroupLens Research, University of Minnesota; F. M. Harper and J. A. Konstan, "
+        "\"The MovieLens Datasets: History and Context\", ACM TiiS 2015) is used for research under its "
+        "licence: acknowledge GroupLens, no endorsement implied, no redistribution of the data without "
+        "permission. This repository holds no MovieLens rating file. Movie posters (via the public "
+        "`antonsteenvoorden/ml1m-images` list) are the copyright of their owners and serve as research "
+        "thumbnails only."
+    ),
+    "amazon": (
+        "Amazon Reviews 2018 (J. Ni, J. Li, J. McAuley, EMNLP 2019), \"Industrial & Scientific\" "
+        "multi-modal subset as processed by UniSRec / MISSRec / DeCoRec (CLIP ViT-B/32 features); "
+        "research use. This repository holds none of the review data."
+    ),
+}
+
+
+class ModelCardError(ValueError):
+    """A checkpoint or results file that cannot be described on a model card."""
+
+
+def read_checkpoint_config(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The model config stored in a checkpoint's config.json (flattened if nested)."""
+    path = Path(checkpoint_dir) / "config.json"
+    if not path.is_file():
+        raise ModelCardError(f"{checkpoint_dir} holds no config.json; is it a DualTower checkpoint folder?")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelCardError(f"{path} is not valid JSON (line {e.lineno}).") from None
+    # Checkpoints saved with extra init kwargs nest the ModelConfig under "config" or "model".
+    for key in ("config", "model"):
+        if "encoder" not in cfg and isinstance(cfg.get(key), dict) and "encoder" in cfg[key]:
+            return cfg[key]
+    if "encoder" not in cfg or "modality_dims" not in cfg:
+        raise ModelCardError(f"{path} has no 'encoder' / 'modality_dims'; is it a DualTower config?")
+    return cfg
+
+
+def find_training_config(checkpoint_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The training run's resolved config beside the checkpoint (in it or its parent), if any."""
+    ckpt = Path(checkpoint_dir)
+    for folder in (ckpt, ckpt.parent):
+        for name in TRAINING_CONFIG_NAMES:
+            path = folder / name
+            if path.is_file():
+                try:
+                    return path, json.loads(path.read_text())
+                except json.JSONDecodeError:
+                    continue
+    return None
+
+
+def load_results(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Read and check a results.json: {model: {split: {metric: value}}}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelCardError(f"results file {path} does not exist.")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelCardError(f"results file {path} is not valid JSON (line {e.lineno}).") from None
+    check_results(results, str(path))
+    return results
+
+
+def check_results(results: Any, where: str = "results") -> None:
+    """Raise ModelCardError unless `results` maps model -> split -> metric -> number."""
+    if not isinstance(results, dict) or not results:
+        raise ModelCardError(f"{where} must map model names to their splits' metrics.")
+    for model, splits in results.items():
+        if not isinstance(splits, dict):
+            raise ModelCardError(f"{where}: entry {model!r} must map splits to metrics.")
+        for split, metrics in splits.items():
+            if not isinstance(metrics, dict) or not all(
+                    isinstance(v, (int, float)) for k, v in metrics.items() if k in METRICS):
+                raise ModelCardError(f"{where}: {model!r} / {split!r} must map metric names to numbers.")
+
+
+def main_model_name(results: dict[str, Any]) -> str:
+    """The results entry of the published model: 'dtrec' if present, else the first non-baseline."""
+    if "dtrec" in results:
+        return "dtrec"
+    for name in results:
+        if name.lower() not in BASELINE_NAMES:
+            return name
+    return next(iter(results))
+
+
+def eval_results(results: dict[str, Any], dataset_name: str, *, model: str | None = None) -> list[EvalResult]:
+    """model-index entries: every metric of the published model on the test and cold-start splits."""
+    model = model or main_model_name(results)
+    out = []
+    for split in ("test", "cold_start"):
+        metrics = results.get(model, {}).get(split) or {}
+        for key in METRICS:
+            if key in metrics:
+                out.append(EvalResult(
+                    task_type=TASK_TYPE, task_name=TASK_NAME,
+                    dataset_type=dataset_name,
+                    dataset_name=_pretty_dataset(dataset_name) + (" (cold-start items)" if split == "cold_start" else ""),
+                    dataset_split=split, metric_type=key, metric_name=METRIC_NAMES[key],
+                    metric_value=float(metrics[key])))
+    return out
+
+
+def make_model_card(checkpoint_dir: str | Path, results: dict | None, *, dataset_name: str,
+                    recipe: str | None = None, repo_id: str | None = None,
+                    license: str = "apache-2.0") -> ModelCard:
+    """A Hub model card built from the checkpoint's config.json, `results` and its training config."""
+    cfg = read_checkpoint_config(checkpoint_dir)
+    if results is not None:
+        check_results(results)
+    training = find_training_config(checkpoint_dir)
+    if recipe is None and training:
+        recipe = _recorded_command(training[1])
+    model_name = repo_id.split("/")[-1] if repo_id else f"dtrec-{_slug(dataset_name)}"
+    evals = eval_results(results, dataset_name) if results else None
+    data = ModelCardData(
+        library_name="dtrec", license=license, tags=list(TAGS), datasets=[dataset_name],
+        pipeline_tag=PIPELINE_TAG, model_name=model_name, eval_results=evals or None,
+    )
+    body = "\n".join(_body(cfg, results, dataset_name, recipe, training, repo_id or "USER/NAME", model_name,
+                           notice=_read_notice(checkpoint_dir)))
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+# --------------------------------------------------------------------------- body sections
+def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None,
+          training: tuple[Path, dict] | None, repo_id: str, model_name: str, notice: str | None) -> list[str]:
+    dims = cfg.get("modality_dims", {})
+    mods = " + ".join(dims) or "no modality"
+    lines = [
+        f"# {model_name}",
+        "",
+        f"A multi-modal, ID-free two-tower sequential recommender (dtrec, after Song et al., "
+        f"2023, arXiv:2304.13277) trained on **{_pretty_dataset(dataset_name)}**. The item tower turns an item's "
+        f"content ({mods} features from a frozen encoder) into an embedding; the user tower reads a browsing "
+        "history and predicts the embedding of the next item, which retrieves items by cosine similarity. "
+        "Items are known only by their content, so new items and new catalogs are served without retraining.",
+        "",
+        "## Encoder this checkpoint needs",
+        "",
+        f"Item features must come from the encoder **`{cfg.get('encoder', '')}`** with these dimensions "
+        "(checked on load; other features are refused):",
+        "",
+        "| modality | dimension |",
+        "| --- | --- |",
+        *[f"| {m} | {d} |" for m, d in dims.items()],
+        "",
+        f"Extract them with `dtrec extract DATA --encoder {cfg.get('encoder', '')}`.",
+        "",
+        "## Architecture (config.json)",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *[f"| {k} | {_fmt_value(cfg[k])} |" for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout",
+                                                     "emb_dropout", "max_len", "share_towers", "objective",
+                                                     "temperature") if k in cfg],
+        "",
+        "## Training",
+        "",
+    ]
+    if recipe:
+        lines += ["The command that produced these weights:", "", "```bash", recipe.strip(), "```", ""]
+    if training and training[1].get("git_commit"):
+        lines += [f"Trained from dtrec commit `{training[1]['git_commit']}`.", ""]
+    if training:
+        lines += [f"Resolved training configuration (`{training[0].name}`):", "", "```json",
+                  json.dumps(training[1], indent=2, sort_keys=True), "```", ""]
+    if not recipe and not training:
+        lines += ["No training recipe or resolved training configuration was stored beside this checkpoint.", ""]
+    lines += ["## Results", ""]
+    if results:
+        lines += [
+            "Leave-one-out per user (last item = test, second-to-last = validation), full ranking over every "
+            "item of the catalog (no sampled negatives), checkpoint chosen on validation NDCG@10. Baselines "
+            "come from the same run, data and evaluation code.",
+            "",
+        ]
+        main = main_model_name(results)
+        for split, title in (("test", "Test"), ("cold_start", "Cold-start items (test cases whose target was "
+                                                                "never seen in training)"), ("valid", "Validation")):
+            table = _table(results, split, main)
+            if table:
+                lines += [f"### {title}", "", *table, ""]
+    else:
+        lines += ["No evaluation results were published with this checkpoint.", ""]
+    lines += [
+        "## Limitations",
+        "",
+        "- Quality depends on the content features: items whose text or image is poor or missing are "
+        "recommended less reliably, and the model only works with features of the encoder named above.",
+        f"- Trained on one catalog ({_pretty_dataset(dataset_name)}); numbers on other domains are not "
+        "measured here, and popularity biases of the training interactions carry over.",
+        f"- Histories longer than {cfg.get('max_len', '?')} items are truncated to their most recent part.",
+        "- A research artefact: not evaluated for fairness, and not meant for decisions about people.",
+        "",
+        "## Data notice",
+        "",
+        notice or _data_notice_for(dataset_name),
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from dtrec.model import DualTower",
+        f'model = DualTower.from_pretrained("{repo_id}")  # config.json + model.safetensors, strict key check',
+        "",
+        "from dtrec.service import Recommender",
+        "from dtrec.hub import resolve_demo",
+        'rec = Recommender.from_folder(resolve_demo("path/or/USER/demo-repo"))  # a demo folder (dtrec build-demo)',
+        'print(rec.recommend(history_ids=["<item id>", "<item id>"], k=10).items[0])',
+        "```",
+        "",
+        "Offline (`HF_HUB_OFFLINE=1`), a repo id loads only from the local Hugging Face cache.",
+    ]
+    return lines
+
+
+def _table(results: dict, split: str, main: str) -> list[str]:
+    rows = [(name, splits[split]) for name, splits in results.items() if isinstance(splits.get(split), dict)]
+    if not rows:
+        return []
+    keys = [k for k in METRICS if any(k in m for _, m in rows)]
+    head = ["| model | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
+            "| --- |" + " ---: |" * len(keys)]
+    body = []
+    for name, metrics in rows:
+        cells = [f"{metrics[k]:.4f}" if k in metrics else "–" for k in keys]
+        label = f"**{name}**" if name == main else name
+        if "n" in metrics:
+            label += f" (n={int(metrics['n'])})"
+        body.append(f"| {label} | " + " | ".join(cells) + " |")
+    return head + body
+
+
+def _recorded_command(record: dict[str, Any]) -> str | None:
+    """The command a run record stored, as a string ('command' or an 'argv' list)."""
+    if isinstance(record.get("command"), str):
+        return record["command"]
+    if isinstance(record.get("argv"), list):
+        import shlex
+
+        return shlex.join(str(a) for a in record["argv"])
+    return None
+
+
+def _read_notice(checkpoint_dir: str | Path) -> str | None:
+    ckpt = Path(checkpoint_dir)
+    for folder in (ckpt, ckpt.parent):
+        path = folder / "NOTICE.md"
+        if path.is_file():
+            return path.read_text().strip()
+    return None
+
+
+def _data_notice_for(dataset_name: str) -> str:
+    low = dataset_name.lower()
+    aliases = {"movielens": ("movielens", "ml-", "ml1m", "ml100k"), "amazon": ("amazon", "scientific")}
+    for key, text in _DATA_NOTICES.items():
+        if any(a in low for a in aliases[key]):
+            return text
+    return (f"Trained on `{dataset_name}`; see that data set's own licence and terms. "
+            "This repository holds no training data.")
+
+
+def _pretty_dataset(name: str) -> str:
+    known = {"movielens-100k": "MovieLens 100K", "ml-100k": "MovieLens 100K",
+             "amazon-scientific": "Amazon Reviews 2018 Industrial & Scientific", "scientific":
+             "Amazon Reviews 2018 Industrial & Scientific"}
+    return known.get(name.lower(), name)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "model"
+
+
+def _fmt_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (dict, list, bool)) or v is None else str(v)

@@ -1,0 +1,715 @@
+"""`Recommender`: the service that the Gradio app, its HTTP API and the CLI call.
+
+It ties a `DualTower` checkpoint, a catalog with its raw encoder features, the
+persistent `ItemStore` (catalog + uploads) and the derived `ItemIndex` together:
+`recommend` runs the user tower on a history and searches the index; `add_item`
+validates an upload, encodes it with the frozen encoder and the item tower, stores
+it and adds it to the index, so it is retrievable by the very next call and after
+a restart. Bad user input raises `InputError` with one sentence and stores nothing.
+
+Demo folder layout (written by `write_demo_folder`, read by `Recommender.from_folder`)::
+
+    DIR/model/config.json, DIR/model/model.safetensors     DualTower checkpoint
+    DIR/catalog/items.parquet, DIR/catalog/images/*.jpg     catalog (dtrec.data.catalog layout), thumbnails
+    DIR/catalog/features/<encoder>.safetensors              raw encoder features (dtrec.features)
+    DIR/histories.json    real test users' histories (lists of item ids)
+    DIR/results.json      evaluation table {model: {"valid": {...}, "test": {...}, "cold_start": {...}}}
+    DIR/README.md, DIR/NOTICE.md   model card and data notice
+
+The store lives in `store_dir` (default `DIR/store`, or a per-folder cache directory
+when `DIR` is read-only). On start the store is seeded from the catalog once; a
+changed catalog (fingerprint), model weights or encoder is detected and the stored
+rows are refreshed while uploads are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import threading
+import time
+import unicodedata
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from dtrec.config import ServeConfig
+from dtrec.data.catalog import Catalog, Dataset, Item
+from dtrec.features import MODALITIES, Features, cache_path, load_features
+from dtrec.store import ItemStore, NewItem, StoredItem
+
+# Formats an upload may have. Deliberately short: every decoder is attack surface, and
+# some (EPS) would run external programs.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "MPO")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+
+
+class InputError(ValueError):
+    """Bad user input; the message is one sentence that can be shown to the user as is."""
+
+
+@dataclass
+class ItemView:
+    """What the UI/API shows for one item."""
+
+    id: str
+    title: str
+    text: str
+    image: str | None  # absolute path of the stored image, or None
+    meta: dict = field(default_factory=dict)
+    is_new: bool = False  # uploaded, never interacted with
+
+
+@dataclass
+class Recommendation:
+    """One ranked item with its score and the history item most responsible for it."""
+
+    item: ItemView
+    rank: int
+    score: float
+    reason: str
+    reason_id: str | None = None
+
+
+@dataclass
+class Result:
+    """Ranked items and the wall time of the call that made them."""
+
+    items: list[Recommendation]
+    latency_ms: float
+
+
+def _zero_gpu(fn: Callable) -> Callable:
+    """`spaces.GPU(fn)` on Hugging Face ZeroGPU (SPACES_ZERO_GPU set, `spaces` importable), else `fn`."""
+    if not os.environ.get("SPACES_ZERO_GPU"):
+        return fn
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def _user_tower(model: Any, histories: list[list[int]], features: Features) -> np.ndarray:
+    """User-tower predictions (B, d) as float32 numpy."""
+    return model.user_embeddings(histories, features).float().cpu().numpy()
+
+
+def _item_tower(model: Any, features: Features) -> np.ndarray:
+    """Item-tower embeddings (N, d) as float32 numpy."""
+    return model.item_embeddings(features).float().cpu().numpy()
+
+
+def clean_text(text: str, keep_newlines: bool) -> str:
+    """`text` with control and invisible format characters removed, normalised (NFC) and stripped."""
+    text = unicodedata.normalize("NFC", str(text))
+    if not keep_newlines:
+        text = re.sub(r"[\r\n\t]+", " ", text)
+    else:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", text).strip()
+
+
+def _state_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the config and every weight (changes when the checkpoint changes)."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(model.config), sort_keys=True).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _default_store_dir(demo_dir: Path) -> Path:
+    """`DIR/store` when DIR is writable, else a per-folder directory under the user's cache."""
+    env = os.environ.get("DTREC_STORE_DIR")
+    if env:
+        return Path(env)
+    if os.access(demo_dir, os.W_OK):
+        return demo_dir / "store"
+    key = hashlib.sha256(str(demo_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dtrec" / f"store-{key}"
+
+
+class Recommender:
+    """Recommendations, uploads, text search and similar items over a persistent item store."""
+
+    def __init__(self, config: ServeConfig, *, demo_dir: str | Path | None = None):
+        """Load the model, catalog and features, seed/refresh the store, open the index."""
+        from dtrec.encoders.base import resolve_device
+        from dtrec.model import DualTower
+
+        if not config.model or not config.catalog or not config.store_dir:
+            raise ValueError("ServeConfig needs model, catalog and store_dir")
+        self.config = config
+        self.demo_dir = Path(demo_dir) if demo_dir is not None else None
+        self._lock = threading.RLock()
+        self._encoder = None
+        self.device = resolve_device(config.device)
+        self.model = DualTower.from_pretrained(config.model).to(self.device).eval()
+        self.encoder_name = self.model.config.encoder
+        self.modalities = tuple(self.model.config.modality_dims)
+        self.dims = dict(self.model.config.modality_dims)
+        self.d = int(self.model.config.d_model)
+        self._user_tower = _zero_gpu(_user_tower)
+        self._item_tower = _zero_gpu(_item_tower)
+
+        catalog_dir = Path(config.catalog)
+        items_file = catalog_dir / "items.parquet"
+        if not items_file.is_file():
+            raise FileNotFoundError(f"{items_file} is missing: is {catalog_dir} a catalog folder?")
+        self.catalog = Catalog.from_frame(pd.read_parquet(items_file), root=catalog_dir)
+        catalog_features = load_features(catalog_dir, self.encoder_name, self.catalog)
+        self.model.check_features(catalog_features)
+
+        self.store = ItemStore(config.store_dir)
+        self._sync_store(catalog_features)
+        self._load_state()
+        self.index = self.store.open_index(config.index, dim=self.d, **self._index_params())
+        self._histories = self._read_json("histories.json", [])
+        self._eval_table = self._read_json("results.json", {})
+
+    @classmethod
+    def from_folder(cls, path: str | Path, *, store_dir: str | Path | None = None,
+                    config: ServeConfig | None = None) -> "Recommender":
+        """A Recommender over a demo folder (layout in the module docstring)."""
+        path = Path(path)
+        if not (path / "model").is_dir() or not (path / "catalog").is_dir():
+            raise FileNotFoundError(f"{path} is not a demo folder: it needs model/ and catalog/ "
+                                    f"(write one with `dtrec build-demo`)")
+        base = config or ServeConfig()
+        store = store_dir or base.store_dir or _default_store_dir(path)
+        cfg = dataclasses.replace(base, model=str(path / "model"), catalog=str(path / "catalog"), store_dir=str(store))
+        return cls(cfg, demo_dir=path)
+
+    # ------------------------------------------------------------------ start-up
+    def _index_params(self) -> dict:
+        c = self.config
+        return {"ef_search": c.ef_search, "nprobe": c.nprobe, "ivfpq_min_items": c.ivfpq_min_items}
+
+    def _read_json(self, name: str, default: Any) -> Any:
+        if self.demo_dir is None or not (self.demo_dir / name).is_file():
+            return default
+        try:
+            return json.loads((self.demo_dir / name).read_text())
+        except json.JSONDecodeError as e:
+            warnings.warn(f"ignoring {self.demo_dir / name}: {e}", stacklevel=3)
+            return default
+
+    def _sync_store(self, features: Features) -> None:
+        """Seed the store from the catalog once; refresh it when catalog, encoder or weights changed."""
+        store = self.store
+        catalog_fp = hashlib.sha256(json.dumps(
+            [self.catalog.fingerprint(), features.encoder, features.fingerprint, features.dims]).encode()
+        ).hexdigest()[:16]
+        model_fp = _state_fingerprint(self.model)
+        old_encoder = store.get_meta("encoder")
+        fresh_catalog = False
+        if store.get_meta("catalog_fingerprint") != catalog_fp:
+            emb = _item_tower(self.model, features)
+            new = []
+            for i, it in enumerate(self.catalog):
+                p = self.catalog.image_path(i)
+                data = p.read_bytes() if p is not None and p.is_file() else None
+                new.append(NewItem(
+                    id=it.id, title=it.title, text=it.text, meta=it.meta, image=data,
+                    image_ext=p.suffix.lstrip(".") if p is not None else "jpg",
+                    features={m: features.values[m][i].numpy() if bool(features.present[m][i]) else None
+                              for m in features.modalities},
+                    embedding=emb[i]))
+            store.replace_catalog(new, {"catalog_fingerprint": catalog_fp})
+            fresh_catalog = True
+        if old_encoder is not None and old_encoder != self.encoder_name and store.count(uploads=True):
+            self._reencode_uploads()
+        if store.get_meta("model_fingerprint") != model_fp or old_encoder != self.encoder_name:
+            # embeddings of stored rows come from other weights: recompute them from stored features
+            rows, values, present, _ = store.vectors(self.dims, None)
+            if not fresh_catalog or store.count(uploads=True):
+                keep = slice(None) if not fresh_catalog else rows >= len(self.catalog)
+                rows = rows[keep]
+                if len(rows):
+                    feats = Features(self.encoder_name, {m: torch.from_numpy(values[m][keep]) for m in self.dims},
+                                     {m: torch.from_numpy(present[m][keep]) for m in self.dims})
+                    store.update_vectors(rows.tolist(), _item_tower(self.model, feats))
+            store.set_meta("model_fingerprint", model_fp)
+            store.set_meta("encoder", self.encoder_name)
+
+    def _reencode_uploads(self) -> None:
+        """Uploads carry features of another encoder: encode their stored text and image again."""
+        ups = self.store.uploads_oldest_first()
+        rows, feats = [], {m: [] for m in self.dims}
+        for it in ups:
+            img = None
+            if it.image and Path(it.image).is_file():
+                with Image.open(it.image) as im:
+                    im.load()
+                    img = im.convert("RGB")
+            vals = self._encode_content(it.title, it.text, img)
+            rows.append(it.row)
+            for m in self.dims:
+                feats[m].append(vals[m])
+        dims = self.dims
+        self.store.update_vectors(rows, None, {
+            m: None if all(v is None for v in feats[m]) else
+            np.stack([v if v is not None else np.zeros(dims[m], np.float32) for v in feats[m]]) for m in dims})
+
+    def _load_state(self) -> None:
+        """In-memory copies of what the towers and the UI need, indexed by store row."""
+        rows, values, present, emb = self.store.vectors(self.dims, self.d)
+        n = int(rows.max()) + 1 if len(rows) else 0
+        vals = {m: torch.zeros(n, self.dims[m]) for m in self.dims}
+        pres = {m: torch.zeros(n, dtype=torch.bool) for m in self.dims}
+        ridx = torch.from_numpy(rows)
+        for m in self.dims:
+            vals[m][ridx] = torch.from_numpy(values[m])
+            pres[m][ridx] = torch.from_numpy(present[m])
+        self._features = Features(self.encoder_name, vals, pres).to(self.device)
+        self._emb = np.zeros((n, self.d), np.float32)
+        self._emb[rows] = emb
+        self._views: dict[int, ItemView] = {}
+        self._row_of: dict[str, int] = {}
+        for it in self.store.items():
+            self._put_view(it)
+
+    def _put_view(self, it: StoredItem) -> None:
+        self._views[it.row] = ItemView(it.id, it.title, it.text, it.image, dict(it.meta), it.is_upload)
+        self._row_of[it.id] = it.row
+
+    # ------------------------------------------------------------------ helpers
+    def _rows(self, item_ids: list[str]) -> list[int]:
+        if isinstance(item_ids, str):
+            raise InputError("The history must be a list of item ids.")
+        out = []
+        for iid in item_ids:
+            row = self._row_of.get(str(iid))
+            if row is None:
+                raise InputError(f"Unknown item id {str(iid)[:80]!r}.")
+            out.append(row)
+        return out
+
+    def _check_k(self, k: int) -> int:
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise InputError("The number of results must be a whole number.") from None
+        if not 1 <= k <= self.config.max_k:
+            raise InputError(f"The number of results must be between 1 and {self.config.max_k}.")
+        return k
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, k: int, skip: set[int]) -> list[tuple[int, float]]:
+        out = []
+        for s, r in zip(scores.tolist(), rows.tolist()):
+            if r < 0 or r in skip or r not in self._views:
+                continue
+            out.append((r, float(s)))
+            if len(out) == k:
+                break
+        return out
+
+    def _encoder_obj(self) -> Any:
+        if self._encoder is None:
+            from dtrec.encoders import get_encoder
+
+            self._encoder = get_encoder(self.encoder_name, device=self.config.encoder_device or self.device)
+        return self._encoder
+
+    def _encode_content(self, title: str, text: str, image: Image.Image | None) -> dict[str, np.ndarray | None]:
+        """Raw frozen-encoder features of one item, per model modality (None: absent)."""
+        enc = self._encoder_obj()
+        out: dict[str, np.ndarray | None] = {m: None for m in self.dims}
+        if "text" in self.dims and (title or text):
+            joined = f"{title}. {text}" if title and text else (title or text)
+            out["text"] = enc.encode_text([joined])[0].float().cpu().numpy()
+        if "image" in self.dims and image is not None:
+            out["image"] = enc.encode_image([image])[0].float().cpu().numpy()
+        return out
+
+    def _embed(self, feats: dict[str, np.ndarray | None]) -> np.ndarray:
+        """Item-tower embedding (d,) of one item's raw features."""
+        values = {m: torch.from_numpy(v if v is not None else np.zeros(self.dims[m], np.float32))[None]
+                  for m, v in feats.items()}
+        present = {m: torch.tensor([v is not None]) for m, v in feats.items()}
+        return self._item_tower(self.model, Features(self.encoder_name, values, present))[0]
+
+    # ------------------------------------------------------------------ the contract
+    def recommend(self, history_ids: list[str], k: int = 10, exclude_history: bool = True) -> Result:
+        """Top-k next items for a history (oldest first); reason = most similar history item."""
+        t0 = time.perf_counter()
+        k = self._check_k(k)
+        if history_ids is None or len(history_ids) == 0:
+            raise InputError("Add at least one item to the history.")
+        if len(history_ids) > self.config.max_history:
+            raise InputError(f"The history is longer than {self.config.max_history} items.")
+        with self._lock:
+            rows = self._rows(list(history_ids))
+            tail = rows[-self.model.config.max_len:]
+            user = self._user_tower(self.model, [tail], self._features)
+            skip = set(rows) if exclude_history else set()
+            scores, ids = self.index.search(user, k + len(skip))
+            hits = self._hits(scores[0], ids[0], k, skip)
+            hist = np.asarray(sorted(set(rows)), dtype=np.int64)
+            recs = []
+            if hits:
+                sims = self._emb[[r for r, _ in hits]] @ self._emb[hist].T  # (k, h) item-tower cosines
+                for j, (r, s) in enumerate(hits):
+                    row_sims = sims[j].copy()
+                    if len(hist) > 1:
+                        row_sims[hist == r] = -np.inf  # explain by another item than itself
+                    src = int(hist[int(np.argmax(row_sims))])
+                    src_view = self._views[src]
+                    recs.append(Recommendation(self._views[r], j + 1, s, f"because you added {src_view.title}",
+                                               src_view.id))
+        return Result(recs, (time.perf_counter() - t0) * 1000)
+
+    def add_item(self, title: str, text: str = "", image: Image.Image | bytes | str | Path | None = None,
+                 *, session: str | None = None) -> tuple[str, float]:
+        """Validate, encode, store and index a new item; returns (new id, latency_ms)."""
+        t0 = time.perf_counter()
+        title = clean_text(title if title is not None else "", keep_newlines=False)
+        text = clean_text(text if text is not None else "", keep_newlines=True)
+        if not title:
+            raise InputError("Give the item a title.")
+        if len(title) > self.config.max_title_chars:
+            raise InputError(f"The title is longer than {self.config.max_title_chars} characters.")
+        if len(text) > self.config.max_text_chars:
+            raise InputError(f"The description is longer than {self.config.max_text_chars} characters.")
+        thumb = self._read_image(image) if image is not None else None
+        if "text" not in self.dims and thumb is None:
+            raise InputError("This model recommends by picture: add an image.")
+        jpeg = None
+        if thumb is not None:
+            buf = io.BytesIO()
+            thumb.save(buf, format="JPEG", quality=90)
+            jpeg = buf.getvalue()
+        feats = self._encode_content(title, text, thumb)
+        emb = self._embed(feats)
+        with self._lock:
+            self._evict_uploads(self.config.max_uploads - 1)
+            while True:
+                new_id = f"new-{uuid.uuid4().hex[:8]}"
+                if new_id not in self._row_of:
+                    break
+            stored = self.store.add(NewItem(id=new_id, title=title, text=text, meta={}, image=jpeg,
+                                            features=feats, embedding=emb, is_upload=True, session=session))
+            self._set_row(stored.row, feats, emb)
+            self._put_view(stored)
+            self.index.add([stored.row], emb[None])
+            self.store.save_index(self.index)
+        return new_id, (time.perf_counter() - t0) * 1000
+
+    def _set_row(self, row: int, feats: dict[str, np.ndarray | None], emb: np.ndarray) -> None:
+        n = self._emb.shape[0]
+        if row >= n:
+            grow = row + 1 - n
+            self._emb = np.concatenate([self._emb, np.zeros((grow, self.d), np.float32)])
+            f = self._features
+            self._features = Features(self.encoder_name,
+                                      {m: torch.cat([f.values[m], f.values[m].new_zeros(grow, self.dims[m])])
+                                       for m in self.dims},
+                                      {m: torch.cat([f.present[m], f.present[m].new_zeros(grow)]) for m in self.dims})
+        self._emb[row] = emb
+        for m in self.dims:
+            v = feats.get(m)
+            self._features.values[m][row] = torch.from_numpy(v).to(self.device) if v is not None else 0.0
+            self._features.present[m][row] = v is not None
+
+    def _evict_uploads(self, keep: int) -> None:
+        """Delete the oldest uploads until at most `keep` remain (store, index and memory)."""
+        ups = self.store.uploads_oldest_first()
+        if len(ups) <= keep:
+            return
+        drop = ups[: len(ups) - max(keep, 0)]
+        rows = self.store.delete([it.id for it in drop])
+        self.index.remove(rows)
+        for it in drop:
+            self._views.pop(it.row, None)
+            self._row_of.pop(it.id, None)
+            self._emb[it.row] = 0.0
+            for m in self.dims:
+                self._features.present[m][it.row] = False
+
+    def _read_image(self, image: Image.Image | bytes | str | Path) -> Image.Image:
+        """A validated RGB thumbnail of an upload; InputError for anything that is not a safe image."""
+        limit = self.config.max_upload_bytes
+        if isinstance(image, Image.Image):
+            w, h = image.size
+            self._check_pixels(w, h)
+            try:
+                if getattr(image, "is_animated", False):
+                    image.seek(0)
+                image.load()
+                return self._thumbnail(image)
+            except InputError:
+                raise
+            except Exception:
+                raise InputError("The image could not be read.") from None
+        if isinstance(image, (str, Path)):
+            p = Path(image)
+            try:
+                if not p.is_file():
+                    raise InputError("The image file could not be found.")
+                if p.stat().st_size > limit:
+                    raise InputError(f"The image is larger than {limit / 1e6:g} MB.")
+                data = p.read_bytes()
+            except OSError:
+                raise InputError("The image file could not be read.") from None
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+        else:
+            raise InputError("The image must be an image file, its bytes or a PIL image.")
+        if not data:
+            raise InputError("The image file is empty.")
+        if len(data) > limit:
+            raise InputError(f"The image is larger than {limit / 1e6:g} MB.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+                    self._check_pixels(*im.size)  # from the header, before any pixel is decoded
+                    im.verify()
+                with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+                    self._check_pixels(*im.size)
+                    im.seek(0)
+                    im.load()
+                    return self._thumbnail(im)
+        except InputError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError("The image has too many pixels.") from None
+        except Exception:  # PIL raises many types for malformed files (OSError, SyntaxError, ValueError, ...)
+            raise InputError("The file is not a readable JPEG, PNG, GIF, WebP or BMP image.") from None
+
+    def _check_pixels(self, w: int, h: int) -> None:
+        if w <= 0 or h <= 0:
+            raise InputError("The image has no pixels.")
+        if w * h > self.config.max_pixels:
+            raise InputError(f"The image has too many pixels (more than {self.config.max_pixels / 1e6:g} megapixels).")
+
+    def _thumbnail(self, im: Image.Image) -> Image.Image:
+        from dtrec.encoders.base import to_rgb
+
+        rgb = to_rgb(im)
+        if rgb is im:
+            rgb = rgb.copy()
+        px = self.config.thumbnail_px
+        rgb.thumbnail((px, px), Image.Resampling.LANCZOS)
+        return rgb
+
+    def search(self, text: str, k: int = 10) -> Result:
+        """Items matching a text query (encoded as a text-only item)."""
+        t0 = time.perf_counter()
+        k = self._check_k(k)
+        query = clean_text(text if text is not None else "", keep_newlines=False)
+        if not query:
+            raise InputError("Type something to search for.")
+        if len(query) > self.config.max_text_chars:
+            raise InputError(f"The query is longer than {self.config.max_text_chars} characters.")
+        if "text" not in self.dims:
+            raise InputError("This model does not read text, so it cannot search by text.")
+        feats = {m: None for m in self.dims}
+        feats["text"] = self._encoder_obj().encode_text([query])[0].float().cpu().numpy()
+        q = self._embed(feats)
+        with self._lock:
+            scores, ids = self.index.search(q[None], k)
+            hits = self._hits(scores[0], ids[0], k, set())
+            recs = [Recommendation(self._views[r], j + 1, s, "matches your query", None)
+                    for j, (r, s) in enumerate(hits)]
+        return Result(recs, (time.perf_counter() - t0) * 1000)
+
+    def similar(self, item_id: str, k: int = 10) -> Result:
+        """The k items closest to one item in item-tower space."""
+        t0 = time.perf_counter()
+        k = self._check_k(k)
+        with self._lock:
+            row = self._rows([item_id])[0]
+            scores, ids = self.index.search(self._emb[row][None], k + 1)
+            hits = self._hits(scores[0], ids[0], k, {row})
+            view = self._views[row]
+            recs = [Recommendation(self._views[r], j + 1, s, f"similar to {view.title}", view.id)
+                    for j, (r, s) in enumerate(hits)]
+        return Result(recs, (time.perf_counter() - t0) * 1000)
+
+    def get(self, item_id: str) -> ItemView:
+        """One item by id."""
+        with self._lock:
+            return self._views[self._rows([item_id])[0]]
+
+    def list_items(self, query: str = "", genre: str | None = None, limit: int = 200) -> list[ItemView]:
+        """Items whose title contains `query` (case-insensitive) and, when given, of `genre`."""
+        q = clean_text(query or "", keep_newlines=False).casefold()
+        out = []
+        with self._lock:
+            views = [self._views[r] for r in sorted(self._views)]
+        for v in views:
+            if q and q not in v.title.casefold():
+                continue
+            if genre and genre not in (v.meta.get("genres") or []):
+                continue
+            out.append(v)
+            if len(out) >= max(0, int(limit)):
+                break
+        return out
+
+    def genres(self) -> list[str]:
+        """Every genre named in the items' metadata, sorted."""
+        with self._lock:
+            views = list(self._views.values())
+        return sorted({g for v in views for g in (v.meta.get("genres") or []) if isinstance(g, str)})
+
+    def sample_history(self, seed: int | None = None) -> list[str]:
+        """A real test user's history from the demo data (its last `max_len` items, all known ids)."""
+        with self._lock:
+            known = [h for h in ([i for i in hist if i in self._row_of] for hist in self._histories) if h]
+        if not known:
+            raise InputError("This demo has no stored user histories.")
+        hist = random.Random(seed).choice(known)
+        return hist[-min(self.model.config.max_len, self.config.max_history):]
+
+    def rank_of(self, item_id: str, history_ids: list[str]) -> int | None:
+        """1-based exact rank of an item for a history (history items excluded); None if it is in the history."""
+        if not history_ids:
+            raise InputError("Add at least one item to the history.")
+        if len(history_ids) > self.config.max_history:
+            raise InputError(f"The history is longer than {self.config.max_history} items.")
+        with self._lock:
+            target = self._rows([item_id])[0]
+            rows = self._rows(list(history_ids))
+            if target in rows:
+                return None
+            user = self._user_tower(self.model, [rows[-self.model.config.max_len:]], self._features)[0]
+            live = np.fromiter(self._views, dtype=np.int64)
+            live = live[~np.isin(live, rows)]
+            scores = self._emb[live] @ user
+            mine = float(self._emb[target] @ user)
+            return int((scores > mine).sum()) + 1
+
+    def about(self) -> dict:
+        """Model, encoder, device, weights, counts, index and the evaluation table."""
+        weights = Path(self.config.model) / "model.safetensors"
+        return {
+            "model": self.demo_dir.name if self.demo_dir is not None else self.config.model,
+            "encoder": self.encoder_name,
+            "device": str(self.device),
+            "weights": str(weights.resolve()) if weights.exists() else self.config.model,
+            "d_model": self.d,
+            "max_len": int(self.model.config.max_len),
+            "objective": self.model.config.objective,
+            "index": self.index.kind,
+            "index_effective": self.index.effective_kind,
+            "n_items": len(self.index),
+            "n_catalog": self.store.count(uploads=False),
+            "n_uploads": self.store.count(uploads=True),
+            "store_dir": str(self.config.store_dir),
+            "results": self._eval_table,
+        }
+
+    def close(self) -> None:
+        """Save the index and close the store."""
+        with self._lock:
+            self.store.save_index(self.index)
+            self.store.close()
+
+
+# ---------------------------------------------------------------------- demo folder
+def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str | Path,
+                      histories: list[list[str]] | None = None, results: dict | str | Path | None = None, *,
+                      n_histories: int = 200, readme: str | None = None, notice: str | None = None,
+                      thumbnail_px: int = 256, seed: int = 0, half: bool = False) -> Path:
+    """Write a demo folder (layout in the module docstring) from a prepared data set, its features and a
+    DualTower (or a checkpoint folder). Histories default to `n_histories` test users' histories."""
+    from tqdm.auto import tqdm
+
+    from dtrec.model import DualTower
+
+    out = Path(out)
+    if isinstance(model, (str, Path)):
+        model = DualTower.from_pretrained(str(model))
+    model.check_features(features)
+    catalog = dataset.catalog
+    if len(features) != len(catalog):
+        raise ValueError(f"features have {len(features)} rows but the catalog has {len(catalog)} items")
+    out.mkdir(parents=True, exist_ok=True)
+
+    model_dir = out / "model"
+    model.save_pretrained(str(model_dir))
+    if half:  # the loader casts back to float32; halves the download
+        from safetensors.torch import load_file, save_file
+
+        st = model_dir / "model.safetensors"
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(st)).items()}, str(st))
+
+    cat_dir = out / "catalog"
+    img_dir = cat_dir / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in tqdm(range(len(catalog)), desc="thumbnails", unit="item"):
+        it = catalog[i]
+        rel = None
+        p = catalog.image_path(i)
+        if p is not None and p.is_file():
+            try:
+                from dtrec.encoders.base import to_rgb
+
+                with Image.open(p) as im:
+                    im.seek(0)
+                    im.load()
+                    rgb = to_rgb(im)
+                rgb.thumbnail((thumbnail_px, thumbnail_px), Image.Resampling.LANCZOS)
+                rel = f"images/{i}.jpg"
+                rgb.save(cat_dir / rel, format="JPEG", quality=88)
+            except Exception as e:  # a broken file costs the item its picture, not the build
+                warnings.warn(f"item {it.id!r}: image {p} unreadable, shown without one ({e})", stacklevel=2)
+        items.append(Item(it.id, it.title, it.text, rel, dict(it.meta)))
+    demo_catalog = Catalog(items, root=cat_dir)
+    tmp = cat_dir / "items.parquet.tmp"
+    demo_catalog.to_frame().to_parquet(tmp, index=False)
+    tmp.replace(cat_dir / "items.parquet")
+    # features were extracted from the full-size images; they are kept as they are and bound to this catalog
+    name = model.config.encoder
+    Features(name, features.values, features.present, demo_catalog.fingerprint()).save(cache_path(cat_dir, name))
+
+    if histories is None:
+        cases = [h for h, _ in dataset.eval_cases("test") if len(h) >= 2]
+        random.Random(seed).shuffle(cases)
+        histories = [[catalog[i].id for i in h[-200:]] for h in cases[:n_histories]]
+    else:
+        for h in histories:
+            for iid in h:
+                if not demo_catalog.has(iid):
+                    raise ValueError(f"history item {iid!r} is not in the catalog")
+    (out / "histories.json").write_text(json.dumps(histories))
+    if isinstance(results, (str, Path)):
+        results = json.loads(Path(results).read_text())
+    (out / "results.json").write_text(json.dumps(results or {}, indent=2))
+    (out / "README.md").write_text(readme or _default_card(dataset, model, results or {}))
+    (out / "NOTICE.md").write_text(notice or dataset.info.get("notice") or
+                                   f"# Data notice\n\nCatalog and histories derived from {dataset.name!r}; "
+                                   "see the source's own licence before reusing them.\n")
+    return out
+
+
+def _default_card(dataset: Dataset, model: Any, results: dict) -> str:
+    c = model.config
+    lines = [f"# dtrec demo: {dataset.name}", "",
+             f"DualTower (d={c.d_model}, {c.n_layers} layers, {c.objective}) over `{c.encoder}` features; "
+             f"{len(dataset.catalog)} items.", ""]
+    if results:
+        lines += ["| model | split | " + " | ".join(["recall@10", "ndcg@10", "mrr"]) + " |", "|---|---|---|---|---|"]
+        for name, splits in results.items():
+            for split, m in (splits or {}).items():
+                if isinstance(m, dict):
+                    lines.append(f"| {name} | {split} | " + " | ".join(
+                        f"{m.get(k, float('nan')):.4f}" for k in ("recall@10", "ndcg@10", "mrr")) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,153 @@
+"""Checkpoints: resumable training state, warm starts from a pretrained model, run records.
+
+`OUT/last/` holds the model (`save_pretrained` layout) and `state.pt` (optimizer,
+epoch, early-stopping counters, RNG states), read back with
+`torch.load(weights_only=True)`, which restores tensors and plain containers only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from dtrec.config import ModelConfig
+from dtrec.model.tower import CheckpointError, DualTower, FeatureMismatchError, load_state_checked, same_encoder
+
+ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state training draws from (python, torch CPU, CUDA)."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(out: str | Path, model: DualTower, optimizer: torch.optim.Optimizer, state: dict) -> Path:
+    """Write `out` (model + optimizer + `state`) via a temporary folder, so a crash keeps the old one."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state(), **state}, tmp / "state.pt")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def load_training_state(path: str | Path, model: DualTower, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore model weights and optimizer from `save_training_state`; returns the rest of the state."""
+    path = Path(path)
+    if not (path / "state.pt").exists():
+        raise FileNotFoundError(f"{path / 'state.pt'} is missing: nothing to resume from")
+    load_state_checked(model, load_file(str(path / "model.safetensors"), device=str(model.device)), source=str(path))
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state.pop("optimizer"))
+    return state
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The `ModelConfig` of a checkpoint folder (a finetune output's `best/` is found too)."""
+    path = checkpoint_dir(path)
+    data = json.loads((path / "config.json").read_text())
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in data.items() if k in names})
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """`path` itself when it holds config.json, else `path/best` (a finetune output folder)."""
+    path = Path(path)
+    for p in (path, path / "best"):
+        if (p / "config.json").exists() and (p / "model.safetensors").exists():
+            return p
+    raise FileNotFoundError(f"{path} holds no DualTower checkpoint (config.json + model.safetensors)")
+
+
+def merge_init_config(model_cfg: ModelConfig, init: str | Path) -> ModelConfig:
+    """`model_cfg` with the architecture of the checkpoint at `init` (which must share its encoder)."""
+    base = read_model_config(init)
+    if model_cfg.encoder and not same_encoder(base.encoder, model_cfg.encoder):
+        raise FeatureMismatchError(
+            f"checkpoint {init} was trained on encoder {base.encoder!r}, but the features come from {model_cfg.encoder!r}"
+        )
+    if model_cfg.modality_dims and base.modality_dims != model_cfg.modality_dims:
+        raise FeatureMismatchError(
+            f"checkpoint {init} expects dims {base.modality_dims}, but the features have {model_cfg.modality_dims}"
+        )
+    return dataclasses.replace(model_cfg, encoder=base.encoder, modality_dims=base.modality_dims,
+                               **{f: getattr(base, f) for f in ARCH_FIELDS})
+
+
+def init_from(model: DualTower, init: str | Path) -> list[str]:
+    """Load pretrained weights into `model`; returns what had to be re-initialised or copied.
+
+    A position table of another length is re-initialised; a shared encoder fills
+    both towers of a model with separate towers (and vice versa keeps the user side).
+    """
+    path = checkpoint_dir(init)
+    state = load_file(str(path / "model.safetensors"), device=str(model.device))
+    own = model.state_dict()
+    notes = []
+    if any(k.startswith("separate_item_encoder.") for k in own) and not any(
+        k.startswith("separate_item_encoder.") for k in state
+    ):
+        state.update({"separate_item_encoder." + k[len("user_encoder."):]: v
+                      for k, v in list(state.items()) if k.startswith("user_encoder.")})
+        notes.append("item tower initialised from the shared encoder")
+    if not any(k.startswith("separate_item_encoder.") for k in own):
+        dropped = [k for k in state if k.startswith("separate_item_encoder.")]
+        for k in dropped:
+            del state[k]
+        if dropped:
+            notes.append("separate item tower of the checkpoint dropped (towers shared)")
+    for k in [k for k in state if k.endswith("position.weight")]:
+        if k in own and own[k].shape != state[k].shape:
+            state[k] = own[k]
+            notes.append(f"{k} re-initialised ({tuple(own[k].shape)[0]} positions)")
+    load_state_checked(model, state, strict=True, source=str(path))
+    return notes
+
+
+def git_commit(root: str | Path | None = None) -> str | None:
+    """The current git commit of the source tree, or None outside a repository."""
+    root = Path(root) if root else Path(__file__).resolve().parents[2]
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def write_run_record(out: str | Path, config: Any, **extra: Any) -> Path:
+    """Write `OUT/train_config.json`: the resolved config plus data paths, seed and git commit."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"config": dataclasses.asdict(config), "git_commit": git_commit(), **extra}
+    path = out / "train_config.json"
+    path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    return path
+
+
+__all__ = [
+    "CheckpointError", "checkpoint_dir", "git_commit", "init_from", "load_training_state", "merge_init_config",
+    "read_model_config", "rng_state", "save_training_state", "set_rng_state", "write_run_record",
+]

@@ -1,0 +1,107 @@
+"""Popularity and SASRec baselines: fitting, learning, saving, and the `dtrec baseline` command."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from dtrec.baselines import checkpoint_type, load_baseline
+from dtrec.baselines.popularity import PopularityModel
+from dtrec.baselines.sasrec import SASRec, SASRecConfig, SASRecTrainConfig, train_sasrec, training_windows
+from dtrec.cli import main
+from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
+from dtrec.eval import evaluate
+
+
+def _dataset(seqs: list[list[int]], n: int, cold: list[int] | None = None) -> Dataset:
+    return Dataset(Catalog([Item(f"i{i}", f"item {i}", "") for i in range(n)]),
+                   Interactions([f"u{u}" for u in range(len(seqs))], seqs), name="tiny", cold_items=cold or [])
+
+
+def _planted(n_items: int = 40, n_users: int = 300, length: int = 10, seed: int = 0) -> Dataset:
+    """Histories where the next item is always (7 * last + 3) mod n_items."""
+    rng = random.Random(seed)
+    seqs = []
+    for _ in range(n_users):
+        s = [rng.randrange(n_items)]
+        while len(s) < length:
+            s.append((s[-1] * 7 + 3) % n_items)
+        seqs.append(s)
+    return _dataset(seqs, n_items)
+
+
+def test_popularity_counts_training_part_only_and_skips_cold_items():
+    # last two items of each history are valid/test; item 4 is cold
+    ds = _dataset([[0, 0, 1, 4, 2, 3], [1, 4, 2, 3]], 5, cold=[4])
+    m = PopularityModel.fit(ds)
+    assert m.counts.tolist() == [2.0, 2.0, 0.0, 0.0, 0.0]
+    s = m.scores([[0], [1, 2]])
+    assert s.shape == (2, 5) and torch.equal(s[0], s[1])
+
+
+def test_popularity_save_load_round_trip(tmp_path):
+    m = PopularityModel.fit(_dataset([[0, 2, 2, 1, 1], [2, 0, 1, 1]], 3))
+    m.save_pretrained(tmp_path / "pop")
+    assert checkpoint_type(tmp_path / "pop") == "popularity"
+    back = load_baseline(tmp_path / "pop")
+    assert isinstance(back, PopularityModel) and torch.equal(back.counts, m.counts)
+
+
+def test_training_windows_cover_every_target_once():
+    seq = list(range(12))
+    x, y = training_windows([seq, [5], [3, 4]], max_len=4)
+    targets = sorted(int(t) - 1 for t in y.flatten() if t > 0)
+    assert targets == sorted(list(range(1, 12)) + [4])
+    # in these consecutive sequences each input position holds the item just before its target
+    keep = y > 0
+    assert torch.all(y[keep] - x[keep] == 1)
+    assert torch.all(x[~keep] == 0)
+
+
+def test_sasrec_learns_a_planted_pattern():
+    torch.manual_seed(0)
+    ds = _planted()
+    cfg = SASRecConfig(num_items=40, hidden=32, dropout=0.1, attn_dropout=0.1, max_len=10)
+    train = SASRecTrainConfig(epochs=15, lr=5e-3, batch_size=64, patience=3, device="cpu", seed=0)
+    model, report = train_sasrec(ds, cfg, train, progress=False)
+    res = evaluate(model.scores, ds.eval_cases("test"))
+    assert res["recall@10"] >= 0.9, res
+    assert report["valid"]["ndcg@10"] == max(e["valid"]["ndcg@10"] for e in report["log"])
+
+
+def test_sasrec_scores_are_finite_for_empty_and_long_histories():
+    model = SASRec(SASRecConfig(num_items=7, hidden=16, max_len=4)).eval()
+    s = model.scores([[], list(range(7)) * 3, [1]])
+    assert s.shape == (3, 7) and torch.isfinite(s).all()
+    # only the last max_len items matter
+    assert torch.allclose(model.scores([[0, 1, 2, 3, 4, 5]]), model.scores([[2, 3, 4, 5]]), atol=1e-5)
+
+
+def test_sasrec_save_load_gives_identical_scores(tmp_path):
+    model = SASRec(SASRecConfig(num_items=9, hidden=16, max_len=5)).eval()
+    model.save_pretrained(tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["model_type"] == "sasrec" and cfg["num_items"] == 9
+    back = load_baseline(tmp_path / "s")
+    h = [[1, 2, 3], [8]]
+    assert torch.allclose(back.scores(h), model.scores(h))
+
+
+def test_baseline_command_writes_checkpoint_and_valid_json(tmp_path, capsys):
+    _planted(n_items=20, n_users=40, length=6).save(tmp_path / "data")
+    rc = main(["baseline", "sasrec", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "sas"),
+               "--epochs", "2", "--hidden", "16", "--max-len", "8", "--seed", "3", "--device", "cpu"])
+    assert rc == 0
+    valid = json.loads((tmp_path / "sas" / "valid.json").read_text())
+    assert valid["n"] == 40 and 0.0 <= valid["ndcg@10"] <= 1.0
+    log = json.loads((tmp_path / "sas" / "train_log.json").read_text())
+    assert log["train"]["seed"] == 3 and len(log["log"]) == 2
+    assert load_baseline(tmp_path / "sas").config.max_len == 8
+
+
+def test_baseline_command_rejects_unknown_model(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["baseline", "bpr", "--data", str(tmp_path), "--out", str(tmp_path / "x")])

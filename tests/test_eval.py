@@ -1,0 +1,136 @@
+"""Full-ranking metrics, batched evaluation, and `dtrec evaluate --json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from dtrec.cli import main
+from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
+from dtrec.eval import METRIC_KEYS, evaluate, evaluate_checkpoint, rank_metrics, target_ranks
+
+NAN = float("nan")
+
+
+def test_rank_counts_higher_items_and_ties_pessimistically():
+    s = torch.tensor([[0.9, 0.5, 0.5, 0.1], [0.9, 0.5, 0.5, 0.1], [0.0, 0.0, 0.0, 0.0]])
+    assert target_ranks(s, torch.tensor([1, 0, 3])).tolist() == [2, 0, 3]
+
+
+def test_metrics_match_hand_computed_values():
+    s = torch.tensor([[0.9, 0.5, 0.5, 0.1], [0.3, 0.2, 0.1, 0.4]])
+    m = rank_metrics(s, torch.tensor([1, 2]), ks=(1, 3))  # ranks 2 and 3
+    assert m["recall@1"].tolist() == [0.0, 0.0]
+    assert m["recall@3"].tolist() == [1.0, 0.0]
+    assert m["ndcg@3"][0].item() == pytest.approx(1 / math.log2(4))
+    assert m["ndcg@3"][1].item() == 0.0
+    assert m["mrr"].tolist() == pytest.approx([1 / 3, 1 / 4])
+
+
+def test_nan_scores_rank_below_every_number():
+    s = torch.tensor([[NAN, 0.2, NAN, -5.0], [NAN, 0.2, NAN, -5.0]])
+    ranks = target_ranks(s, torch.tensor([3, 0]))
+    # a real score beats both NaNs; a NaN target sits below the numbers and the other NaN
+    assert ranks.tolist() == [1, 3]
+
+
+def test_bad_targets_raise_value_error():
+    with pytest.raises(ValueError, match="outside"):
+        rank_metrics(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="targets"):
+        rank_metrics(torch.zeros(2, 3), torch.tensor([0]))
+
+
+def _hashed_scores(n_items: int):
+    """A deterministic scorer whose scores depend only on each history."""
+
+    def score(histories):
+        rows = []
+        for h in histories:
+            g = torch.Generator().manual_seed(hash(tuple(h)) % (2**31))
+            rows.append(torch.randn(n_items, generator=g))
+        return torch.stack(rows)
+
+    return score
+
+
+def test_batching_gives_the_same_result_as_one_batch():
+    rng = random.Random(0)
+    cases = [([rng.randrange(30) for _ in range(rng.randrange(1, 6))], rng.randrange(30)) for _ in range(53)]
+    calls: list[int] = []
+    fn = _hashed_scores(30)
+
+    def counted(h):
+        calls.append(len(h))
+        return fn(h)
+
+    one = evaluate(fn, cases, batch_size=1000)
+    many = evaluate(counted, cases, batch_size=7)
+    assert max(calls) == 7 and sum(calls) == 53
+    assert one["n"] == many["n"] == 53
+    for k in METRIC_KEYS:
+        assert many[k] == pytest.approx(one[k])
+    assert 0 < one["mrr"] < 1
+
+
+def test_exclude_history_removes_seen_items():
+    # item 0 always scores highest; it is in the history, so excluding it lifts the target to rank 0
+    fn = lambda hs: torch.tensor([[5.0, 1.0, 0.0]] * len(hs))  # noqa: E731
+    assert evaluate(fn, [([0], 1)])["mrr"] == pytest.approx(0.5)
+    assert evaluate(fn, [([0], 1)], exclude_history=True)["mrr"] == pytest.approx(1.0)
+
+
+def test_perfect_scorer_gets_full_marks():
+    fn = lambda hs: torch.nn.functional.one_hot(torch.tensor([h[-1] + 1 for h in hs]), 10).float()  # noqa: E731
+    res = evaluate(fn, [([i], i + 1) for i in range(9)])
+    assert all(res[k] == pytest.approx(1.0) for k in METRIC_KEYS)
+
+
+# --------------------------------------------------------------------------- checkpoints and CLI
+def _tiny_dataset(path, cold: bool) -> Dataset:
+    n = 12
+    rng = random.Random(1)
+    seqs = [[rng.randrange(n) for _ in range(6)] for _ in range(20)]
+    cold_items = sorted({s[-1] for s in seqs[:4]}) if cold else []
+    ds = Dataset(Catalog([Item(f"i{i}", f"item {i}", "") for i in range(n)]),
+                 Interactions([f"u{u}" for u in range(20)], seqs), name="tiny", cold_items=cold_items)
+    ds.save(path)
+    return ds
+
+
+@pytest.mark.parametrize("cold", [False, True])
+def test_evaluate_json_contract_and_cold_start_key(tmp_path, capsys, cold):
+    ds = _tiny_dataset(tmp_path / "data", cold)
+    assert main(["baseline", "popularity", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "pop")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "pop"), "--data", str(tmp_path / "data"), "--json"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads(out)  # exactly one JSON object, nothing else on stdout
+    assert set(res) == ({"valid", "test", "cold_start"} if cold else {"valid", "test"})
+    for split in res.values():
+        for k in METRIC_KEYS:
+            assert isinstance(split[k], float) and 0.0 <= split[k] <= 1.0
+    assert res["test"]["n"] == len(ds.eval_cases("test"))
+    if cold:
+        assert res["cold_start"]["n"] == len(ds.cold_cases("test")) > 0
+        assert "note" in res["cold_start"]
+        # cold items are never in training, so popularity gives them zero counts and the worst ranks
+        assert res["cold_start"]["recall@10"] < 1.0
+
+
+def test_evaluate_checkpoint_accepts_a_training_folder_with_best(tmp_path):
+    _tiny_dataset(tmp_path / "data", False)
+    main(["baseline", "popularity", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run" / "best")])
+    res = evaluate_checkpoint(tmp_path / "run", tmp_path / "data")
+    assert res["valid"]["n"] == 20
+
+
+def test_evaluate_rejects_a_folder_without_checkpoint(tmp_path, capsys):
+    _tiny_dataset(tmp_path / "data", False)
+    rc = main(["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path / "data"), "--json"])
+    assert rc == 2
+    assert "config.json" in capsys.readouterr().err

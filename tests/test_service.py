@@ -1,0 +1,270 @@
+"""Recommender end to end on a tiny synthetic demo folder (untrained DualTower, tiny-clip encoder)."""
+
+import io
+import json
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dtrec.config import ModelConfig, ServeConfig
+from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
+from dtrec.features import Features
+from dtrec.model import DualTower
+from dtrec.service import InputError, Recommender, write_demo_folder
+
+N_ITEMS = 40
+DIMS = {"text": 32, "image": 32}  # the tiny-clip encoder's dims
+GENRES = ["Comedy", "Drama", "Horror"]
+
+
+def _png(w=6, h=4, color=(200, 10, 10), mode="RGB", fmt="PNG", **save) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), color).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def _model(seed: int) -> DualTower:
+    torch.manual_seed(seed)
+    return DualTower(ModelConfig(encoder="tiny-clip", modality_dims=DIMS, d_model=32, n_layers=1, n_heads=2,
+                                 d_ff=64, max_len=10)).eval()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A demo folder written by `write_demo_folder` from a synthetic data set and random tiny-clip features."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(N_ITEMS):
+        image = None
+        if i % 4:  # every fourth item is text-only
+            image = f"images/{i}.png"
+            (root / image).write_bytes(_png(8, 8, tuple(int(c) for c in rng.integers(0, 255, 3))))
+        items.append(Item(f"m{i}", f"Movie {i} ({1990 + i})", f"A film about thing {i}.", image,
+                          {"year": 1990 + i, "genres": [GENRES[i % 3]]}))
+    catalog = Catalog(items, root=root)
+    seqs = [rng.choice(N_ITEMS, size=int(rng.integers(4, 9)), replace=False).tolist() for _ in range(12)]
+    dataset = Dataset(catalog, Interactions([f"u{u}" for u in range(12)], seqs), name="synthetic", root=root)
+    g = torch.Generator().manual_seed(1)
+    has_image = torch.tensor([bool(it.image) for it in items])
+    features = Features("tiny-clip", {m: torch.randn(N_ITEMS, d, generator=g) for m, d in DIMS.items()},
+                        {"text": torch.ones(N_ITEMS, dtype=torch.bool), "image": has_image})
+    features.values["image"][~has_image] = 0
+    out = write_demo_folder(dataset, features, _model(0), tmp_path_factory.mktemp("demo"),
+                            results={"dtrec": {"test": {"ndcg@10": 0.1}}})
+    return {"dir": out, "dataset": dataset, "features": features}
+
+
+def _open(demo, store, **cfg) -> Recommender:
+    return Recommender.from_folder(demo["dir"], store_dir=store, config=ServeConfig(**cfg) if cfg else None)
+
+
+def _rows(rec: Recommender) -> int:
+    return len(rec.store)
+
+
+def _images(store) -> int:
+    return len(list((store / "images").iterdir()))
+
+
+def test_demo_folder_layout(demo):
+    d = demo["dir"]
+    for f in ("model/config.json", "model/model.safetensors", "catalog/items.parquet",
+              "catalog/features/tiny-clip.safetensors", "histories.json", "results.json", "README.md", "NOTICE.md"):
+        assert (d / f).is_file(), f
+    thumbs = list((d / "catalog" / "images").glob("*.jpg"))
+    assert len(thumbs) == N_ITEMS - N_ITEMS // 4
+    hist = json.loads((d / "histories.json").read_text())
+    assert hist and all(isinstance(i, str) for h in hist for i in h)
+
+
+def test_recommend_matches_brute_force(demo, tmp_path):
+    rec = _open(demo, tmp_path)
+    history = ["m3", "m7", "m11"]
+    res = rec.recommend(history, k=5)
+    # reference: the towers run directly on the catalog features
+    model, feats = rec.model, demo["features"]
+    user = model.user_embeddings([[3, 7, 11]], feats)[0]
+    scores = model.item_embeddings(feats) @ user
+    scores[[3, 7, 11]] = -np.inf
+    expect = [f"m{i}" for i in scores.topk(5).indices.tolist()]
+    assert [r.item.id for r in res.items] == expect
+    assert [r.rank for r in res.items] == [1, 2, 3, 4, 5]
+    assert all(a.score >= b.score for a, b in zip(res.items, res.items[1:]))
+    assert all(r.reason_id in history and r.reason.startswith("because you added Movie") for r in res.items)
+    assert res.latency_ms > 0
+    view = res.items[0].item
+    assert view.meta["genres"] and not view.is_new
+    assert view.image is None or view.image.startswith(str(tmp_path))
+    with_hist = rec.recommend(history, k=N_ITEMS, exclude_history=False)
+    assert {"m3", "m7", "m11"} <= {r.item.id for r in with_hist.items}
+    # the reason is the history item with the highest item-tower cosine
+    emb = model.item_embeddings(feats)
+    top = int(res.items[0].item.id[1:])
+    best = max([3, 7, 11], key=lambda h: float(emb[top] @ emb[h]))
+    assert res.items[0].reason_id == f"m{best}"
+    # rank_of agrees with recommend
+    assert rec.rank_of(expect[1], history) == 2
+    assert rec.rank_of("m3", history) is None
+
+
+def test_add_item_is_retrievable_now_and_after_restart(demo, tmp_path):
+    rec = _open(demo, tmp_path)
+    n0 = _rows(rec)
+    text_id, ms = rec.add_item("Zebra quantum orchestra")
+    assert text_id.startswith("new-") and ms > 0
+    img_id, _ = rec.add_item("A red poster", "Red \x07square\x00 art.", image=_png(600, 300))
+    assert _rows(rec) == n0 + 2
+    # a text query equal to the item's only content gives the same item-tower input: rank 1
+    assert rec.search("Zebra quantum orchestra", k=3).items[0].item.id == text_id
+    hit = rec.search("Zebra quantum orchestra", k=3).items[0]
+    assert hit.item.is_new and hit.reason == "matches your query" and hit.score == pytest.approx(1, abs=1e-4)
+    view = rec.get(img_id)
+    assert view.text == "Red square art." and view.is_new
+    with Image.open(view.image) as im:
+        assert im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= 256 and im.size[0] == 2 * im.size[1]
+    assert any(r.item.id == img_id for r in rec.recommend([img_id, "m1"], k=N_ITEMS, exclude_history=False).items)
+    assert rec.similar(img_id, k=3).items[0].item.id != img_id
+    assert isinstance(rec.rank_of(img_id, ["m1", "m2"]), int)
+    assert rec.about()["n_uploads"] == 2
+    rec.close()
+
+    again = _open(demo, tmp_path)
+    assert _rows(again) == n0 + 2 and again.about()["n_uploads"] == 2
+    assert again.search("Zebra quantum orchestra", k=1).items[0].item.id == text_id
+    assert again.get(img_id).image == view.image
+    np.testing.assert_allclose(again.index.reconstruct(again._row_of[img_id]),
+                               rec._emb[rec._row_of[img_id]], atol=1e-5)
+
+
+def test_restart_rebuilds_a_deleted_or_corrupt_index(demo, tmp_path):
+    rec = _open(demo, tmp_path)
+    new_id, _ = rec.add_item("Only after restart")
+    path = rec.store.index_path("flat")
+    rec.store.close()
+    path.write_bytes(b"not an index")
+    again = _open(demo, tmp_path)
+    assert len(again.index) == N_ITEMS + 1
+    assert again.search("Only after restart", k=1).items[0].item.id == new_id
+    again.store.close()
+    path.unlink()
+    assert len(_open(demo, tmp_path).index) == N_ITEMS + 1
+
+
+def _bomb_png(w=100_000, h=100_000) -> bytes:
+    """A tiny PNG whose header claims w x h pixels (a decompression bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+BAD_UPLOADS = {
+    "non-image bytes": dict(title="x", image=b"%PDF-1.4 definitely not a picture"),
+    "empty file": dict(title="x", image=b""),
+    "truncated png": dict(title="x", image=_png(64, 64, (1, 2, 3))[:60]),
+    "decompression bomb": dict(title="x", image=_bomb_png()),
+    "over the pixel limit": dict(title="x", image=_png(2000, 1000, 0, mode="1")),
+    "over the byte limit": dict(title="x", image=b"\xff\xd8" + b"\0" * 3_000_000),
+    "eps is not accepted": dict(title="x", image=b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n"),
+    "missing file": dict(title="x", image="/nonexistent/picture.png"),
+    "empty title": dict(title=""),
+    "control-only title": dict(title=" \x00\x07\u200b "),
+    "10,000-char title": dict(title="t" * 10_000),
+    "long text": dict(title="ok", text="x" * 5000),
+    "wrong type": dict(title="ok", image=12345),
+}
+
+
+def test_bad_uploads_raise_and_store_nothing(demo, tmp_path):
+    rec = _open(demo, tmp_path, max_pixels=1_000_000, max_upload_bytes=2_000_000)
+    n0, img0, idx0 = _rows(rec), _images(tmp_path), len(rec.index)
+    for name, kwargs in BAD_UPLOADS.items():
+        with pytest.raises(InputError) as e:
+            rec.add_item(**kwargs)
+        msg = str(e.value)
+        assert msg.endswith(".") and "\n" not in msg and len(msg) < 160, (name, msg)
+        assert _rows(rec) == n0 and _images(tmp_path) == img0 and len(rec.index) == idx0, name
+
+
+def test_bad_queries_raise_input_error(demo, tmp_path):
+    rec = _open(demo, tmp_path, max_history=5)
+    with pytest.raises(InputError, match="Add at least one item to the history."):
+        rec.recommend([])
+    with pytest.raises(InputError, match="nope-42"):
+        rec.recommend(["m1", "nope-42"])
+    with pytest.raises(InputError, match="longer than 5"):
+        rec.recommend([f"m{i}" for i in range(6)])
+    with pytest.raises(InputError, match="between 1 and"):
+        rec.recommend(["m1"], k=0)
+    with pytest.raises(InputError, match="Unknown"):
+        rec.similar("zzz")
+    with pytest.raises(InputError, match="Type something"):
+        rec.search("  \x00 ")
+    with pytest.raises(InputError, match="Unknown"):
+        rec.get("zzz")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _png(300, 200, (10, 20, 30, 40), mode="CMYK", fmt="JPEG"),
+    lambda: _png(30, 20, 3, mode="P", transparency=3),
+    lambda: _png(30, 20, (100, 50), mode="LA"),
+    lambda: _gif(),
+    lambda: Image.new("RGBA", (40, 40), (1, 2, 3, 0)),
+])
+def test_image_modes_are_converted_to_rgb(demo, tmp_path, make):
+    rec = _open(demo, tmp_path)
+    new_id, _ = rec.add_item("Odd picture", image=make())
+    with Image.open(rec.get(new_id).image) as im:
+        assert im.mode == "RGB" and max(im.size) <= 256
+
+
+def _gif() -> bytes:
+    frames = [Image.new("P", (20, 20), c) for c in (1, 2, 3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], loop=0)
+    return buf.getvalue()
+
+
+def test_upload_limit_evicts_the_oldest(demo, tmp_path):
+    rec = _open(demo, tmp_path, max_uploads=2)
+    ids = [rec.add_item(f"Upload {i}")[0] for i in range(3)]
+    assert rec.about()["n_uploads"] == 2 and len(rec.index) == N_ITEMS + 2
+    with pytest.raises(InputError):
+        rec.get(ids[0])
+    assert rec.search("Upload 2", k=1).items[0].item.id == ids[2]
+
+
+def test_new_weights_refresh_stored_embeddings_and_keep_uploads(demo, tmp_path):
+    rec = _open(demo, tmp_path)
+    new_id, _ = rec.add_item("Kept across models")
+    rec.close()
+    other = tmp_path / "demo2"
+    shutil.copytree(demo["dir"], other)
+    _model(7).save_pretrained(other / "model")
+    rec2 = Recommender.from_folder(other, store_dir=tmp_path)
+    assert rec2.search("Kept across models", k=1).items[0].item.id == new_id
+    fresh = Recommender.from_folder(other, store_dir=tmp_path / "fresh")
+    a = rec2.recommend(["m1", "m2"], k=8)
+    b = fresh.recommend(["m1", "m2"], k=8)
+    assert [r.item.id for r in a.items] == [r.item.id for r in b.items]
+
+
+def test_browsing_history_samples_and_about(demo, tmp_path):
+    rec = _open(demo, tmp_path, index="hnsw")
+    assert rec.genres() == GENRES
+    drama = rec.list_items(genre="Drama")
+    assert drama and all("Drama" in v.meta["genres"] for v in drama)
+    assert [v.id for v in rec.list_items("movie 1", limit=3)] == ["m1", "m10", "m11"]
+    hist = rec.sample_history(seed=3)
+    assert hist == rec.sample_history(seed=3) and 1 <= len(hist) <= rec.model.config.max_len
+    assert len(rec.recommend(hist, k=5).items) == 5
+    about = rec.about()
+    assert about["encoder"] == "tiny-clip" and about["index"] == "hnsw" and about["n_items"] == N_ITEMS
+    assert about["results"] == {"dtrec": {"test": {"ndcg@10": 0.1}}} and about["device"] in ("cpu", "cuda")
