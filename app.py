@@ -23,8 +23,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import gradio as gr
-import pandas as pd
+# A local demo sends no usage statistics unless the user opts in.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DEMO = ROOT / "assets" / "demo"
@@ -324,8 +327,9 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
                 k = gr.Slider(4, 24, value=12, step=1, label="How many recommendations")
 
         gr.Markdown("### Recommended for you")
-        latency = gr.Markdown("Add a few movies to your history to get recommendations.", elem_classes="hint")
-        recs = gr.Gallery(show_label=False, columns=6, height=None, allow_preview=False,
+        latency = gr.Markdown("Add a few movies to your history to get recommendations.", elem_classes="hint",
+                              elem_id="recs-latency")
+        recs = gr.Gallery(show_label=False, columns=8, height=None, allow_preview=False,
                           object_fit="cover", elem_classes="poster-grid", elem_id="recs", buttons=[])
 
         with gr.Accordion("Add a new item (cold start)", open=True):
@@ -442,6 +446,7 @@ def load_recommender(demo: str | None, model: str | None, catalog: str | None,
 def main(argv: list[str] | None = None) -> int:
     """Load the Recommender named by the flags and serve the app."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
     t0 = time.perf_counter()
     if not args.model and not args.catalog and args.demo == str(DEFAULT_DEMO) and not (DEFAULT_DEMO / "model").is_dir():

@@ -162,6 +162,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="JSON file of PretrainConfig fields (model fields under 'model')")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(p, PretrainConfig)
+    _add_push_flag(p)
     p.set_defaults(func=_cmd_pretrain)
 
     f = sub.add_parser("finetune", help="train the two towers on next-item prediction (torchrun-aware)")
@@ -173,19 +174,20 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--resume", action="store_true", help="continue OUT/last with OUT's saved config")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(f, FinetuneConfig)
+    _add_push_flag(f)
     f.set_defaults(func=_cmd_finetune)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from dtrec.train.pretrain import pretrain_command
 
-    return pretrain_command(args)
+    return _push_after(args, pretrain_command(args), args.out)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from dtrec.train.finetune import finetune_command
 
-    return finetune_command(args)
+    return _push_after(args, finetune_command(args), args.out)
 
 
 # --------------------------------------------------------------------------- publish / publish-demo
@@ -214,6 +216,26 @@ def _add_hub_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--commit-message", default=None)
     p.add_argument("--dry-run", metavar="OUT_DIR", default=None,
                    help="write the exact folder that would be uploaded to OUT_DIR and upload nothing")
+
+
+def _add_push_flag(p: argparse.ArgumentParser) -> None:
+    """`--push-to-hub REPO_ID` for commands whose output can be published (pretrain, finetune, build-demo)."""
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                   help="publish the output to this Hub repo when done (token: HF_TOKEN or `hf auth login`)")
+    p.add_argument("--hub-private", action="store_true", help="create that Hub repo as private")
+
+
+def _push_after(args: argparse.Namespace, rc: int | None, folder: str) -> int:
+    """Publish `folder` after a successful command when --push-to-hub was given (rank 0 only)."""
+    import os
+
+    repo_id = getattr(args, "push_to_hub", None)
+    if rc or not repo_id or os.environ.get("RANK", "0") != "0":
+        return int(rc or 0)
+    from dtrec.hub import maybe_push
+
+    print(f"published: {maybe_push(folder, repo_id, private=args.hub_private)}")
+    return 0
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -246,6 +268,7 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--histories", type=int, default=300, help="real test users' histories to include (at most 300)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--full-precision", action="store_true", help="keep float32 weights and features (default fp16)")
+    _add_push_flag(b)
     b.set_defaults(func=_cmd_build_demo)
 
     s = sub.add_parser("serve", help="run the Gradio demo (app.py) on a demo folder or a model + catalog")
@@ -263,7 +286,7 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_build_demo(args: argparse.Namespace) -> int:
     from dtrec.demo import build_demo_command
 
-    return build_demo_command(args)
+    return _push_after(args, build_demo_command(args), args.out)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ class ModelConfig:
     objective: str = "cloze"
     temperature: float = 0.05
     mask_prob: float = 0.2
+    reverse_positions: bool = True
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:

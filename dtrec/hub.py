@@ -13,7 +13,6 @@ using only the local cache.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -81,7 +80,7 @@ def _resolve(source: str | Path, revision: str | None, *, what: str, allow_patte
         if not path.is_dir():
             raise HubError(f"{text} is a file; give the {what} folder or a Hub repo id.")
         return path.resolve()
-    repo_type, repo_id = _split_repo(text)
+    repo_type, repo_id = split_repo_id(text)
     if repo_id is None:
         raise HubError(f"{text} is neither an existing folder nor a Hugging Face repo id (USER/NAME).")
     offline = constants.is_offline_mode()
@@ -105,7 +104,7 @@ def _resolve(source: str | Path, revision: str | None, *, what: str, allow_patte
         raise HubError(f"the Hugging Face Hub answered HTTP {_status(e)} for {what} '{repo_id}'.") from None
 
 
-def _split_repo(text: str) -> tuple[str, str | None]:
+def split_repo_id(text: str) -> tuple[str, str | None]:
     """('model'|'dataset', repo id) for 'USER/NAME' or 'datasets/USER/NAME'; repo id None if malformed."""
     repo_type = "model"
     for prefix, kind in (("datasets/", "dataset"), ("models/", "model")):
@@ -156,13 +155,6 @@ def maybe_push(folder: str | Path, repo_id: str | None, *, private: bool = False
     return url
 
 
-def add_push_to_hub_argument(parser: argparse.ArgumentParser) -> None:
-    """Add `--push-to-hub REPO_ID` (and `--private`) to a training or build command."""
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
-                        help="publish the result to this Hub repo (token from HF_TOKEN or `hf auth login`)")
-    parser.add_argument("--hub-private", action="store_true", help="create the Hub repo as private")
-
-
 # --------------------------------------------------------------------------- plans
 Plan = dict[str, "Path | bytes"]
 
@@ -174,6 +166,8 @@ def plan_checkpoint(checkpoint_dir: str | Path, repo_id: str, *, results: dict |
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
         raise HubError(f"checkpoint folder {ckpt} does not exist.")
+    if not (ckpt / "config.json").is_file() and (ckpt / "best" / "config.json").is_file():
+        ckpt = ckpt / "best"  # a `dtrec finetune` output folder: publish its best checkpoint
     for name in MODEL_FILES:
         if not (ckpt / name).is_file():
             raise HubError(f"{ckpt} holds no {name}; save the model with DualTower.save_pretrained first.")
@@ -290,6 +284,14 @@ def _load_results_arg(results: dict | str | Path | None, ckpt: Path) -> dict | N
     for folder in (ckpt, ckpt.parent):
         if (folder / "results.json").is_file():
             return load_results(folder / "results.json")
+    # A bare `dtrec finetune` run leaves valid.json / test.json beside best/: the model alone, no baselines.
+    splits = {split: {k: v for k, v in json.loads((ckpt.parent / f"{split}.json").read_text()).items()
+                      if k != "epoch"}
+              for split in ("valid", "test") if (ckpt.parent / f"{split}.json").is_file()}
+    if splits:
+        results = {"dtrec": splits}
+        check_results(results, str(ckpt.parent))
+        return results
     return None
 
 

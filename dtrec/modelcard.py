@@ -127,12 +127,13 @@ def eval_results(results: dict[str, Any], dataset_name: str, *, model: str | Non
     out = []
     for split in ("test", "cold_start"):
         metrics = results.get(model, {}).get(split) or {}
+        suffix = " (cold-start items)" if split == "cold_start" else ""
         for key in METRICS:
             if key in metrics:
                 out.append(EvalResult(
                     task_type=TASK_TYPE, task_name=TASK_NAME,
                     dataset_type=dataset_name,
-                    dataset_name=_pretty_dataset(dataset_name) + (" (cold-start items)" if split == "cold_start" else ""),
+                    dataset_name=_pretty_dataset(dataset_name) + suffix,
                     dataset_split=split, metric_type=key, metric_name=METRIC_NAMES[key],
                     metric_value=float(metrics[key])))
     return out

@@ -164,7 +164,9 @@ class Recommender:
         self.dims = dict(self.model.config.modality_dims)
         self.d = int(self.model.config.d_model)
         self._user_tower = _zero_gpu(_user_tower)
-        self._item_tower = _zero_gpu(_item_tower)
+        self._item_tower = _item_tower
+        # encoder + item tower in one GPU call (ZeroGPU grants the GPU per decorated call)
+        self._encode_and_embed = _zero_gpu(self._encode_and_embed_impl)
 
         catalog_dir = Path(config.catalog)
         items_file = catalog_dir / "items.parquet"
@@ -319,11 +321,22 @@ class Recommender:
         return out
 
     def _encoder_obj(self) -> Any:
-        if self._encoder is None:
-            from dtrec.encoders import get_encoder
+        with self._lock:  # built once, on first use: only uploads and text search need it
+            if self._encoder is None:
+                from dtrec.encoders import get_encoder
 
-            self._encoder = get_encoder(self.encoder_name, device=self.config.encoder_device or self.device)
-        return self._encoder
+                self._encoder = get_encoder(self.encoder_name, device=self.config.encoder_device or self.device)
+            return self._encoder
+
+    def _encode_and_embed_impl(self, title: str, text: str, image: Image.Image | None,
+                               text_only: bool = False) -> tuple[dict[str, np.ndarray | None], np.ndarray]:
+        """Raw features and item-tower embedding of one item (a text query when `text_only`)."""
+        if text_only:
+            feats: dict[str, np.ndarray | None] = {m: None for m in self.dims}
+            feats["text"] = self._encoder_obj().encode_text([text])[0].float().cpu().numpy()
+        else:
+            feats = self._encode_content(title, text, image)
+        return feats, self._embed(feats)
 
     def _encode_content(self, title: str, text: str, image: Image.Image | None) -> dict[str, np.ndarray | None]:
         """Raw frozen-encoder features of one item, per model modality (None: absent)."""
@@ -393,8 +406,7 @@ class Recommender:
             buf = io.BytesIO()
             thumb.save(buf, format="JPEG", quality=90)
             jpeg = buf.getvalue()
-        feats = self._encode_content(title, text, thumb)
-        emb = self._embed(feats)
+        feats, emb = self._encode_and_embed(title, text, thumb)
         with self._lock:
             self._evict_uploads(self.config.max_uploads - 1)
             while True:
@@ -518,9 +530,7 @@ class Recommender:
             raise InputError(f"The query is longer than {self.config.max_text_chars} characters.")
         if "text" not in self.dims:
             raise InputError("This model does not read text, so it cannot search by text.")
-        feats = {m: None for m in self.dims}
-        feats["text"] = self._encoder_obj().encode_text([query])[0].float().cpu().numpy()
-        q = self._embed(feats)
+        _, q = self._encode_and_embed("", query, None, text_only=True)
         with self._lock:
             scores, ids = self.index.search(q[None], k)
             hits = self._hits(scores[0], ids[0], k, set())
@@ -713,3 +723,17 @@ def _default_card(dataset: Dataset, model: Any, results: dict) -> str:
                     lines.append(f"| {name} | {split} | " + " | ".join(
                         f"{m.get(k, float('nan')):.4f}" for k in ("recall@10", "ndcg@10", "mrr")) + " |")
     return "\n".join(lines) + "\n"
+
+
+def benchmark_recommend(rec: Recommender, n_queries: int = 200, history_len: int = 10, k: int = 10,
+                        seed: int = 0, warmup: int = 10) -> dict[str, float]:
+    """In-process `recommend` latency over random histories of catalog items: p50/p95/mean in ms."""
+    ids = [v.id for v in rec.list_items(limit=10**9) if not v.is_new]
+    rng = random.Random(seed)
+    for _ in range(warmup):
+        rec.recommend(rng.sample(ids, min(history_len, len(ids))), k=k)
+    times = np.asarray([rec.recommend(rng.sample(ids, min(history_len, len(ids))), k=k).latency_ms
+                        for _ in range(n_queries)])
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+            "mean_ms": float(times.mean()), "n": int(n_queries), "n_items": len(rec.index),
+            "device": str(rec.device), "index": rec.index.kind}

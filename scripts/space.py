@@ -14,6 +14,7 @@ and its path printed; nothing is uploaded. The token is never printed.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from huggingface_hub import SpaceCardData  # noqa: E402
 
-from dtrec.hub import DEMO_REQUIRED, HubError, _split_repo, plan_folder, push_plan  # noqa: E402
+from dtrec.hub import DEMO_REQUIRED, HubError, split_repo_id, plan_folder, push_plan  # noqa: E402
 
 PYTHON_VERSION = "3.11"
 # Gradio is installed by the Space runtime at `sdk_version`; listing it again can clash.
@@ -61,14 +62,12 @@ def build_space(out: Path, space_id: str, *, assets: Path | None, demo: str | No
 def _readme(space_id: str, variables: dict[str, str], title: str | None, bundled: bool) -> str:
     models, datasets = [], []
     for value in variables.values():
-        repo_type, repo_id = _split_repo(value)
+        repo_type, repo_id = split_repo_id(value)
         if repo_id and not Path(value).exists():
             (datasets if repo_type == "dataset" else models).append(repo_id)
-    try:
-        import gradio
-
-        sdk_version = gradio.__version__
-    except ImportError:
+    try:  # the metadata, not an import: importing gradio takes seconds
+        sdk_version = importlib.metadata.version("gradio")
+    except importlib.metadata.PackageNotFoundError:
         sdk_version = None
     data = SpaceCardData(title=title or "dtrec: multi-modal two-tower recommender", sdk="gradio",
                          sdk_version=sdk_version, app_file="app.py", python_version=PYTHON_VERSION,

@@ -28,3 +28,14 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (set DTREC_DATA to its folder)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A demo folder written by `dtrec.demo.build_demo` from the MovieLens fixture (tiny-clip, random DualTower).
+
+    Shared by the session: tests must not write into it (give the Recommender its own store_dir).
+    """
+    from tiny_demo import make_tiny_demo
+
+    return make_tiny_demo(tmp_path_factory.mktemp("tiny-demo"))

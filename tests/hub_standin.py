@@ -43,7 +43,7 @@ class StandInHub:
         self._counter = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> "StandInHub":
         self._thread.start()
@@ -104,7 +104,8 @@ def _handler(hub: StandInHub):
             if path == "/api/repos/create":
                 payload = json.loads(body)
                 repo_type = payload.get("type") or "model"
-                repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+                org = payload.get("organization")
+                repo_id = f"{org}/{payload['name']}" if org else payload["name"]
                 url = f"{hub.url}/{_URL_PREFIX[repo_type]}{repo_id}"
                 with hub._lock:
                     if (repo_type, repo_id) in hub.repos:

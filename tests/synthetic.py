@@ -9,7 +9,7 @@ from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.features import Features
 
 
-def planted_dataset(n_items: int = 40, n_users: int = 200, length: int = 8, seed: int = 0,
+def planted_dataset(n_items: int = 40, n_users: int = 200, length: tuple[int, int] = (4, 12), seed: int = 0,
                     dims: dict[str, int] | None = None, missing: float = 0.0) -> tuple[Dataset, Features]:
     """Histories where the next item is a fixed random function of the last; random features."""
     g = torch.Generator().manual_seed(seed)
@@ -18,7 +18,8 @@ def planted_dataset(n_items: int = 40, n_users: int = 200, length: int = 8, seed
     seqs = []
     for _ in range(n_users):
         s = [int(torch.randint(n_items, (1,), generator=g))]
-        for _ in range(length - 1):
+        n = int(torch.randint(length[0], length[1] + 1, (1,), generator=g))
+        for _ in range(n - 1):
             s.append(int(nxt[s[-1]]))
         seqs.append(s)
     catalog = Catalog([Item(id=f"i{i}", title=f"item {i}", text="") for i in range(n_items)])

@@ -176,6 +176,19 @@ def test_dry_run_folder_round_trip_gives_identical_scores(run_dir: Path, feature
         DualTower.from_pretrained(str(tampered))
 
 
+def test_finetune_output_folder_publishes_best_with_its_valid_and_test(run_dir: Path, tmp_path: Path):
+    (run_dir / "results.json").unlink()
+    test = {"epoch": 4, "recall@10": 0.25, "recall@50": 0.5, "ndcg@10": 0.125, "ndcg@50": 0.2, "mrr": 0.1, "n": 9}
+    (run_dir / "test.json").write_text(json.dumps(test))
+    (run_dir / "valid.json").write_text(json.dumps({**test, "recall@10": 0.3}))
+    out = Path(publish(run_dir, "me/x", dry_run_dir=tmp_path / "o"))  # the run folder, not best/
+    assert (out / "model.safetensors").read_bytes() == (run_dir / "best" / "model.safetensors").read_bytes()
+    assert json.loads((out / "results.json").read_text())["dtrec"]["test"]["recall@10"] == 0.25
+    card = ModelCard((out / "README.md").read_text())
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
+        ("test", k): test[k] for k in METRICS}
+
+
 def test_dry_run_refuses_a_non_empty_folder(run_dir: Path, tmp_path: Path):
     out = tmp_path / "busy"
     out.mkdir()
@@ -216,7 +229,9 @@ def test_publish_end_to_end_then_load_offline(run_dir: Path, features: Features,
     assert hub.files("me/dtrec-ml", "main") == {}  # the branch was created; main untouched
     uploaded = hub.files("me/dtrec-ml", "dev")
     assert uploaded == {p.name: p.read_bytes() for p in dry.iterdir()}  # exactly the dry-run folder
-    assert hub.auth and set(hub.auth) == {f"Bearer {SECRET}"}, list(zip(hub.requests, hub.auth))
+    # The token, found by huggingface_hub in HF_TOKEN, authenticates every repo request.
+    repo_auth = {auth for (_, path), auth in zip(hub.requests, hub.auth) if "/me/dtrec-ml" in path or "repos" in path}
+    assert repo_auth == {f"Bearer {SECRET}"}
     assert ("POST", "/api/models/me/dtrec-ml/branch/dev") in hub.requests
 
     # A second publish to the existing repo and branch works (create_repo / create_branch exist_ok).
@@ -265,6 +280,7 @@ def test_cli_publish_subprocess_never_prints_the_token(run_dir: Path, hub: Stand
 
     # A refused request is one line on stderr, exit 2.
     env["HF_ENDPOINT"] = hub.url + "/nothing-here"
+    env.pop("HF_HUB_VERBOSITY")
     r = subprocess.run([sys.executable, "-m", "dtrec.cli", "publish", str(run_dir / "best"), "--repo-id", "me/y"],
                        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -367,6 +383,22 @@ def test_maybe_push(run_dir: Path, hub: StandInHub, tmp_path: Path):
     assert url.startswith(f"{hub.url}/me/pushed/commit/") and "README.md" in hub.files("me/pushed")
     url = maybe_push(make_demo(run_dir, tmp_path), "me/pushed-demo")  # a demo folder: publish_demo
     assert "catalog/items.parquet" in hub.files("me/pushed-demo")
+
+
+def test_push_to_hub_flag_publishes_after_success_only(run_dir: Path, hub: StandInHub,
+                                                       capsys: pytest.CaptureFixture):
+    import argparse
+
+    from dtrec.cli import _push_after, build_parser
+
+    args = build_parser().parse_args(["finetune", "--data", "d", "--encoder", "tiny-clip", "--out", str(run_dir),
+                                      "--push-to-hub", "me/trained", "--hub-private"])
+    assert _push_after(args, 1, args.out) == 1 and ("model", "me/trained") not in hub.repos  # failed run
+    assert _push_after(args, 0, args.out) == 0
+    assert hub.repos[("model", "me/trained")].private
+    assert "model.safetensors" in hub.files("me/trained")
+    assert capsys.readouterr().out.startswith(f"published: {hub.url}/me/trained/commit/")
+    assert _push_after(argparse.Namespace(push_to_hub=None, hub_private=False), 0, str(run_dir)) == 0
 
 
 # --------------------------------------------------------------------------- the Space

@@ -19,6 +19,7 @@ def make_tiny_demo(root: Path, *, thumb_size: int = 64) -> Path:
 
     root = Path(root)
     ds = read_movielens(FIXTURE / "ml-100k", FIXTURE / "ml-1m-posters", root / "data", kcore=2, min_len=3)
+    ds.save(root / "data")
     feats = extract(ds, "tiny-clip", batch_size=64, device="cpu", progress=False)
     torch.manual_seed(0)
     cfg = ModelConfig(encoder=feats.encoder, modality_dims=feats.dims, d_model=32, n_layers=1, n_heads=4,

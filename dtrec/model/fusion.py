@@ -3,7 +3,8 @@
 Each item at each position contributes one token per modality (projected by
 `Linear + LayerNorm`, plus a learned position and modality-type embedding).
 Padding positions and missing modalities are hidden from attention by the key
-padding mask; each position's output is the element-wise max over its present
+padding mask; positions are counted back from the most recent item (`reverse_positions`;
+the reference counts from the oldest). Each position's output is the element-wise max over its present
 modalities after a per-modality output projection (DESIGN.md "The model").
 """
 
@@ -26,6 +27,7 @@ class FusionEncoder(nn.Module):
         dropout: float = 0.5,
         emb_dropout: float = 0.2,
         max_positions: int = 21,
+        reverse_positions: bool = True,
     ):
         super().__init__()
         if not modality_dims:
@@ -33,6 +35,7 @@ class FusionEncoder(nn.Module):
         self.modalities: tuple[str, ...] = tuple(modality_dims)
         self.d_model = d_model
         self.max_positions = max_positions
+        self.reverse_positions = reverse_positions
         self.in_proj = nn.ModuleDict(
             {m: nn.Sequential(nn.Linear(dim, d_model), nn.LayerNorm(d_model)) for m, dim in modality_dims.items()}
         )
@@ -82,7 +85,13 @@ class FusionEncoder(nn.Module):
             raise ValueError(f"sequence of {length} positions exceeds the position table ({self.max_positions})")
         device = padding.device
         tokens, pres = [], []
-        pos = self.position.weight[:length]
+        steps = torch.arange(length, device=device)
+        if self.reverse_positions:
+            # Count back from each row's last position, so the read-out position always has index 0.
+            pos_id = ((~padding).sum(1, keepdim=True) - 1 - steps).clamp(min=0)
+        else:
+            pos_id = steps.unsqueeze(0).expand(b, length)
+        pos = self.position(pos_id)
         for k, m in enumerate(self.modalities):
             x = self.in_proj[m](values[m].to(self.position.weight.dtype))
             p = present[m].bool()
@@ -103,8 +112,8 @@ class FusionEncoder(nn.Module):
         x = x.masked_fill(flat_hidden.unsqueeze(-1), 0.0)
         attn_mask = None
         if causal:
-            pos_id = torch.arange(length, device=device).repeat(m_count)
-            attn_mask = pos_id.unsqueeze(0) > pos_id.unsqueeze(1)
+            tok = steps.repeat(m_count)
+            attn_mask = tok.unsqueeze(0) > tok.unsqueeze(1)
         h = self.transformer(x, mask=attn_mask, src_key_padding_mask=flat_hidden)
         h = h.reshape(b, m_count, length, self.d_model)
         out = torch.stack([self.out_proj[m](h[:, k]) for k, m in enumerate(self.modalities)], 1)

@@ -71,7 +71,8 @@ class DualTower(
     def _make_encoder(self) -> FusionEncoder:
         c = self.config
         return FusionEncoder(c.modality_dims, c.d_model, c.n_layers, c.n_heads, c.d_ff, c.dropout,
-                             c.emb_dropout, max_positions=c.max_len + 1)
+                             c.emb_dropout, max_positions=c.max_len + 1,
+                             reverse_positions=c.reverse_positions)
 
     @property
     def item_encoder(self) -> FusionEncoder:

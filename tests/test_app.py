@@ -1,0 +1,160 @@
+"""The Gradio app's named HTTP API, called with gradio_client against the app on a free local port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import app  # noqa: E402
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_demo, tmp_path_factory):
+    """(client, recommender): the app over the tiny demo, with its own store, launched once for the module."""
+    from dtrec.service import Recommender
+
+    store = tmp_path_factory.mktemp("app-store")
+    rec = Recommender.from_folder(tiny_demo, store_dir=store)
+    demo = app.build_app(rec)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False), rec
+    finally:
+        demo.close()
+        rec.close()
+
+
+def history_of(rec, n: int = 3) -> list[str]:
+    return [v.id for v in rec.list_items(limit=n)]
+
+
+def test_named_endpoints(served):
+    client, _ = served
+    named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/recommend", "/search", "/add_item"} <= set(named)
+    # UI-only events are private: the API lists nothing else.
+    assert set(named) == {"/recommend", "/search", "/add_item"}
+
+
+def test_recommend_returns_k_ranked_items(served):
+    client, rec = served
+    hist = history_of(rec)
+    out = client.predict(history=hist, k=5, api_name="/recommend")
+    assert len(out) == 5
+    assert [r["rank"] for r in out] == [1, 2, 3, 4, 5]
+    assert all(r["id"] not in hist for r in out)
+    scores = [r["score"] for r in out]
+    assert scores == sorted(scores, reverse=True)
+    assert all(rec.get(r["id"]).title == r["title"] for r in out)
+    # a comma-separated string and a JSON list mean the same history
+    assert [r["id"] for r in client.predict(history=", ".join(hist), k=5, api_name="/recommend")] == \
+        [r["id"] for r in out]
+    assert [r["id"] for r in client.predict(history=str(hist).replace("'", '"'), k=5, api_name="/recommend")] == \
+        [r["id"] for r in out]
+
+
+def test_search(served):
+    client, rec = served
+    title = rec.list_items(limit=1)[0].title
+    out = client.predict(text=title, k=4, api_name="/search")
+    assert len(out) == 4
+    assert all(r["reason"] == "matches your query" for r in out)
+    assert len({r["id"] for r in out}) == 4
+
+
+def test_add_item_is_recommendable_at_once(served, tmp_path):
+    from PIL import Image
+
+    client, rec = served
+    png = tmp_path / "poster.png"
+    Image.new("RGB", (24, 36), (200, 30, 30)).save(png)
+    hist = history_of(rec)
+    before = client.predict(history=hist, k=100, api_name="/recommend")
+    added = client.predict(image=handle_file(str(png)), title="Crimson Test Reel (2025)", text="a red square",
+                           api_name="/add_item")
+    assert added["is_new"] is True and added["id"] not in {r["id"] for r in before}
+    after = client.predict(history=hist, k=100, api_name="/recommend")
+    assert len(after) == len(before) + 1
+    mine = [r for r in after if r["id"] == added["id"]]
+    assert len(mine) == 1 and mine[0]["is_new"] and mine[0]["has_image"]
+    found = client.predict(text="Crimson Test Reel", k=100, api_name="/search")
+    assert added["id"] in {r["id"] for r in found}
+    # the new item can itself start a history
+    assert len(client.predict(history=[added["id"]], k=3, api_name="/recommend")) == 3
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(history=["no-such-id"], k=5), "Unknown item id"),
+    (dict(history=[], k=5), "history"),
+    (dict(history="[not json", k=5), "JSON"),
+    (dict(history=["1"], k=0), "between 1 and"),
+])
+def test_bad_recommend_input_is_one_sentence(served, kwargs, words):
+    client, _ = served
+    with pytest.raises(AppError) as e:
+        client.predict(**kwargs, api_name="/recommend")
+    msg = str(e.value)
+    assert words in msg
+    assert "Traceback" not in msg and "File \"" not in msg
+
+
+def test_bad_upload_is_refused_and_stores_nothing(served, tmp_path):
+    client, rec = served
+    n = rec.about()["n_uploads"]
+    fake = tmp_path / "not-an-image.png"
+    fake.write_bytes(b"this is text, not a PNG")
+    with pytest.raises(AppError) as e:
+        client.predict(image=handle_file(str(fake)), title="Broken", text="", api_name="/add_item")
+    assert "image" in str(e.value).lower() and "Traceback" not in str(e.value)
+    with pytest.raises(AppError):
+        client.predict(image=None, title="   ", text="", api_name="/add_item")
+    assert rec.about()["n_uploads"] == n
+
+
+def test_eval_frame_reads_the_results_table():
+    about = {"results": {"dtrec": {"test": {"ndcg@10": 0.123456, "n": 9}}, "popularity": {"test": {"ndcg@10": 0.05}}}}
+    df = app.eval_frame(about)
+    assert set(df["model"]) == {"dtrec", "popularity"}
+    assert df.loc[df["model"] == "dtrec", "ndcg@10"].item() == pytest.approx(0.1235)
+    assert list(app.metric_frame(df, "ndcg@10")["model"]) == ["dtrec", "popularity"]
+
+
+def test_parse_history_forms():
+    assert app.parse_history('["1", 2]') == ["1", "2"]
+    assert app.parse_history("1, 2 3") == ["1", "2", "3"]
+    assert app.parse_history(None) == []
+    with pytest.raises(ValueError):
+        app.parse_history({"a": 1})
+
+
+def test_missing_default_demo_says_to_build_it(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "assets" / "demo"
+    monkeypatch.setattr(app, "DEFAULT_DEMO", missing)
+    monkeypatch.delenv("DTREC_MODEL", raising=False)
+    monkeypatch.delenv("DTREC_CATALOG", raising=False)
+    monkeypatch.delenv("DTREC_DEMO", raising=False)
+    assert app.main(["--demo", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "dtrec build-demo" in err and len(err.splitlines()) == 1

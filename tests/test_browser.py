@@ -1,0 +1,112 @@
+"""End to end in headless Chromium: build a history by clicking posters, get recommendations, upload a poster.
+
+Run with `pytest -m browser tests/test_browser.py`; set DTREC_SCREENSHOT=docs/screenshot.png to keep
+the final screenshot for the README (it is always saved under the test's tmp folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tiny_demo, tmp_path_factory):
+    """The app over the tiny demo on a free local port."""
+    sys.path.insert(0, str(REPO))
+    import app
+    from dtrec.service import Recommender
+
+    store = tmp_path_factory.mktemp("browser-store")
+    rec = Recommender.from_folder(tiny_demo, store_dir=store)
+    demo = app.build_app(rec)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        rec.close()
+
+
+@pytest.fixture(scope="module")
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30_000)
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+def test_click_posters_then_upload(url, page, tmp_path):
+    from PIL import Image
+
+    page.goto(url)
+    catalog = page.locator("#catalog .thumbnail-item")
+    catalog.first.wait_for()
+    assert catalog.count() >= 6
+
+    titles = []
+    for i in (0, 2, 4):
+        titles.append(catalog.nth(i).locator("img").get_attribute("alt"))
+        catalog.nth(i).click()
+        page.wait_for_function("n => document.querySelectorAll('#history .thumbnail-item').length >= n", arg=len(titles))
+    history = page.locator("#history .thumbnail-item")
+    assert history.count() == 3
+
+    recs = page.locator("#recs .thumbnail-item")
+    page.wait_for_function("() => document.querySelectorAll('#recs .thumbnail-item img').length >= 4")
+    rec_alts = [recs.nth(i).locator("img").get_attribute("alt") for i in range(recs.count())]
+    assert not set(rec_alts) & set(titles), "history items must not be recommended"
+    assert "#1" in recs.first.inner_text()
+    assert "ms" in page.locator("#recs-latency").inner_text()
+
+    poster = tmp_path / "upload.png"
+    img = Image.new("RGB", (80, 120), (20, 110, 200))
+    img.paste((250, 200, 0), (20, 30, 60, 90))
+    img.save(poster)
+    page.locator("#upload-image input[type=file]").set_input_files(str(poster))
+    page.locator("#upload-image img").first.wait_for()
+    page.locator("#upload-title textarea, #upload-title input").first.fill("Blue Horizon Test (2025)")
+    page.locator("#add-item").click()
+    page.locator("#add-status", has_text="Added").wait_for()
+    assert "never interacted with" in page.locator("#add-status").inner_text()
+    # the new item heads the catalog view and its rank for the current history is shown
+    page.wait_for_function(
+        "() => (document.querySelector('#catalog .thumbnail-item')?.innerText || '').includes('Blue Horizon Test')")
+    page.locator("#new-rank", has_text="ranks").wait_for()
+
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("DTREC_SCREENSHOT"):
+        dest = Path(os.environ["DTREC_SCREENSHOT"])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, dest)

@@ -1,0 +1,78 @@
+"""`dtrec build-demo` (dtrec.demo) and `dtrec serve`'s argument plumbing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from dtrec.cli import main as cli
+from dtrec.data.catalog import Catalog, Item
+from dtrec.demo import MAX_HISTORIES, DemoBuildConfig, DemoBuildError, _thumb_sources, folder_mb
+
+
+def test_demo_folder_contents(tiny_demo):
+    thumb = 64  # what tests/tiny_demo.py builds with
+    cat = Catalog.from_frame(__import__("pandas").read_parquet(tiny_demo / "catalog" / "items.parquet"),
+                             root=tiny_demo / "catalog")
+    with_image = [cat.image_path(i) for i in range(len(cat)) if cat.image_path(i) is not None]
+    assert with_image and len(with_image) < len(cat), "fixture has posters and text-only movies"
+    for p in with_image:
+        with Image.open(p) as im:
+            assert im.format == "JPEG" and im.width <= thumb
+    assert all(isinstance(it.meta.get("genres"), list) for it in cat)
+
+    with safe_open(str(tiny_demo / "catalog" / "features" / "tiny-clip.safetensors"), framework="pt") as f:
+        assert str(f.get_tensor("text").dtype) == "torch.float16"
+    with safe_open(str(tiny_demo / "model" / "model.safetensors"), framework="pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+
+    hist = json.loads((tiny_demo / "histories.json").read_text())
+    max_len = json.loads((tiny_demo / "model" / "config.json").read_text())
+    max_len = max_len.get("max_len") or max_len["config"]["max_len"]
+    assert 0 < len(hist) <= min(20, MAX_HISTORIES)
+    assert all(2 <= len(h) <= max_len and all(cat.has(i) for i in h) for h in hist)
+    assert not (tiny_demo / "catalog" / "sequences.parquet").exists(), "ratings-derived sequences are not shipped"
+
+    assert json.loads((tiny_demo / "results.json").read_text())["dtrec"]["test"]["ndcg@10"] == 0.1
+    notice = (tiny_demo / "NOTICE.md").read_text()
+    assert "GroupLens" in notice and "ml1m-images" in notice and f"holds {len(hist)} item-id sequences" in notice
+    assert "This demo folder" in (tiny_demo / "README.md").read_text()
+    assert folder_mb(tiny_demo) < 1.0
+    assert not list(tiny_demo.parent.glob(".demo.build-*")), "the staging folder is cleaned up"
+
+
+def test_wide_images_are_capped_in_width(tmp_path):
+    Image.new("RGB", (300, 100), (10, 200, 10)).save(tmp_path / "wide.png")
+    Image.new("RGB", (40, 60), (10, 10, 200)).save(tmp_path / "poster.png")
+    cat = Catalog([Item("w", "Wide", "", "wide.png"), Item("p", "Poster", "", "poster.png"), Item("t", "Text", "")],
+                  root=tmp_path)
+    (tmp_path / "out").mkdir()
+    src = _thumb_sources(cat, 32, tmp_path / "out")
+    with Image.open(src.image_path(0)) as im:
+        assert im.width <= 32
+    assert src.image_path(1) == tmp_path / "poster.png", "poster-shaped images are left to the writer"
+    assert src.image_path(2) is None
+
+
+@pytest.mark.parametrize("kw", [dict(thumb_size=8), dict(n_histories=MAX_HISTORIES + 1)])
+def test_bad_build_settings(kw):
+    with pytest.raises(DemoBuildError):
+        DemoBuildConfig(data="d", checkpoint="c", **kw)
+
+
+def test_build_demo_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli(["build-demo", "--data", str(tmp_path / "none"), "--checkpoint", str(tmp_path / "c"),
+                "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dtrec build-demo: error:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "demo").exists()
+    assert cli(["build-demo", "--data", "d", "--checkpoint", "c", "--thumb-size", "4"]) == 2
+    assert "--thumb-size" in capsys.readouterr().err
+
+
+def test_serve_without_app_file(tmp_path, capsys):
+    assert cli(["serve", "--app", str(tmp_path / "app.py")]) == 2
+    assert "app.py not found" in capsys.readouterr().err
