@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+_T0 = time.perf_counter()  # start → ready is measured from here: gradio, torch and model loading included
+
 # A local demo sends no usage statistics unless the user opts in.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -162,17 +164,25 @@ def metric_frame(df: pd.DataFrame, metric: str, split: str = "test") -> pd.DataF
     return sub[["model", metric]].dropna().reset_index(drop=True)
 
 
+def _y_lim(df: pd.DataFrame, metric: str) -> list[float]:
+    """Bars start at zero so that their heights compare."""
+    top = float(metric_frame(df, metric)[metric].max()) if metric in df.columns else 1.0
+    return [0.0, round(top * 1.15, 4) if top > 0 else 1.0]
+
+
 def about_markdown(about: dict) -> str:
-    """A short prose description of the served model."""
+    """A short description of the served model and a table of its facts."""
     skip = {"results", "eval", "evaluation", "metrics", "model_card"}
+    facts = [(k.replace("_", " "), v) for k, v in about.items() if k not in skip and not isinstance(v, (dict, list))]
     lines = ["dtrec is an ID-free two-tower sequential recommender: an **item tower** encodes each "
              "item's content (poster and/or text), a **user tower** reads your history and predicts the "
              "next item's embedding, and FAISS retrieves the nearest items. Because items are known only "
-             "by content, an uploaded poster is recommendable the moment it is added — no retraining.", ""]
-    for k, v in about.items():
-        if k in skip or isinstance(v, (dict, list)):
-            continue
-        lines.append(f"- **{k.replace('_', ' ')}**: `{v}`")
+             "by content, an uploaded poster is recommendable the moment it is added — no retraining.", "",
+             "| | | | |", "|---|---|---|---|"]
+    half = (len(facts) + 1) // 2
+    for (k1, v1), right in zip(facts[:half], facts[half:] + [("", "")]):
+        k2, v2 = right
+        lines.append(f"| **{k1}** | `{v1}` | {f'**{k2}**' if k2 else ''} | {f'`{v2}`' if k2 else ''} |")
     return "\n".join(lines)
 
 
@@ -316,7 +326,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
                                      elem_classes="poster-grid", elem_id="catalog", buttons=[])
             with gr.Column(scale=2):
                 gr.Markdown("### Your history")
-                hist_gal = gr.Gallery(label="History (select one, then Remove)", columns=4, height=380,
+                hist_gal = gr.Gallery(label="History (select one, then Remove)", columns=5, height=400,
                                       allow_preview=False, object_fit="cover", elem_classes="poster-grid",
                                       elem_id="history", buttons=[])
                 hist_note = gr.Markdown("Empty: click posters on the left.", elem_classes="hint")
@@ -354,10 +364,11 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
             if not df.empty:
                 gr.Dataframe(df, label="Evaluation (leave-one-out, full ranking)", interactive=False, wrap=True)
             if metric0:
-                metric = gr.Dropdown(metrics, value=metric0, label="Metric (test split)")
-                plot = gr.BarPlot(metric_frame(df, metric0), x="model", y=metric0, color="model",
-                                  label="Test split by model", height=260)
-                metric.change(lambda m: gr.BarPlot(metric_frame(df, m), y=m), metric, plot,
+                with gr.Row(equal_height=False):
+                    metric = gr.Dropdown(metrics, value=metric0, label="Metric (test split)", scale=1)
+                    plot = gr.BarPlot(metric_frame(df, metric0), x="model", y=metric0, color="model",
+                                      y_lim=_y_lim(df, metric0), label="Test split by model", height=260, scale=3)
+                metric.change(lambda m: gr.BarPlot(metric_frame(df, m), y=m, y_lim=_y_lim(df, m)), metric, plot,
                               api_visibility="private")
 
         # Hidden components give /add_item a real file upload (validated by Gradio, then the service).
@@ -448,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
-    t0 = time.perf_counter()
+    t0 = _T0 if __name__ == "__main__" else time.perf_counter()
     if not args.model and not args.catalog and args.demo == str(DEFAULT_DEMO) and not (DEFAULT_DEMO / "model").is_dir():
         print(f"No demo at {DEFAULT_DEMO}: run `dtrec build-demo` to make it (or pass --demo, or --model and --catalog).",
               file=sys.stderr)

@@ -290,8 +290,10 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    # app.py runs in a child process: library code never imports the UI module, and the
-    # app's exit status and Ctrl-C behave exactly as with `python app.py`.
+    # app.py runs as its own program: library code never imports the UI module. On POSIX the
+    # CLI process *becomes* the app (exec), so signals, Ctrl-C and the exit status are the app's
+    # own and no orphan is left behind; elsewhere it runs as a child and we wait for it.
+    import os
     import subprocess
     from pathlib import Path
 
@@ -306,10 +308,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
     if args.share:
         cmd.append("--share")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(sys.executable, cmd)
     proc = subprocess.Popen(cmd)
     try:
         return proc.wait()
-    except KeyboardInterrupt:  # the child got the same SIGINT; let it shut down cleanly
+    except KeyboardInterrupt:  # the child got the same Ctrl-C; let it shut down cleanly
         return proc.wait()
 
 

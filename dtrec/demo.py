@@ -103,6 +103,7 @@ def _thumb_sources(catalog: Catalog, thumb_size: int, tmp: Path) -> Catalog:
     items = []
     for i, it in enumerate(catalog):
         p = catalog.image_path(i)
+        p = p.resolve() if p is not None else None  # the catalog root may be relative to the cwd
         image = str(p) if p is not None else None
         if p is not None and p.is_file():
             with Image.open(p) as im:

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import re
-import shutil
 import threading
 import time
 import unicodedata
@@ -48,7 +47,7 @@ from PIL import Image
 
 from dtrec.config import ServeConfig
 from dtrec.data.catalog import Catalog, Dataset, Item
-from dtrec.features import MODALITIES, Features, cache_path, load_features
+from dtrec.features import Features, cache_path, load_features
 from dtrec.store import ItemStore, NewItem, StoredItem
 
 # Formats an upload may have. Deliberately short: every decoder is attack surface, and

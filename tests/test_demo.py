@@ -44,16 +44,19 @@ def test_demo_folder_contents(tiny_demo):
     assert not list(tiny_demo.parent.glob(".demo.build-*")), "the staging folder is cleaned up"
 
 
-def test_wide_images_are_capped_in_width(tmp_path):
-    Image.new("RGB", (300, 100), (10, 200, 10)).save(tmp_path / "wide.png")
-    Image.new("RGB", (40, 60), (10, 10, 200)).save(tmp_path / "poster.png")
+def test_wide_images_are_capped_in_width(tmp_path, monkeypatch):
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (300, 100), (10, 200, 10)).save(tmp_path / "cat" / "wide.png")
+    Image.new("RGB", (40, 60), (10, 10, 200)).save(tmp_path / "cat" / "poster.png")
+    monkeypatch.chdir(tmp_path)  # a catalog root relative to the working directory, as `--data data/x` gives
     cat = Catalog([Item("w", "Wide", "", "wide.png"), Item("p", "Poster", "", "poster.png"), Item("t", "Text", "")],
-                  root=tmp_path)
+                  root="cat")
     (tmp_path / "out").mkdir()
     src = _thumb_sources(cat, 32, tmp_path / "out")
     with Image.open(src.image_path(0)) as im:
         assert im.width <= 32
-    assert src.image_path(1) == tmp_path / "poster.png", "poster-shaped images are left to the writer"
+    assert src.image_path(1) == tmp_path / "cat" / "poster.png", "poster-shaped images are left to the writer"
+    assert src.image_path(1).is_file()
     assert src.image_path(2) is None
 
 

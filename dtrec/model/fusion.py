@@ -14,6 +14,12 @@ import torch
 from torch import Tensor, nn
 
 
+def canonical_order(modalities) -> tuple[str, ...]:
+    """Modalities in dtrec's fixed order (text, image, then any other by name)."""
+    known = ("text", "image")
+    return tuple(m for m in known if m in modalities) + tuple(sorted(m for m in modalities if m not in known))
+
+
 class FusionEncoder(nn.Module):
     """Multi-modal sequence encoder returning one vector per position."""
 
@@ -32,12 +38,13 @@ class FusionEncoder(nn.Module):
         super().__init__()
         if not modality_dims:
             raise ValueError("FusionEncoder needs at least one modality")
-        self.modalities: tuple[str, ...] = tuple(modality_dims)
+        # A canonical order: config.json may list the modalities in any order.
+        self.modalities: tuple[str, ...] = canonical_order(modality_dims)
         self.d_model = d_model
         self.max_positions = max_positions
         self.reverse_positions = reverse_positions
         self.in_proj = nn.ModuleDict(
-            {m: nn.Sequential(nn.Linear(dim, d_model), nn.LayerNorm(d_model)) for m, dim in modality_dims.items()}
+            {m: nn.Sequential(nn.Linear(modality_dims[m], d_model), nn.LayerNorm(d_model)) for m in self.modalities}
         )
         self.position = nn.Embedding(max_positions, d_model)
         self.modality_type = nn.Embedding(len(self.modalities), d_model)

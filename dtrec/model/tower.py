@@ -81,7 +81,7 @@ class DualTower(
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(self.config.modality_dims)
+        return self.user_encoder.modalities
 
     @property
     def device(self) -> torch.device:

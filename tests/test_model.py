@@ -1,0 +1,162 @@
+"""FusionEncoder and DualTower: shapes, masks, towers, save/load and feature checks."""
+
+import json
+
+import pytest
+import torch
+
+from dtrec.features import Features
+from dtrec.model import CheckpointError, DualTower, FeatureMismatchError, FusionEncoder
+from dtrec.train.checkpoint import init_from
+from synthetic import planted_dataset, tiny_model_config
+
+
+def _features(n=30, seed=0, dims=None, missing=0.3):
+    return planted_dataset(n_items=n, n_users=4, seed=seed, dims=dims, missing=missing)[1]
+
+
+def _encoder(dims, **kw):
+    torch.manual_seed(0)
+    return FusionEncoder(dims, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_positions=8, **kw).eval()
+
+
+@pytest.mark.parametrize("objective", ["cloze", "causal"])
+def test_towers_return_unit_vectors_of_model_width(objective):
+    f = _features()
+    m = DualTower(tiny_model_config(f, objective=objective)).eval()
+    items = m.item_embeddings(f, batch_size=7)
+    users = m.user_embeddings([[1, 2, 3], [4], list(range(25))], f)
+    assert items.shape == (30, 32) and users.shape == (3, 32)
+    assert torch.allclose(items.norm(dim=1), torch.ones(30), atol=1e-5)
+    assert torch.allclose(users.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_padding_holds_no_information():
+    dims = {"text": 6, "image": 5}
+    enc = _encoder(dims)
+    g = torch.Generator().manual_seed(0)
+    vals = {m: torch.randn(2, 5, d, generator=g) for m, d in dims.items()}
+    pres = {m: torch.ones(2, 5, dtype=torch.bool) for m in dims}
+    padding = torch.zeros(2, 5, dtype=torch.bool)
+    padding[1, 3:] = True
+    for causal in (False, True):
+        base = enc(vals, pres, padding, causal=causal)
+        garbage = {m: v.clone() for m, v in vals.items()}
+        for v in garbage.values():
+            v[1, 3:] = 1e4 * torch.randn_like(v[1, 3:])
+        out = enc(garbage, pres, padding, causal=causal)
+        torch.testing.assert_close(out, base, rtol=0, atol=1e-6)
+        # ... and a padded row scores like the same sequence without padding.
+        alone = enc({m: v[1:2, :3] for m, v in vals.items()}, {m: p[1:2, :3] for m, p in pres.items()},
+                    padding[1:2, :3], causal=causal)
+        torch.testing.assert_close(base[1:2, :3], alone, rtol=1e-5, atol=1e-5)
+        assert (base[1, 3:] == 0).all()
+
+
+def test_missing_modality_is_ignored_but_present_content_matters():
+    dims = {"text": 6, "image": 5}
+    enc = _encoder(dims)
+    g = torch.Generator().manual_seed(1)
+    vals = {m: torch.randn(1, 3, d, generator=g) for m, d in dims.items()}
+    pres = {m: torch.ones(1, 3, dtype=torch.bool) for m in dims}
+    pres["image"][0, 1] = False
+    pad = torch.zeros(1, 3, dtype=torch.bool)
+    base = enc(vals, pres, pad)
+    changed = {m: v.clone() for m, v in vals.items()}
+    changed["image"][0, 1] = torch.randn(5, generator=g) * 50
+    torch.testing.assert_close(enc(changed, pres, pad), base, rtol=0, atol=1e-6)
+    changed["text"][0, 1] += 1.0
+    assert not torch.allclose(enc(changed, pres, pad), base, atol=1e-4)
+
+
+def test_causal_positions_do_not_see_the_future():
+    dims = {"text": 4}
+    enc = _encoder(dims)
+    vals = {"text": torch.randn(1, 4, 4)}
+    pres = {"text": torch.ones(1, 4, dtype=torch.bool)}
+    pad = torch.zeros(1, 4, dtype=torch.bool)
+    enc.reverse_positions = False  # with positions counted from the end, every position id would shift
+    base = enc(vals, pres, pad, causal=True)
+    later = {"text": vals["text"].clone()}
+    later["text"][0, 3] += 5.0
+    out = enc(later, pres, pad, causal=True)
+    torch.testing.assert_close(out[0, :3], base[0, :3], rtol=0, atol=1e-6)
+    assert not torch.allclose(out[0, 3], base[0, 3])
+
+
+def test_single_modality_model_and_other_catalog_same_encoder():
+    f = _features(dims={"text": 9}, missing=0.0)
+    m = DualTower(tiny_model_config(f)).eval()
+    other = _features(n=13, seed=5, dims={"text": 9}, missing=0.0)
+    assert m.item_embeddings(other).shape == (13, 32)
+    assert m.user_embeddings([[0, 12]], other).shape == (1, 32)
+
+
+def test_save_load_gives_identical_scores_and_config(tmp_path):
+    f = _features()
+    m = DualTower(tiny_model_config(f, share_towers=False)).eval()
+    m.save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["encoder"] == "synthetic" and cfg["modality_dims"] == {"text": 16, "image": 12}
+    m2 = DualTower.from_pretrained(str(tmp_path / "ck"))
+    assert not m2.training and not m2.config.share_towers
+    h = [[1, 2], [3, 4, 5]]
+    s1 = m.user_embeddings(h, f) @ m.item_embeddings(f).T
+    s2 = m2.user_embeddings(h, f) @ m2.item_embeddings(f).T
+    assert torch.equal(s1, s2)
+
+
+def test_shared_towers_store_one_encoder_and_separate_towers_differ():
+    f = _features()
+    shared = DualTower(tiny_model_config(f))
+    sep = DualTower(tiny_model_config(f, share_towers=False))
+    assert not any(k.startswith("separate_item_encoder") for k in shared.state_dict())
+    assert shared.item_encoder is shared.user_encoder
+    assert sep.item_encoder is not sep.user_encoder
+
+
+def test_strict_load_rejects_foreign_weights(tmp_path):
+    f = _features()
+    DualTower(tiny_model_config(f)).save_pretrained(tmp_path / "ck")
+    cfg_path = tmp_path / "ck" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["share_towers"] = False  # the weights now lack the item tower the config asks for
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="missing"):
+        DualTower.from_pretrained(str(tmp_path / "ck"))
+    with pytest.raises(FileNotFoundError):
+        DualTower.from_pretrained(str(tmp_path))
+
+
+def test_check_features_rejects_other_encoder_or_dims():
+    f = _features()
+    m = DualTower(tiny_model_config(f))
+    m.check_features(f)
+    wrong_enc = Features("offline", f.values, f.present)
+    with pytest.raises(FeatureMismatchError, match="checkpoint expects features of encoder 'synthetic'"):
+        m.check_features(wrong_enc)
+    with pytest.raises(ValueError, match="dims"):
+        m.item_embeddings(_features(dims={"text": 16, "image": 7}))
+    clip = DualTower(tiny_model_config(f, encoder="clip-vit-b-32"))
+    clip.check_features(Features("clip:ViT-B-32:openai", f.values, f.present))  # the same feature space
+
+
+def test_empty_history_and_out_of_range_index_are_clear_errors():
+    f = _features()
+    m = DualTower(tiny_model_config(f)).eval()
+    with pytest.raises(ValueError, match="empty"):
+        m.user_embeddings([[]], f)
+    with pytest.raises(ValueError, match="index 99"):
+        m.user_embeddings([[1, 99]], f)
+
+
+def test_init_from_reinitialises_positions_and_fills_separate_towers(tmp_path):
+    f = _features()
+    src = DualTower(tiny_model_config(f, max_len=10))
+    src.save_pretrained(tmp_path / "pre")
+    dst = DualTower(tiny_model_config(f, max_len=4, share_towers=False))
+    notes = init_from(dst, tmp_path / "pre")
+    assert any("position" in n for n in notes) and any("item tower" in n for n in notes)
+    assert dst.user_encoder.position.weight.shape[0] == 5
+    torch.testing.assert_close(dst.separate_item_encoder.in_proj["text"][0].weight,
+                               src.user_encoder.in_proj["text"][0].weight)
