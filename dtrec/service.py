@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 
 from dtrec.config import ServeConfig
-from dtrec.data.catalog import Catalog, Dataset, Item
+from dtrec.data.catalog import Catalog, Dataset, Item, item_text
 from dtrec.features import Features, cache_path, load_features
 from dtrec.store import ItemStore, NewItem, StoredItem
 
@@ -342,8 +342,7 @@ class Recommender:
         enc = self._encoder_obj()
         out: dict[str, np.ndarray | None] = {m: None for m in self.dims}
         if "text" in self.dims and (title or text):
-            joined = f"{title}. {text}" if title and text else (title or text)
-            out["text"] = enc.encode_text([joined])[0].float().cpu().numpy()
+            out["text"] = enc.encode_text([item_text(title, text)])[0].float().cpu().numpy()
         if "image" in self.dims and image is not None:
             out["image"] = enc.encode_image([image])[0].float().cpu().numpy()
         return out

@@ -87,7 +87,9 @@ def test_clip_without_weights_fails_in_one_sentence(tmp_path, monkeypatch):
         with pytest.raises(WeightsNotFound) as e:
             get_encoder(name, device="cpu")
         msg = str(e.value)
-        assert "\n" not in msg and "clip:ViT-B-32:/path/to/open_clip_model.safetensors" in msg and "online" in msg
+        assert "\n" not in msg and "online" in msg
+        # OpenAI weights use QuickGELU, so a plain file must be paired with the -quickgelu config
+        assert "clip:ViT-B-32-quickgelu:/path/to/open_clip_model.safetensors" in msg
     with pytest.raises(WeightsNotFound, match="does not exist"):
         get_encoder(f"clip:ViT-B-32:{tmp_path / 'absent.safetensors'}", device="cpu")
     with pytest.raises(EncoderNotFound, match="neither a file nor a pretrained tag"):
@@ -177,3 +179,13 @@ def test_offline_text_matches_sentence_transformers():
     ref = st.SentenceTransformer(str(get_model_path()), device="cpu").encode(texts, convert_to_tensor=True)
     ours = get_encoder("offline", device="cpu").encode_text(texts)
     assert torch.allclose(ours, ref.cpu().float(), atol=1e-5)
+
+
+def test_clip_rejects_a_mismatched_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "wrong.safetensors"
+    save_file({"not_a_clip_key": torch.zeros(2)}, str(bad))
+    with pytest.raises(WeightsNotFound) as e:
+        get_encoder(f"clip:ViT-B-32:{bad}", device="cpu")
+    assert "\n" not in str(e.value) and "could not load the weights" in str(e.value)

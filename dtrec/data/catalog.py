@@ -41,6 +41,18 @@ class Item:
     meta: dict = field(default_factory=dict)
 
 
+def item_text(title: str, text: str) -> str:
+    """What a text encoder reads for an item: the title, then the free text.
+
+    Catalog items and uploads both go through here so that the same content
+    always yields the same text feature.
+    """
+    title, text = (title or "").strip(), (text or "").strip()
+    if not title or text.startswith(title):
+        return text or title
+    return f"{title}. {text}" if text else title
+
+
 class Catalog:
     """Items in index order; `root` resolves relative image paths."""
 
@@ -84,12 +96,8 @@ class Catalog:
         return p
 
     def texts(self) -> list[str]:
-        """The text fed to a text encoder for each item (title, then free text)."""
-        out = []
-        for it in self.items:
-            t = it.text or ""
-            out.append(t if it.title and t.startswith(it.title) else " ".join(x for x in (it.title, t) if x))
-        return out
+        """The text fed to a text encoder for each item (see `item_text`)."""
+        return [item_text(it.title, it.text) for it in self.items]
 
     def fingerprint(self) -> str:
         """Content hash of ids, texts and image files; changes when any item changes."""

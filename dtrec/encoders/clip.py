@@ -90,9 +90,13 @@ def cached_tag_file(tag_cfg: dict, cache_dir: str | None = None) -> str | None:
     return None
 
 
-def how_to_provide(model: str, tag: str) -> str:
+def how_to_provide(model: str, tag: str, quick_gelu: bool = False) -> str:
     """The advice appended to every missing-weights error."""
-    return (f"pass clip:{model}:/path/to/open_clip_model.safetensors, or run once online "
+    import open_clip
+
+    # weights trained with QuickGELU (OpenAI's) need the -quickgelu config when given as a plain file
+    file_model = f"{model}-quickgelu" if quick_gelu and open_clip.get_model_config(f"{model}-quickgelu") else model
+    return (f"pass clip:{file_model}:/path/to/open_clip_model.safetensors, or run once online "
             f"(without HF_HUB_OFFLINE) to cache the {tag!r} weights")
 
 
@@ -118,10 +122,12 @@ def load_clip(model: str, spec: str = "", device: str | torch.device | None = No
                                   f"(see open_clip.list_models())")
         embed_dim = cfg["embed_dim"]
         tags = open_clip.list_pretrained_tags_by_model(model_id)
+        default_tag = "openai" if "openai" in tags else (tags[0] if tags else "")
         if not spec:
-            if not tags:
-                raise WeightsNotFound(f"open_clip model {model!r} has no pretrained tag: {how_to_provide(model, 'its')}")
-            spec = "openai" if "openai" in tags else tags[0]
+            if not default_tag:
+                raise WeightsNotFound(f"open_clip model {model!r} has no pretrained tag: "
+                                      f"pass clip:{model}:/path/to/open_clip_model.safetensors")
+            spec = default_tag
         if spec in tags:
             tag_cfg = open_clip.get_pretrained_cfg(model_id, spec)
             kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
@@ -132,13 +138,14 @@ def load_clip(model: str, spec: str = "", device: str | torch.device | None = No
                 pretrained = local  # load straight from the cache: no network round trip at all
             elif hub_offline():
                 raise WeightsNotFound(f"no local weights for {name!r} and the Hub is offline: "
-                                      f"{how_to_provide(model, spec)}")
+                                      f"{how_to_provide(model, spec, kwargs['force_quick_gelu'])}")
             else:
                 pretrained = spec  # online: open_clip downloads into the Hugging Face cache
         elif Path(spec).expanduser().is_file():
             pretrained = str(Path(spec).expanduser())
         elif spec.endswith(WEIGHT_SUFFIXES) or os.sep in spec or "/" in spec:
-            raise WeightsNotFound(f"weights file {spec!r} for {name!r} does not exist: {how_to_provide(model, 'openai')}")
+            raise WeightsNotFound(f"weights file {spec!r} for {name!r} does not exist: "
+                                  f"give the path of an existing open_clip checkpoint for {model!r}")
         else:
             raise EncoderNotFound(f"{spec!r} is neither a file nor a pretrained tag of {model!r} "
                                   f"(tags: {', '.join(tags) or 'none'})")
@@ -146,7 +153,10 @@ def load_clip(model: str, spec: str = "", device: str | torch.device | None = No
     try:
         clip_model, _, preprocess = open_clip.create_model_and_transforms(model_id, pretrained=pretrained, **kwargs)
     except (RuntimeError, OSError) as e:
-        raise WeightsNotFound(f"could not load the weights of {name!r} ({e}): {how_to_provide(model, spec or 'openai')}") from e
+        fix = ("check that the folder holds open_clip_config.json and its weights" if model == "local-dir"
+               else how_to_provide(model, spec, bool(kwargs.get("force_quick_gelu"))))
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise WeightsNotFound(f"could not load the weights of {name!r} ({first_line}): {fix}") from e
     tokenizer = open_clip.get_tokenizer(model_id)
     if embed_dim is None:
         embed_dim = int(clip_model.text_projection.shape[1]) if getattr(clip_model, "text_projection", None) is not None \

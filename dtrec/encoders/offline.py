@@ -66,6 +66,13 @@ class OfflineEncoder:
         self._image_file = efficientnet_lite0_file()
         self._tokenizer = self._text_model = self._image_model = None
 
+    def load(self, modalities: tuple[str, ...] = ("text", "image")) -> None:
+        """Load the towers of `modalities` now instead of at their first batch (for timing and early errors)."""
+        if "text" in modalities and self._text_model is None:
+            self._load_text()
+        if "image" in modalities and self._image_model is None:
+            self._load_image()
+
     # -- text ---------------------------------------------------------------------------
     def _load_text(self) -> None:
         from transformers import AutoModel, AutoTokenizer

@@ -1,0 +1,166 @@
+"""Training: examples and batches, fine-tuning on a planted pattern, resume, pretraining, CLI, DDP."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dtrec.config import ModelConfig, PretrainConfig
+from dtrec.features import Features, cache_path
+from dtrec.model import DualTower
+from dtrec.train.batching import Collator, build_examples
+from dtrec.train.finetune import finetune
+from dtrec.train.pretrain import pretrain
+from synthetic import planted_dataset, tiny_finetune_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_examples_cover_every_transition_once():
+    seqs = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10]]
+    cloze = build_examples(seqs, "cloze", max_len=3)
+    assert [e[-1] for e in cloze] == [2, 3, 4, 5, 6, 7, 10] and max(map(len, cloze)) == 4
+    causal = build_examples(seqs, "causal", max_len=3)
+    pairs = sorted((e[i], e[i + 1]) for e in causal for i in range(len(e) - 1))
+    assert pairs == [(1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (9, 10)]
+    assert max(map(len, causal)) == 4
+
+
+def test_collator_pads_to_the_batch_longest_and_always_masks_the_last_item():
+    col = Collator("cloze", mask_prob=0.5, seed=0)
+    b = col([[1, 2, 3], [4, 5]])
+    assert b["items"].shape == (2, 3) and b["padding"][1].tolist() == [False, False, True]
+    assert b["masked"][0, 2] and b["masked"][1, 1] and not b["masked"][1, 2]
+    assert (b["targets"][b["masked"]] == b["items"][b["masked"]]).all()
+    assert (b["targets"][~b["masked"]] == -1).all()
+    c = Collator("causal")([[1, 2, 3], [4, 5]])
+    assert c["items"].tolist() == [[1, 2], [4, -1]] and c["targets"].tolist() == [[2, 3], [5, -1]]
+
+
+def test_model_learns_a_planted_next_item_pattern(tmp_path):
+    ds, f = planted_dataset(n_items=40, n_users=160)
+    cfg = tiny_finetune_config(f, model={"objective": "causal"}, epochs=8)
+    result = finetune(ds, f, cfg, tmp_path, progress=False)
+    assert result["test"]["recall@10"] >= 0.9
+    assert (tmp_path / "valid.json").exists() and (tmp_path / "test.json").exists()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    best = DualTower.from_pretrained(str(tmp_path / "best"))
+    assert best.config.objective == "causal" and best.config.encoder == "synthetic"
+
+
+@pytest.mark.parametrize("negatives", ["in_batch", "sampled"])
+def test_cheaper_negatives_train_too(tmp_path, negatives):
+    ds, f = planted_dataset(n_items=40, n_users=160)
+    cfg = tiny_finetune_config(f, model={"objective": "causal"}, epochs=3, negatives=negatives, num_negatives=16,
+                               evaluate_test=False)
+    result = finetune(ds, f, cfg, tmp_path, progress=False)
+    assert result["valid"]["recall@10"] > 0.5  # chance is 0.25
+
+
+def test_resume_continues_exactly_where_training_stopped(tmp_path):
+    ds, f = planted_dataset(n_items=30, n_users=60)
+    kw = dict(model={"objective": "cloze", "dropout": 0.1}, evaluate_test=False)
+    finetune(ds, f, tiny_finetune_config(f, epochs=2, **kw), tmp_path / "full", progress=False)
+    finetune(ds, f, tiny_finetune_config(f, epochs=1, **kw), tmp_path / "part", progress=False)
+    finetune(ds, f, tiny_finetune_config(f, epochs=2, **kw), tmp_path / "part", resume=True, progress=False)
+    a = DualTower.from_pretrained(str(tmp_path / "full" / "last")).state_dict()
+    b = DualTower.from_pretrained(str(tmp_path / "part" / "last")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [0, 1]
+
+
+def _paired_features(n=160, seed=0):
+    """Text and image features as two noisy random views of one latent per item."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 8, generator=g)
+    text = z @ torch.randn(8, 16, generator=g) + 0.1 * torch.randn(n, 16, generator=g)
+    image = z @ torch.randn(8, 12, generator=g) + 0.1 * torch.randn(n, 12, generator=g)
+    present = {"text": torch.ones(n, dtype=torch.bool), "image": torch.ones(n, dtype=torch.bool)}
+    present["image"][:10] = False  # some items lack an image: they stay out of the pairs needing one
+    image[:10] = 0
+    return Features("synthetic", {"text": text, "image": image}, present)
+
+
+def test_pretraining_aligns_modalities(tmp_path):
+    f = _paired_features()
+    model = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.1, emb_dropout=0.1, max_len=4)
+    cfg = PretrainConfig(model=model, epochs=12, batch_size=64, lr=3e-3, weight_decay=0.0, amp=False, device="cpu")
+    pretrain([(None, f)], cfg, tmp_path, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["text_to_image@1"] > max(0.3, rows[0]["text_to_image@1"] + 0.1)  # chance: 1/150
+    assert DualTower.from_pretrained(str(tmp_path)).config.modality_dims == {"text": 16, "image": 12}
+
+
+def _write_dataset(root: Path, n_users=80):
+    ds, f = planted_dataset(n_items=30, n_users=n_users)
+    ds.save(root)
+    f.save(cache_path(root, "synthetic"))
+    return ds, f
+
+
+def _cli(*args, env=None, timeout=300):
+    cmd = [sys.executable, "-m", "dtrec.cli", *map(str, args)]
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+
+
+def test_cli_pretrain_then_finetune_from_it(tmp_path):
+    _write_dataset(tmp_path / "data")
+    small = ["--d-model", 32, "--n-heads", 4, "--d-ff", 64, "--n-layers", 1, "--device", "cpu", "--no-amp", "--quiet"]
+    r = _cli("pretrain", "--data", tmp_path / "data", "--encoder", "synthetic", "--out", tmp_path / "pre",
+             "--epochs", 1, "--batch-size", 16, "--max-len", 4, *small)
+    assert r.returncode == 0, r.stderr
+    r = _cli("finetune", "--data", tmp_path / "data", "--encoder", "synthetic", "--out", tmp_path / "ft",
+             "--init", tmp_path / "pre", "--epochs", 2, "--batch-size", 32, "--max-len", 6, "--objective", "causal",
+             *small)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "ft" / "train_config.json").read_text())
+    assert rec["config"]["model"]["max_len"] == 6 and rec["seed"] == 42 and rec["init"].endswith("pre")
+    assert any("position" in n for n in rec["init_notes"])
+    assert json.loads((tmp_path / "ft" / "valid.json").read_text())["n"] == 80
+    assert DualTower.from_pretrained(str(tmp_path / "ft" / "best")).config.max_len == 6
+
+
+def test_cli_reports_a_missing_feature_cache_in_one_line(tmp_path):
+    _write_dataset(tmp_path / "data")
+    r = _cli("finetune", "--data", tmp_path / "data", "--encoder", "offline", "--out", tmp_path / "ft")
+    assert r.returncode == 2 and "error" in r.stderr and "Traceback" not in r.stderr
+
+
+def _loss_of_first_epoch(out: Path) -> float:
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_matches_single_process(tmp_path):
+    # Equal-length histories give every process the same number of predicted positions,
+    # so the mean of per-process losses equals the single-process loss.
+    ds, f = planted_dataset(n_items=30, n_users=64, length=(6, 6))
+    ds.save(tmp_path / "data")
+    f.save(cache_path(tmp_path / "data", "synthetic"))
+    args = ["finetune", "--data", tmp_path / "data", "--encoder", "synthetic", "--epochs", 2, "--batch-size", 16,
+            "--objective", "causal", "--dropout", 0, "--emb-dropout", 0, "--d-model", 32, "--n-heads", 4,
+            "--d-ff", 64, "--n-layers", 1, "--device", "cpu", "--no-amp", "--quiet", "--no-evaluate-test"]
+    single = _cli(*args, "--out", tmp_path / "one")
+    assert single.returncode == 0, single.stderr
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dtrec.cli", *map(str, args),
+           "--out", str(tmp_path / "two")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    for epoch in (0, 1):
+        a = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[epoch])
+        b = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[epoch])
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(a["loss"]))
+        assert abs(a["valid_ndcg@10"] - b["valid_ndcg@10"]) < 1e-3
