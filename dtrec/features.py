@@ -10,6 +10,7 @@ encoder is never served from a stale file.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import warnings
@@ -76,7 +77,8 @@ class Features:
             tensors[m] = self.values[m].float().contiguous()
             tensors[f"{m}_present"] = self.present[m].to(torch.uint8).contiguous()
         meta = {"encoder": self.encoder, "fingerprint": self.fingerprint, "dims": json.dumps(self.dims)}
-        tmp = path.with_suffix(".tmp")
+        # A per-process temp name: two extractions of one data set never write the same file.
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)
         return path

@@ -100,10 +100,11 @@ class Catalog:
         return [item_text(it.title, it.text) for it in self.items]
 
     def fingerprint(self) -> str:
-        """Content hash of ids, texts and image files; changes when any item changes."""
+        """Content hash of ids, encoder texts and image files; changes when any item changes."""
         h = hashlib.sha256()
         for i, it in enumerate(self.items):
-            h.update(it.id.encode() + b"\0" + it.title.encode() + b"\0" + (it.text or "").encode() + b"\0")
+            # Hash what the encoder reads (item_text), so a change in how text is joined invalidates caches.
+            h.update(it.id.encode() + b"\0" + item_text(it.title, it.text).encode() + b"\0")
             p = self.image_path(i)
             if p is not None and p.exists():
                 h.update(hashlib.sha256(p.read_bytes()).digest())
