@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -141,7 +142,7 @@ def eval_frame(about: dict) -> pd.DataFrame:
     rows = []
     if isinstance(table, dict):
         for model, splits in table.items():
-            if not isinstance(splits, dict):
+            if model == "meta" or not isinstance(splits, dict):  # "meta": the recipe's provenance
                 continue
             for split, metrics in splits.items():
                 if isinstance(metrics, dict):
@@ -228,9 +229,9 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
             return "Add some history to see where the new item ranks for you."
         r = rec.rank_of(new_id, history)
         name = rec.get(new_id).title
-        return f"**{name}** ranks **#{r}** for your current history." if r else f"**{name}** is not in the ranking."
+        return f"**{name}** ranks **#{r}** for your current history." if r else f"**{name}** is in your history."
 
-    # -- handlers (each returns the new history and the history view) ----------------
+    # -- UI handlers: history changes return (history, [selection,] gallery, note) ----
     @_user_errors
     def on_search(query: str, genre: str | None):
         return browse(query, genre)
@@ -241,6 +242,9 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
         if item_id in history:
             gr.Info(f"{rec.get(item_id).title} is already in your history.")
             return history, *history_gallery(history)
+        cap = getattr(getattr(rec, "config", None), "max_history", None)
+        if cap and len(history) >= cap:
+            raise gr.Error(f"The history holds at most {cap} items; remove one first.", print_exception=False)
         history = history + [item_id]
         return history, *history_gallery(history)
 
@@ -454,18 +458,22 @@ def load_recommender(demo: str | None, model: str | None, catalog: str | None,
     return rec, [catalog_dir / "images", store / "images"]
 
 
+def _warm_up(rec: Any) -> None:
+    try:
+        rec.search("warm up", k=1)
+    except Exception:  # a model without text, say: nothing to warm
+        log.debug("encoder warm-up skipped", exc_info=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Load the Recommender named by the flags and serve the app."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
     t0 = _T0 if __name__ == "__main__" else time.perf_counter()
-    if not args.model and not args.catalog and args.demo == str(DEFAULT_DEMO) and not (DEFAULT_DEMO / "model").is_dir():
+    if not args.catalog and Path(args.demo) == DEFAULT_DEMO and not (DEFAULT_DEMO / "model").is_dir():
         print(f"No demo at {DEFAULT_DEMO}: run `dtrec build-demo` to make it (or pass --demo, or --model and --catalog).",
               file=sys.stderr)
-        return 2
-    if bool(args.model) != bool(args.catalog) and not args.demo:
-        print("Give both --model and --catalog, or a --demo folder.", file=sys.stderr)
         return 2
     try:
         rec, served = load_recommender(args.demo, args.model, args.catalog, args.store_dir)
@@ -476,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
                 **launch_kwargs([*served, PLACEHOLDER]))
     log.info("dtrec demo ready in %.1f s at http://%s:%d", time.perf_counter() - t0, args.host, args.port)
+    # The frozen encoder loads on first use (seconds); load it now so the first search or upload is quick.
+    threading.Thread(target=_warm_up, args=(rec,), daemon=True).start()
     try:
         demo.block_thread()
     finally:

@@ -319,6 +319,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return proc.wait()
 
 
+# --------------------------------------------------------------------------- bench
+def _add_bench_command(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="speed, memory and scale of training and serving, beside the baselines")
+    b.add_argument("--quick", action="store_true", help="small sizes (catalogs up to 10^5); about a minute or two")
+    b.add_argument("--out", default="docs/bench", help="folder for bench.json, bench.md and bench.png")
+    b.add_argument("--only", default=None,
+                   help="comma-separated sections: training,serving,api,cold_start,features,scaling (default: all)")
+    b.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    b.add_argument("--data", default=None,
+                   help="prepared data with clip-vit-b-32 features for training (default: data/scientific)")
+    b.add_argument("--demo", default=None, help="demo folder for the API and cold-start runs (default: assets/demo)")
+    b.add_argument("--sizes", default=None, help="serving catalog sizes, e.g. 1e3,1e4,1e5,1e6")
+    b.add_argument("--variants", default=None, help="training variants fp32,bf16,compile (default: fp32; all on CUDA)")
+    b.add_argument("--batch-size", type=int, default=256, help="training batch size, the same for dtrec and SASRec")
+    b.add_argument("--epochs", type=int, default=1, help="training epochs timed per model (within --train-seconds)")
+    b.add_argument("--train-seconds", type=float, default=None,
+                   help="time budget per training run; seconds/epoch are extrapolated beyond it")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch and FAISS CPU threads (default: one per core; 1 can be faster on a busy machine)")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from dtrec.bench import bench_command
+
+    return bench_command(args)
+
+
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
@@ -331,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_commands(sub)
     _add_publish_command(sub)
     _add_demo_commands(sub)
+    _add_bench_command(sub)
     return parser
 
 

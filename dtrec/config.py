@@ -55,7 +55,7 @@ class ModelConfig:
     emb_dropout: float = 0.2
     max_len: int = 20
     share_towers: bool = True
-    objective: str = "cloze"
+    objective: str = "causal"
     temperature: float = 0.05
     mask_prob: float = 0.2
     reverse_positions: bool = True

@@ -85,16 +85,34 @@ def sample_histories(dataset: Dataset, n: int, length: int, seed: int = 0) -> li
 
 
 def find_results(checkpoint: str | Path, results: str | Path | None) -> dict:
-    """The evaluation table: `results` if given, else results.json in or beside the checkpoint, else {}."""
-    from dtrec.modelcard import load_results
+    """The evaluation table: `results` if given, else results.json in or beside the checkpoint, else {}.
 
-    if results:
-        return load_results(results)
-    ckpt = Path(checkpoint)
-    for p in (ckpt / "results.json", ckpt.parent / "results.json"):
-        if p.is_file():
-            return load_results(p)
-    return {}
+    A recipe's results.json may carry a "meta" entry (commit, seed, commands); it is kept for the
+    folder's results.json and left out of the checked metric table.
+    """
+    from dtrec.modelcard import check_results
+
+    paths = [Path(results)] if results else [Path(checkpoint) / "results.json", Path(checkpoint).parent / "results.json"]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        if results:
+            raise DemoBuildError(f"results file {results} does not exist.")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DemoBuildError(f"results file {path} is not valid JSON (line {e.lineno}).") from None
+    if not isinstance(data, dict):
+        raise DemoBuildError(f"results file {path} must map model names to their splits' metrics.")
+    table = metric_table(data)
+    if table:
+        check_results(table, str(path))
+    return data
+
+
+def metric_table(results: dict) -> dict:
+    """`results` without its provenance entry ("meta")."""
+    return {k: v for k, v in results.items() if k != "meta"}
 
 
 def _thumb_sources(catalog: Catalog, thumb_size: int, tmp: Path) -> Catalog:
@@ -141,7 +159,7 @@ def _model_card(cfg: DemoBuildConfig, dataset: Dataset, model: torch.nn.Module, 
     """The checkpoint's model card plus what this demo folder holds."""
     from dtrec.modelcard import make_model_card
 
-    card = str(make_model_card(cfg.checkpoint, results or None, dataset_name=dataset.name))
+    card = str(make_model_card(cfg.checkpoint, metric_table(results) or None, dataset_name=dataset.name))
     c = model.config
     return card.rstrip() + f"""
 

@@ -134,7 +134,8 @@ def test_bad_upload_is_refused_and_stores_nothing(served, tmp_path):
 
 
 def test_eval_frame_reads_the_results_table():
-    about = {"results": {"dtrec": {"test": {"ndcg@10": 0.123456, "n": 9}}, "popularity": {"test": {"ndcg@10": 0.05}}}}
+    about = {"results": {"dtrec": {"test": {"ndcg@10": 0.123456, "n": 9}}, "popularity": {"test": {"ndcg@10": 0.05}},
+                         "meta": {"recipe": "movielens", "seed": 42, "env": {"torch": "2.14"}}}}
     df = app.eval_frame(about)
     assert set(df["model"]) == {"dtrec", "popularity"}
     assert df.loc[df["model"] == "dtrec", "ndcg@10"].item() == pytest.approx(0.1235)
@@ -155,6 +156,6 @@ def test_missing_default_demo_says_to_build_it(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DTREC_MODEL", raising=False)
     monkeypatch.delenv("DTREC_CATALOG", raising=False)
     monkeypatch.delenv("DTREC_DEMO", raising=False)
-    assert app.main(["--demo", str(missing)]) == 2
+    assert app.main([]) == 2
     err = capsys.readouterr().err.strip()
     assert "dtrec build-demo" in err and len(err.splitlines()) == 1

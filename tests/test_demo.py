@@ -36,7 +36,8 @@ def test_demo_folder_contents(tiny_demo):
     assert all(2 <= len(h) <= max_len and all(cat.has(i) for i in h) for h in hist)
     assert not (tiny_demo / "catalog" / "sequences.parquet").exists(), "ratings-derived sequences are not shipped"
 
-    assert json.loads((tiny_demo / "results.json").read_text())["dtrec"]["test"]["ndcg@10"] == 0.1
+    results = json.loads((tiny_demo / "results.json").read_text())
+    assert results["dtrec"]["test"]["ndcg@10"] == 0.1 and results["meta"]["seed"] == 0
     notice = (tiny_demo / "NOTICE.md").read_text()
     assert "GroupLens" in notice and "ml1m-images" in notice and f"holds {len(hist)} item-id sequences" in notice
     assert "This demo folder" in (tiny_demo / "README.md").read_text()
@@ -79,3 +80,22 @@ def test_build_demo_cli_errors_are_one_line(tmp_path, capsys):
 def test_serve_without_app_file(tmp_path, capsys):
     assert cli(["serve", "--app", str(tmp_path / "app.py")]) == 2
     assert "app.py not found" in capsys.readouterr().err
+
+
+def test_find_results(tmp_path):
+    from dtrec.demo import find_results
+
+    ckpt = tmp_path / "run" / "best"
+    ckpt.mkdir(parents=True)
+    assert find_results(ckpt, None) == {}
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"dtrec": {"test": {"ndcg@10": 0.3}},
+                                                              "meta": {"seed": 1}}))
+    assert find_results(ckpt, None)["dtrec"]["test"]["ndcg@10"] == 0.3  # beside the checkpoint
+    with pytest.raises(DemoBuildError, match="does not exist"):
+        find_results(ckpt, tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DemoBuildError, match="not valid JSON"):
+        find_results(ckpt, tmp_path / "bad.json")
+    (tmp_path / "wrong.json").write_text(json.dumps({"dtrec": {"test": {"ndcg@10": "high"}}}))
+    with pytest.raises(ValueError):
+        find_results(ckpt, tmp_path / "wrong.json")

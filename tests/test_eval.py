@@ -134,3 +134,26 @@ def test_evaluate_rejects_a_folder_without_checkpoint(tmp_path, capsys):
     rc = main(["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path / "data"), "--json"])
     assert rc == 2
     assert "config.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_scientific_recipe_smoke_run(tmp_path):
+    """The whole Scientific recipe at toy sizes writes results.json with every model and the meta record."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    data = Path(os.environ.get("DTREC_DATA", repo.parent / "shared" / "data"))
+    if not (data / "amazon-scientific" / "Scientific.item2index").exists():
+        pytest.skip(f"Amazon Scientific data not found under {data} (set DTREC_DATA)")
+    env = dict(os.environ, DTREC_DATA=str(data), DTREC_COLD="0", DTREC_EPOCHS="1", DTREC_DEVICE="cpu",
+               DTREC_PRETRAIN_ARGS="--max-steps 1 --d-model 32 --d-ff 64 --n-heads 2 --quiet",
+               DTREC_FINETUNE_ARGS="--max-steps 1 --quiet", DTREC_SASREC_ARGS="--hidden 16", HF_HUB_OFFLINE="1")
+    out = tmp_path / "run"
+    subprocess.run(["bash", str(repo / "scripts" / "scientific.sh"), str(out)], env=env, check=True, timeout=1200)
+    res = json.loads((out / "results.json").read_text())
+    assert {"popularity", "sasrec", "dtrec", "meta"} <= set(res)
+    for name in ("popularity", "sasrec", "dtrec"):
+        assert set(res[name]) == {"valid", "test"} and res[name]["test"]["n"] == 2928
+    assert res["meta"]["seed"] == 42 and any(c.startswith("dtrec finetune") for c in res["meta"]["commands"])

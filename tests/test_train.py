@@ -56,7 +56,7 @@ def test_model_learns_a_planted_next_item_pattern(tmp_path):
 
 @pytest.mark.parametrize("negatives", ["in_batch", "sampled"])
 def test_cheaper_negatives_train_too(tmp_path, negatives):
-    ds, f = planted_dataset(n_items=40, n_users=160)
+    ds, f = planted_dataset(n_items=40, n_users=120)
     cfg = tiny_finetune_config(f, model={"objective": "causal"}, epochs=3, negatives=negatives, num_negatives=16,
                                evaluate_test=False)
     result = finetune(ds, f, cfg, tmp_path, progress=False)
@@ -64,7 +64,7 @@ def test_cheaper_negatives_train_too(tmp_path, negatives):
 
 
 def test_resume_continues_exactly_where_training_stopped(tmp_path):
-    ds, f = planted_dataset(n_items=30, n_users=60)
+    ds, f = planted_dataset(n_items=30, n_users=40)
     kw = dict(model={"objective": "cloze", "dropout": 0.1}, evaluate_test=False)
     finetune(ds, f, tiny_finetune_config(f, epochs=2, **kw), tmp_path / "full", progress=False)
     finetune(ds, f, tiny_finetune_config(f, epochs=1, **kw), tmp_path / "part", progress=False)
@@ -102,7 +102,7 @@ def test_pretraining_aligns_modalities(tmp_path):
 def _write_dataset(root: Path, n_users=80):
     ds, f = planted_dataset(n_items=30, n_users=n_users)
     ds.save(root)
-    f.save(cache_path(root, "synthetic"))
+    Features(f.encoder, f.values, f.present, ds.catalog.fingerprint()).save(cache_path(root, "synthetic"))
     return ds, f
 
 
@@ -114,6 +114,7 @@ def _cli(*args, env=None, timeout=300):
 
 
 
+@pytest.mark.slow
 def test_cli_pretrain_then_finetune_from_it(tmp_path):
     _write_dataset(tmp_path / "data")
     small = ["--d-model", 32, "--n-heads", 4, "--d-ff", 64, "--n-layers", 1, "--device", "cpu", "--no-amp", "--quiet"]
@@ -147,7 +148,7 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     # so the mean of per-process losses equals the single-process loss.
     ds, f = planted_dataset(n_items=30, n_users=64, length=(6, 6))
     ds.save(tmp_path / "data")
-    f.save(cache_path(tmp_path / "data", "synthetic"))
+    Features(f.encoder, f.values, f.present, ds.catalog.fingerprint()).save(cache_path(tmp_path / "data", "synthetic"))
     args = ["finetune", "--data", tmp_path / "data", "--encoder", "synthetic", "--epochs", 2, "--batch-size", 16,
             "--objective", "causal", "--dropout", 0, "--emb-dropout", 0, "--d-model", 32, "--n-heads", 4,
             "--d-ff", 64, "--n-layers", 1, "--device", "cpu", "--no-amp", "--quiet", "--no-evaluate-test"]
@@ -164,3 +165,32 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
         b = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[epoch])
         assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(a["loss"]))
         assert abs(a["valid_ndcg@10"] - b["valid_ndcg@10"]) < 1e-3
+
+
+_PRETRAIN_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_train import _paired_features
+from dtrec.config import ModelConfig, PretrainConfig
+from dtrec.train.pretrain import pretrain
+m = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.0, emb_dropout=0.0, max_len=4)
+cfg = PretrainConfig(model=m, epochs=2, batch_size=32, lr=3e-3, amp=False, device="cpu")
+pretrain([(None, _paired_features(n=64))], cfg, sys.argv[1], progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_pretraining_gathers_negatives_like_one_process(tmp_path):
+    script = tmp_path / "pre.py"
+    script.write_text(_PRETRAIN_SCRIPT.format(tests=str(ROOT / "tests")))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = [json.loads(x)["loss"] for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x)["loss"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(a) == 2 and all(abs(x - y) < 1e-4 for x, y in zip(a, b))

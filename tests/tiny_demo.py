@@ -27,7 +27,8 @@ def make_tiny_demo(root: Path, *, thumb_size: int = 64) -> Path:
     DualTower(cfg).eval().save_pretrained(str(root / "ckpt"))
     results = {"dtrec": {"test": {"recall@10": 0.2, "ndcg@10": 0.1, "mrr": 0.08},
                          "valid": {"recall@10": 0.25, "ndcg@10": 0.12, "mrr": 0.09}},
-               "popularity": {"test": {"recall@10": 0.1, "ndcg@10": 0.05, "mrr": 0.04}}}
+               "popularity": {"test": {"recall@10": 0.1, "ndcg@10": 0.05, "mrr": 0.04}},
+               "meta": {"recipe": "tests/tiny_demo.py", "seed": 0}}  # a recipe's provenance entry
     (root / "ckpt" / "results.json").write_text(__import__("json").dumps(results))
     return build_demo(DemoBuildConfig(data=str(root / "data"), checkpoint=str(root / "ckpt"),
                                       out=str(root / "demo"), thumb_size=thumb_size, n_histories=20))

@@ -29,12 +29,14 @@ def retrieval_loss(
     `log_q` (C,) subtracts each candidate's log sampling probability (logQ
     correction); `exclude` (P, C) bool hides candidates from a query's softmax.
     """
-    logits = F.normalize(queries.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T / temperature
-    if log_q is not None:
-        logits = logits - log_q.float()
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, _NEG)
-    return F.cross_entropy(logits, targets, ignore_index=-1)
+    # float32 even under autocast: bf16 cannot resolve cosines divided by a small temperature.
+    with torch.autocast(queries.device.type, enabled=False):
+        logits = F.normalize(queries.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T / temperature
+        if log_q is not None:
+            logits = logits - log_q.float()
+        if exclude is not None:
+            logits = logits.masked_fill(exclude, _NEG)
+        return F.cross_entropy(logits, targets, ignore_index=-1)
 
 
 def candidate_set(
@@ -98,7 +100,12 @@ def info_nce(a: Tensor, b: Tensor, temperature: float, valid: Tensor | None = No
 
     Rows with `valid[i] == False` take no part, neither as anchor nor as negative.
     """
-    logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
+    with torch.autocast(a.device.type, enabled=False):
+        return _info_nce(a.float(), b.float(), temperature, valid)
+
+
+def _info_nce(a: Tensor, b: Tensor, temperature: float, valid: Tensor | None) -> Tensor:
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
     n = logits.shape[0]
     labels = torch.arange(n, device=logits.device)
     if valid is None:

@@ -165,6 +165,8 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
                          world_size=info.world_size, device=str(device), **record)
     valid_cases = dataset.eval_cases("valid")
     metrics_path = out / "metrics.jsonl"
+    if info.is_main and not resume:
+        metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
 
     for epoch in range(start_epoch, config.epochs):
         if bad >= config.patience or (config.max_steps and global_step >= config.max_steps):

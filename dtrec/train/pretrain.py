@@ -115,10 +115,10 @@ def cross_modal_eval(model: DualTower, table: Features, rows: list[int], limit: 
     """Text -> image and image -> text top-1 retrieval accuracy among up to `limit` items with both."""
     if not {"text", "image"} <= set(model.modalities):
         return {}
-    both = [r for r in rows if bool(table.present["text"][r]) and bool(table.present["image"][r])][:limit]
-    if len(both) < 2:
+    rows_t = torch.tensor(rows, device=table.values["text"].device)
+    idx = rows_t[(table.present["text"] & table.present["image"])[rows_t]][:limit]
+    if idx.numel() < 2:
         return {}
-    idx = torch.tensor(both, device=table.values["text"].device)
     was = model.training
     model.eval()
     with torch.no_grad():
@@ -128,7 +128,7 @@ def cross_modal_eval(model: DualTower, table: Features, rows: list[int], limit: 
         v = model.encode_items({k: vals[k] * only["image"][k].unsqueeze(-1) for k in vals}, only["image"])
     model.train(was)
     return {"text_to_image@1": cross_modal_accuracy(t, v), "image_to_text@1": cross_modal_accuracy(v, t),
-            "n_eval": len(both)}
+            "n_eval": int(idx.numel())}
 
 
 def pretrain(
@@ -174,6 +174,7 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
     if info.is_main:
         write_run_record(out, config, seed=config.seed, world_size=info.world_size, device=str(device),
                          items=len(rows), **record)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
     row: dict[str, Any] = {}
     step = 0
     for epoch in range(config.epochs):

@@ -1,0 +1,209 @@
+"""`dtrec bench`: each measurement on tiny sizes, the report's structure, and ratios taken from one run.
+
+No timing assertions: the machine is shared and noisy. What is checked is that the
+numbers are consistent with each other (ratios, extrapolations, recall, tuning).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dtrec import bench as B
+from synthetic import planted_dataset, tiny_model_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine run far faster on one thread (no OpenMP spinning)."""
+    import faiss
+    import torch
+
+    before, fbefore = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    faiss.omp_set_num_threads(fbefore)
+
+
+@pytest.fixture(scope="module")
+def training() -> dict:
+    ds, feats = planted_dataset(n_items=50, n_users=60, length=(4, 8))
+    return B.measure_training(ds, feats, model_config=tiny_model_config(feats), batch_size=16, max_steps=2,
+                              device="cpu")
+
+
+@pytest.fixture(scope="module")
+def index_run() -> dict:
+    x = B.synthetic_embeddings(3000, 32, seed=0)
+    q = B.synthetic_embeddings(30, 32, seed=1)
+    return B.measure_index(x, q, ef_grid=(4, 16, 64), nprobe_grid=(2, 8), ivf_min_items=1000, ivf_train=3000,
+                           target_recall=0.9, batch=64)
+
+
+def test_training_ratio_comes_from_the_same_run(training):
+    d, s = training["runs"]["dtrec_fp32"], training["runs"]["sasrec_fp32"]
+    assert training["epoch_ratio_dtrec_vs_sasrec"]["fp32"] == pytest.approx(
+        d["seconds_per_epoch"] / s["seconds_per_epoch"])
+    for r in (d, s):
+        assert r["timed_steps"] == 2
+        assert r["seconds_per_epoch"] == pytest.approx(r["seconds_per_step"] * r["steps_per_epoch"])
+        assert r["steps_per_epoch"] == math.ceil(r["examples_per_epoch"] / training["batch_size"])
+        assert r["epoch_extrapolated"] == (r["timed_steps"] < r["steps_per_epoch"])
+        assert r["sequences_per_s"] > 0 and r["targets_per_s"] >= r["sequences_per_s"] * 0.99
+        assert r["peak_memory_mb"] is not None and r["memory_kind"] == "rss_peak_delta"
+    # Cloze gives one example per prefix, SASRec one window per user: dtrec sees more examples
+    assert d["examples_per_epoch"] > s["examples_per_epoch"]
+    assert "dtrec_bf16" not in training["runs"]  # GPU-only variants are not run on CPU
+
+
+def test_synthetic_embeddings_are_normalised_and_reproducible():
+    a = B.synthetic_embeddings(70_000, 16, seed=3)[-500:]  # crosses a generation block
+    b = B.synthetic_embeddings(70_000, 16, seed=3)[-500:]
+    assert a.shape == (500, 16) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, B.synthetic_embeddings(70_000, 16, seed=4)[-500:])
+
+
+def test_index_recall_and_tuning_are_consistent(index_run):
+    kinds = index_run["kinds"]
+    assert kinds["flat"]["recall"] == 1.0
+    for name, key in (("hnsw", "ef_search"), ("ivfpq", "nprobe")):
+        r = kinds[name]
+        sweep = r["sweep"]
+        chosen = next(s for s in sweep if s[key] == r["setting"][key])
+        assert r["recall"] == chosen["recall"] and r["p50_ms"] == chosen["p50_ms"]
+        assert all(0.0 <= s["recall"] <= 1.0 for s in sweep)
+        reaching = [s for s in sweep if s["recall"] >= 0.9]
+        if reaching:  # the smallest setting that reaches the target recall
+            assert r["setting"][key] == min(s[key] for s in reaching)
+        else:
+            assert r["recall"] == max(s["recall"] for s in sweep)
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["batched_qps"] > 0
+    assert kinds["ivfpq"]["nlist"] >= 1 and kinds["ivfpq"]["trained_on"] == 3000
+
+
+def test_ivfpq_below_its_minimum_is_reported_as_exact():
+    x = B.synthetic_embeddings(400, 16)
+    out = B.measure_index(x, x[:5], kinds=("flat", "ivfpq"), ivf_min_items=1000)
+    assert "skipped" in out["kinds"]["ivfpq"]
+    assert out["kinds"]["flat"]["recall"] == 1.0
+
+
+def test_latency_summary_matches_numpy():
+    ms = list(np.random.default_rng(0).exponential(5.0, 101))
+    s = B.latency_summary(ms)
+    assert s["n"] == 101
+    assert s["p50_ms"] == pytest.approx(np.percentile(ms, 50))
+    assert s["p99_ms"] == pytest.approx(np.percentile(ms, 99))
+    assert s["min_ms"] <= s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
+    assert B.latency_summary([]) == {"n": 0}
+
+
+def test_peak_memory_sees_an_allocation():
+    with B.peak_memory("cpu") as small:
+        pass
+    with B.peak_memory("cpu") as big:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        block[::512] += 1
+        del block
+    assert big["peak_mb"] >= 40 > small["peak_mb"]
+
+
+def test_training_scaling_rows_cover_the_grid():
+    out = B.measure_training_scaling((60, 120), (3, 6), base_catalog=60, batch_size=4, steps=1, dims={"text": 8},
+                                     model=dict(d_model=16, n_heads=2, d_ff=16), device="cpu")
+    assert [r["catalog"] for r in out["by_catalog"]] == [60, 120]
+    assert [r["history_length"] for r in out["by_length"]] == [3, 6]
+    for r in out["by_catalog"] + out["by_length"]:
+        assert all(r[k] > 0 for k in ("dtrec_all_step_ms", "dtrec_sampled_step_ms", "sasrec_step_ms"))
+
+
+def test_feature_extraction_counts_items_per_second():
+    out = B.measure_feature_extraction("tiny-clip", n_items=4, batch_size=2, device="cpu", image_px=(40, 60))
+    assert out["dims"] == {"text": 32, "image": 32} or set(out["dims"]) == {"text", "image"}
+    for key in ("text_items_per_s", "image_items_per_s", "both_items_per_s"):
+        assert out[key] > 0
+
+
+def test_recommender_and_cold_start_on_the_tiny_demo(tiny_demo):
+    rec = B.measure_recommender(tiny_demo, requests=5, batch=8)
+    assert rec["recommend"]["n"] == 5 and rec["items"] > 0 and rec["batched_per_s"] > 0
+    cold = B.measure_cold_start(tiny_demo, n=1, image_px=(60, 90))
+    assert set(cold["stages_timed"]) >= {"encode", "item_tower", "store", "index"}
+    assert cold["with_image"]["stages_mean_ms"]["decode"] > 0
+    assert cold["without_image"]["stages_mean_ms"]["decode"] == 0
+    for label in ("with_image", "without_image"):
+        stages = cold[label]["stages_mean_ms"]
+        # the stages and the remainder add up to the measured total
+        assert sum(stages.values()) == pytest.approx(cold[label]["mean_ms"], rel=1e-6)
+
+
+def _results(training: dict, index_run: dict) -> dict:
+    return {"quick": True, "machine": B.machine_info(), "training": training,
+            "serving": {"user_tower": {"single": B.latency_summary([1.0, 2.0]), "batched_per_s": 100.0,
+                                       "batch": 8, "device": "cpu"}, "dim": 32, "generator": "test",
+                        "sizes": [index_run]},
+            "errors": {}}
+
+
+def test_report_files_and_targets(tmp_path, training, index_run):
+    results = _results(training, index_run)
+    paths = B.write_report(results, tmp_path / "bench")
+    data = json.loads(paths["json"].read_text())
+    assert data["machine"]["cpu"] and data["machine"]["cores"] >= 1 and data["machine"]["torch"]
+    assert data["machine"]["git_commit"]
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md"].read_text()
+    assert "## Targets" in md and "## Training" in md and "## Serving" in md and "bench.png" in md
+    targets = {t["target"].split(":")[0]: t for t in data["targets"]}
+    assert len(data["targets"]) == 4
+    train_t = next(t for t in data["targets"] if "SASRec" in t["target"])
+    assert train_t["met"] == (training["epoch_ratio_dtrec_vs_sasrec"]["fp32"] <= B.TARGET_TRAIN_RATIO)
+    ann = next(t for t in data["targets"] if "10^6" in t["target"])
+    assert ann["met"] is None  # no 10^6 catalog in this run
+    assert targets
+
+
+def test_ann_target_is_judged_at_a_million_items():
+    def size(p50: float, recall: float) -> dict:
+        return {"n": 1_000_000, "kinds": {"flat": {"p50_ms": 90.0, "recall": 1.0, "setting": None},
+                                          "hnsw": {"p50_ms": p50, "recall": recall, "setting": {"ef_search": 64}}}}
+
+    met = B.check_targets({"serving": {"sizes": [size(2.0, 0.97)]}})[0]
+    slow = B.check_targets({"serving": {"sizes": [size(7.0, 0.97)]}})[0]
+    poor = B.check_targets({"serving": {"sizes": [size(2.0, 0.90)]}})[0]
+    assert (met["met"], slow["met"], poor["met"]) == (True, False, False)
+    assert "2.00 ms" in met["value"]
+
+
+def test_run_bench_writes_a_report_for_one_section(tmp_path):
+    cfg = B.BenchConfig(quick=True, out=str(tmp_path / "out"), only=("features",), encoders=("tiny-clip",),
+                        device="cpu")
+    res = B.run_bench(cfg, log=lambda m: None)
+    assert not res["errors"]
+    assert (tmp_path / "out" / "bench.json").is_file() and (tmp_path / "out" / "bench.md").is_file()
+    saved = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert saved["features"]["encoders"][0]["encoder"] == "tiny-clip"
+    assert set(saved["seconds"]) == {"features"}
+
+
+def test_bad_section_is_one_clear_error(capsys):
+    from dtrec.cli import main
+
+    assert main(["bench", "--only", "training,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown bench section(s) bogus" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_api_through_gradio(tiny_demo):
+    out = B.measure_api(tiny_demo, clients=2, requests=3)
+    assert out["concurrent"]["n"] == 6 and out["single_client"]["n"] == 3
+    assert out["throughput_rps"] > 0 and out["items"] > 0
