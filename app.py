@@ -364,7 +364,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
                                          elem_classes="poster-grid", buttons=[])
 
         with gr.Accordion("About the model", open=False):
-            gr.Markdown(about_markdown(about))
+            about_md = gr.Markdown(about_markdown(about))
             if not df.empty:
                 gr.Dataframe(df, label="Evaluation (leave-one-out, full ranking)", interactive=False, wrap=True)
             if metric0:
@@ -389,6 +389,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
                        show_progress="minimal", **priv)
 
         demo.load(on_search, [query, genre], [catalog, cat_ids], **priv)
+        demo.load(_user_errors(lambda: about_markdown(rec.about())), None, about_md, **priv)  # live counts
         query.submit(on_search, [query, genre], [catalog, cat_ids], **priv)
         genre.change(on_search, [query, genre], [catalog, cat_ids], **priv)
         catalog.select(on_pick, [cat_ids, history], [history, hist_gal, hist_note], **priv).success(**refresh)

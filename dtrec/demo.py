@@ -85,14 +85,17 @@ def sample_histories(dataset: Dataset, n: int, length: int, seed: int = 0) -> li
 
 
 def find_results(checkpoint: str | Path, results: str | Path | None) -> dict:
-    """The evaluation table: `results` if given, else results.json in or beside the checkpoint, else {}.
+    """The evaluation table: `results` if given, else the nearest results.json in, beside or above the
+    checkpoint (a recipe writes OUT/results.json for OUT/dtrec/best), else {}.
 
     A recipe's results.json may carry a "meta" entry (commit, seed, commands); it is kept for the
     folder's results.json and left out of the checked metric table.
     """
     from dtrec.modelcard import check_results
 
-    paths = [Path(results)] if results else [Path(checkpoint) / "results.json", Path(checkpoint).parent / "results.json"]
+    ckpt = Path(checkpoint).resolve()
+    paths = [Path(results)] if results else [ckpt / "results.json", ckpt.parent / "results.json",
+                                             ckpt.parent.parent / "results.json"]
     path = next((p for p in paths if p.is_file()), None)
     if path is None:
         if results:
@@ -234,7 +237,8 @@ def build_demo_command(args) -> int:
     mb = folder_mb(out)
     with open(out / "histories.json") as fh:
         n_hist = len(json.load(fh))
-    print(f"wrote {out}: {mb:.1f} MB, {n_hist} histories")
+    res = find_results(cfg.checkpoint, cfg.results)
+    print(f"wrote {out}: {mb:.1f} MB, {n_hist} histories, results for {', '.join(metric_table(res)) or 'no model'}")
     if mb > cfg.max_mb:
         print(f"warning: {out} is {mb:.1f} MB, over the {cfg.max_mb:g} MB budget for assets/; "
               f"lower --thumb-size", flush=True)

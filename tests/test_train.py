@@ -89,13 +89,13 @@ def _paired_features(n=160, seed=0):
 
 
 def test_pretraining_aligns_modalities(tmp_path):
-    f = _paired_features()
+    f = _paired_features(n=96)
     model = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.1, emb_dropout=0.1, max_len=4)
-    cfg = PretrainConfig(model=model, epochs=12, batch_size=64, lr=3e-3, weight_decay=0.0, amp=False, device="cpu")
+    cfg = PretrainConfig(model=model, epochs=8, batch_size=48, lr=3e-3, weight_decay=0.0, amp=False, device="cpu")
     pretrain([(None, f)], cfg, tmp_path, progress=False)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]
-    assert rows[-1]["text_to_image@1"] > max(0.3, rows[0]["text_to_image@1"] + 0.1)  # chance: 1/150
+    assert rows[-1]["text_to_image@1"] > max(0.5, rows[0]["text_to_image@1"] + 0.2)  # chance: 1/86
     assert DualTower.from_pretrained(str(tmp_path)).config.modality_dims == {"text": 16, "image": 12}
 
 

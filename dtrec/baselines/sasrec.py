@@ -101,9 +101,8 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         x = self.item_emb(seq) + self.pos_emb(pos).unsqueeze(0)
         x = self.emb_drop(self.emb_norm(x))
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), diagonal=1)
-        # Padding is masked as keys only through causality and left padding: a real
-        # position never attends to a later one, and pads only precede real items, so
-        # pad keys are masked explicitly; a fully padded row attends to itself to avoid NaN.
+        # Causal mask plus padding keys; every position may still see itself so that a
+        # padding row never has all keys masked (which would give NaN).
         pad = seq == 0
         mask = causal.unsqueeze(0) | pad.unsqueeze(1)
         mask = mask & ~torch.eye(L, dtype=torch.bool, device=seq.device).unsqueeze(0)

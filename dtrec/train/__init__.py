@@ -1,0 +1,1 @@
+"""Training loops: pretraining over items, sequential fine-tuning, DDP and checkpoint plumbing."""
