@@ -619,9 +619,11 @@ def measure_user_tower(model: Any, features: Any, histories: list[list[int]], *,
 
 def measure_serving(sizes: tuple[int, ...], model: Any, features: Any, histories: list[list[int]], *,
                     kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq"), n_queries: int = 200, batch: int = 256,
-                    seed: int = 0, progress: Callable[[str], None] | None = None, **index_kw: Any) -> dict[str, Any]:
+                    seed: int = 0, approx_max: int | None = None, progress: Callable[[str], None] | None = None,
+                    **index_kw: Any) -> dict[str, Any]:
     """Index measurements at each catalog size (synthetic item embeddings) plus the user tower + search
-    pipeline; the tower runs on real histories of `features` (its cost does not depend on catalog size)."""
+    pipeline; the tower runs on real histories of `features` (its cost does not depend on catalog size).
+    Approximate kinds are built only up to `approx_max` items (None: at every size)."""
     dim = int(model.config.d_model)
     model.eval()
 
@@ -636,7 +638,8 @@ def measure_serving(sizes: tuple[int, ...], model: Any, features: Any, histories
             progress(f"serving: {n:,} items")
         vecs = synthetic_embeddings(n, dim, seed=seed)
         flat_q = min(n_queries, max(20, int(2e7 // max(n, 1))))  # exact single queries get slow at 10^6
-        out["sizes"].append(measure_index(vecs, queries, kinds=kinds, batch=batch, tower=tower,
+        size_kinds = kinds if approx_max is None or n <= approx_max else tuple(k for k in kinds if k == "flat")
+        out["sizes"].append(measure_index(vecs, queries, kinds=size_kinds, batch=batch, tower=tower,
                                           flat_queries=flat_q, seed=seed, **index_kw))
         del vecs
     return out
@@ -701,7 +704,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def launched_app(demo_dir: str | Path, *, app: str | Path | None = None, timeout: float = 180.0,
-                 store_dir: str | Path | None = None) -> Iterator[str]:
+                 store_dir: str | Path | None = None, threads: int | None = None) -> Iterator[str]:
     """`app.py` serving `demo_dir` on a free local port in a child process; yields its URL."""
     import urllib.request
 
@@ -711,6 +714,8 @@ def launched_app(demo_dir: str | Path, *, app: str | Path | None = None, timeout
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch and FAISS in the app honour it
     with tempfile.TemporaryDirectory(prefix="dtrec-bench-app-") as tmp:
         log = open(Path(tmp) / "app.log", "w+b")
         cmd = [sys.executable, str(app), "--demo", str(demo_dir), "--port", str(port), "--host", "127.0.0.1",
@@ -744,7 +749,7 @@ def launched_app(demo_dir: str | Path, *, app: str | Path | None = None, timeout
 
 
 def measure_api(demo_dir: str | Path, *, clients: int = 4, requests: int = 25, k: int = 10, seed: int = 0,
-                app: str | Path | None = None) -> dict[str, Any]:
+                app: str | Path | None = None, threads: int | None = None) -> dict[str, Any]:
     """End-to-end `/recommend` latency through the Gradio HTTP API: one client, then `clients` at once."""
     from gradio_client import Client
 
@@ -758,7 +763,7 @@ def measure_api(demo_dir: str | Path, *, clients: int = 4, requests: int = 25, k
         finally:
             rec.close()
     t0 = time.perf_counter()
-    with launched_app(demo_dir, app=app) as url:
+    with launched_app(demo_dir, app=app, threads=threads) as url:
         startup_s = time.perf_counter() - t0
         with contextlib.redirect_stdout(io.StringIO()):
             pool = [Client(url, verbose=False) for _ in range(clients)]
@@ -797,6 +802,7 @@ def measure_api(demo_dir: str | Path, *, clients: int = 4, requests: int = 25, k
             raise BenchError(f"a concurrent API client failed: {errors[0]}")
     allc = [x for r in results for x in r]
     return {"demo": str(demo_dir), "items": n_items, "endpoint": "/recommend", "k": k, "startup_s": startup_s,
+            "app_threads": threads,
             "single_client": latency_summary(single), "clients": clients,
             "concurrent": latency_summary(allc), "throughput_rps": len(allc) / wall}
 
@@ -882,7 +888,7 @@ def measure_feature_extraction(encoder: str, *, n_items: int = 64, batch_size: i
     device = _device(device)
     t0 = time.perf_counter()
     enc = get_encoder(encoder, device=device)
-    load_s = time.perf_counter() - t0
+    get_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="dtrec-bench-feat-") as tmp:
         root = Path(tmp)
         words = "lab scope precise steel glass sensor digital kit pipette flask gauge meter".split()
@@ -898,9 +904,11 @@ def measure_feature_extraction(encoder: str, *, n_items: int = 64, batch_size: i
             "image": [Item(f"i{i}", "", "", paths[i]) for i in range(n_items)],
             "both": [Item(f"b{i}", f"Item {i}", texts[i], paths[i]) for i in range(n_items)],
         }
-        # warm-up: first calls allocate and (on CUDA) pick kernels
+        # warm-up: encoders load their weights on first use; first calls allocate and pick kernels
+        t0 = time.perf_counter()
         warm = Catalog(variants["both"][: min(4, n_items)], root=root)
         extract(warm, enc, batch_size=batch_size, cache=False, progress=False)
+        load_s = get_s + time.perf_counter() - t0
         out: dict[str, Any] = {"encoder": encoder, "device": str(device), "dims": dict(enc.dims), "load_s": load_s,
                                "n_items": n_items, "batch_size": batch_size, "image_px": list(image_px)}
         for name, items in variants.items():
@@ -926,7 +934,12 @@ def bench_demo(root: str | Path, *, encoder: str = "tiny-clip", reference_size: 
     from dtrec.model import DualTower
 
     root = Path(root)
-    if source is None:
+    if source is not None:  # someone's prepared data: read its cached features, never write into it
+        from dtrec.features import load_features
+
+        ds = Dataset.load(source)
+        feats = load_features(source, encoder, ds.catalog)
+    else:
         from dtrec.data.movielens import read_movielens
 
         fixture = REPO / "tests" / "fixtures" / "movielens"
@@ -935,8 +948,8 @@ def bench_demo(root: str | Path, *, encoder: str = "tiny-clip", reference_size: 
         ds = read_movielens(fixture / "ml-100k", fixture / "ml-1m-posters", root / "data", kcore=2, min_len=3)
         ds.save(root / "data")
         source = root / "data"
-    ds = Dataset.load(source)
-    feats = extract(ds, encoder, batch_size=32, progress=False)
+        ds = Dataset.load(source)
+        feats = extract(ds, encoder, batch_size=32, progress=False)
     torch.manual_seed(0)
     size = {} if reference_size else dict(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_len=10)
     cfg = ModelConfig(encoder=feats.encoder, modality_dims=feats.dims, dropout=0.0, emb_dropout=0.0, **size)
@@ -1110,7 +1123,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     if ft:
         L += ["## Feature extraction", "", "Synthetic catalog: JPEG images decoded from disk, 8–40 word texts; "
               "`dtrec.features.extract` timing (encoder load excluded).", ""]
-        L += _table(["encoder", "device", "dims", "load s", "text items/s", "image items/s", "text+image items/s"],
+        L += _table(["encoder", "device", "dims", "load + first batch s", "text items/s", "image items/s", "text+image items/s"],
                     [[f.get("encoder"), f.get("device"), json.dumps(f.get("dims")), f.get("load_s"),
                       f.get("text_items_per_s"), f.get("image_items_per_s"), f.get("both_items_per_s")]
                      if "error" not in f else [f.get("encoder"), "–", "–", "–", "–", "–", f["error"]]
@@ -1236,6 +1249,8 @@ class _Plan:
     ef_grid: tuple[int, ...] = (16, 32, 64, 128, 256)
     nprobe_grid: tuple[int, ...] = (8, 16, 32, 64)
     ivf_train: int = 100_000
+    tower_requests: int = 30
+    approx_max: int | None = None
     api: dict = field(default_factory=dict)
     cold_n: int = 8
     feature_items: int = 64
@@ -1244,12 +1259,12 @@ class _Plan:
 
 def _plan(cfg: BenchConfig) -> _Plan:
     if cfg.quick:
-        return _Plan(sizes=cfg.sizes or (1_000, 10_000, 100_000), train_seconds=cfg.train_seconds or 10.0,
-                     batch_size=32,
+        return _Plan(sizes=cfg.sizes or (1_000, 10_000, 100_000), train_seconds=cfg.train_seconds or 5.0,
+                     batch_size=16, approx_max=10_000,
                      scaling=dict(catalog_sizes=(500, 2000), history_lengths=(5, 20), base_catalog=500,
                                   batch_size=16, steps=1, model=dict(d_model=64, n_heads=4, d_ff=128)),
-                     n_queries=50, ef_grid=(32, 128), nprobe_grid=(16, 64), ivf_train=20_000,
-                     api=dict(clients=2, requests=8), cold_n=3, feature_items=16, recommender_requests=30)
+                     n_queries=50, ef_grid=(32, 128), nprobe_grid=(16, 64), ivf_train=5_000, tower_requests=10,
+                     api=dict(clients=2, requests=5), cold_n=3, feature_items=8, recommender_requests=30)
     return _Plan(sizes=cfg.sizes or (1_000, 10_000, 100_000, 1_000_000), train_seconds=cfg.train_seconds or 150.0,
                  scaling=dict(catalog_sizes=(1000, 3000, 10000), history_lengths=(5, 10, 20, 40), batch_size=32,
                               steps=2),
@@ -1271,6 +1286,11 @@ def _resolve_demo(cfg: BenchConfig, tmp: Path, log: Callable[[str], None]) -> Pa
     default = REPO / "assets" / "demo"
     if (default / "model").is_dir() and (default / "catalog").is_dir():
         return default
+    ml = REPO / "data" / "ml100k"
+    if not cfg.quick and (ml / "features" / "offline.safetensors").is_file():
+        # the demo's real size and encoder, with random reference-size weights (speed does not depend on them)
+        log(f"no assets/demo: building a demo folder from {ml} (offline features, random reference-size model)")
+        return bench_demo(tmp / "bench-demo", encoder="offline", reference_size=True, source=ml)
     log("no assets/demo: building a small demo folder from the MovieLens test fixture")
     return bench_demo(tmp / "bench-demo", encoder="tiny-clip", reference_size=not cfg.quick)
 
@@ -1323,7 +1343,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
                 elif section == "serving":
                     results["serving"] = _serving(cfg, plan, device, need_data, get_demo, log)
                 elif section == "api":
-                    results["api"] = measure_api(get_demo(), seed=cfg.seed, **plan.api)
+                    results["api"] = measure_api(get_demo(), seed=cfg.seed, threads=cfg.threads, **plan.api)
                 elif section == "cold_start":
                     results["cold_start"] = measure_cold_start(get_demo(), n=plan.cold_n, seed=cfg.seed)
                 elif section == "features":
@@ -1366,7 +1386,8 @@ def _serving(cfg: BenchConfig, plan: _Plan, device: torch.device, need_data: Cal
     model = DualTower(ModelConfig(encoder=feats.encoder, modality_dims=feats.dims)).to(device).eval()
     out = measure_serving(plan.sizes if cfg.sizes is None else cfg.sizes, model, feats.to(device), histories,
                           kinds=cfg.kinds, n_queries=plan.n_queries, seed=cfg.seed, progress=log,
-                          ef_grid=plan.ef_grid, nprobe_grid=plan.nprobe_grid, ivf_train=plan.ivf_train)
+                          ef_grid=plan.ef_grid, nprobe_grid=plan.nprobe_grid, ivf_train=plan.ivf_train,
+                          tower_requests=plan.tower_requests, approx_max=plan.approx_max)
     try:
         out["recommender"] = measure_recommender(get_demo(), requests=plan.recommender_requests, seed=cfg.seed)
     except Exception as e:  # the index numbers stand without it

@@ -333,7 +333,7 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--sizes", default=None, help="serving catalog sizes, e.g. 1e3,1e4,1e5,1e6")
     b.add_argument("--variants", default=None, help="training variants fp32,bf16,compile (default: fp32; all on CUDA)")
     b.add_argument("--batch-size", type=int, default=None,
-                   help="training batch size, the same for dtrec and SASRec (default: 256; 32 with --quick)")
+                   help="training batch size, the same for dtrec and SASRec (default: 256; 16 with --quick)")
     b.add_argument("--epochs", type=int, default=1, help="training epochs timed per model (within --train-seconds)")
     b.add_argument("--train-seconds", type=float, default=None,
                    help="time budget per training run; seconds/epoch are extrapolated beyond it")

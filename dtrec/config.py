@@ -142,7 +142,12 @@ class ServeConfig:
     max_title_chars: int = 200
     max_text_chars: int = 2000
     max_history: int = 200
-    max_uploads: int = 1000  # beyond this the oldest upload is evicted
+    max_uploads: int = 1000  # uploaded items kept at most (all sessions together)
+    max_upload_total_bytes: int = 200 * 1024 * 1024  # stored upload images + text, all sessions together
+    upload_overflow: str = "refuse"  # past a cap: "refuse" with a message | "evict" the oldest uploads
+    # "public": every visitor sees every upload | "session": only the session that made it |
+    # "auto": session on a Hugging Face Space ($SPACE_ID set), public elsewhere
+    upload_visibility: str = "auto"
     max_k: int = 100
     thumbnail_px: int = 256
     ef_search: int = 64  # hnsw
@@ -154,6 +159,10 @@ class ServeConfig:
         if self.index not in INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, not {self.index!r}")
         for name in ("max_upload_bytes", "max_pixels", "max_title_chars", "max_text_chars", "max_history",
-                     "max_uploads", "max_k", "thumbnail_px"):
+                     "max_uploads", "max_upload_total_bytes", "max_k", "thumbnail_px"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeConfig.{name} must be at least 1")
+        if self.upload_overflow not in ("refuse", "evict"):
+            raise ValueError(f"upload_overflow must be 'refuse' or 'evict', not {self.upload_overflow!r}")
+        if self.upload_visibility not in ("auto", "public", "session"):
+            raise ValueError(f"upload_visibility must be 'auto', 'public' or 'session', not {self.upload_visibility!r}")

@@ -20,14 +20,26 @@ The store lives in `store_dir` (default `DIR/store`, or a per-folder cache direc
 when `DIR` is read-only). On start the store is seeded from the catalog once; a
 changed catalog (fingerprint), model weights or encoder is detected and the stored
 rows are refreshed while uploads are kept.
+
+Public-Space safeguards: uploads are capped in number (`max_uploads`) and in stored
+bytes (`max_upload_total_bytes`); past a cap an upload is refused with one sentence
+(or, with `upload_overflow="evict"`, the oldest uploads make room). With
+`upload_visibility="session"` an upload is seen only by the session that made it
+(`add_item(session=...)`, or calls made inside `session_scope(session)`); uploads
+without a session and catalog items are seen by everyone. On start, what the store
+had to repair (corrupt database, interrupted writes, missing images, a rebuilt index)
+is logged and listed in `about()["recovery"]`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -38,7 +50,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -56,8 +68,24 @@ IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "MPO")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 
 
+log = logging.getLogger("dtrec.service")
+
+# The caller's session for calls that do not pass `session=` (the app sets it per event).
+_SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("dtrec_session", default=None)
+
+
 class InputError(ValueError):
     """Bad user input; the message is one sentence that can be shown to the user as is."""
+
+
+@contextlib.contextmanager
+def session_scope(session: str | None) -> Iterator[None]:
+    """Recommender calls inside this block act for `session` (its private uploads are visible)."""
+    token = _SESSION.set(session)
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
 
 
 @dataclass
@@ -175,10 +203,20 @@ class Recommender:
         catalog_features = load_features(catalog_dir, self.encoder_name, self.catalog)
         self.model.check_features(catalog_features)
 
+        self.upload_visibility = config.upload_visibility
+        if self.upload_visibility == "auto":  # a Hugging Face Space is public: keep uploads private there
+            self.upload_visibility = "session" if os.environ.get("SPACE_ID") else "public"
         self.store = ItemStore(config.store_dir)
+        existed = len(self.store) > 0
         self._sync_store(catalog_features)
+        self.store.check_files(restore=self._catalog_image)
         self._load_state()
         self.index = self.store.open_index(config.index, dim=self.d, **self._index_params())
+        self.recovery: list[str] = list(self.store.recovery)
+        if self.store.index_report and existed:  # a fresh store always builds its first index
+            self.recovery.append(self.store.index_report)
+            log.warning("dtrec store: %s", self.store.index_report)
+        self._upload_bytes = self.store.upload_bytes()
         self._histories = self._read_json("histories.json", [])
         self._eval_table = self._read_json("results.json", {})
 
@@ -281,21 +319,57 @@ class Recommender:
         self._emb[rows] = emb
         self._views: dict[int, ItemView] = {}
         self._row_of: dict[str, int] = {}
+        self._session_of: dict[int, str] = {}  # upload row -> the session that made it
+        self._per_session: dict[str, int] = {}  # session -> number of its uploads
         for it in self.store.items():
             self._put_view(it)
 
+    def _catalog_image(self, it: StoredItem) -> bytes | None:
+        """The catalog folder's copy of a catalog item's image (to restore a lost store copy)."""
+        if it.is_upload or not self.catalog.has(it.id):
+            return None
+        p = self.catalog.image_path(self.catalog.index_of(it.id))
+        return p.read_bytes() if p is not None and p.is_file() else None
+
     def _put_view(self, it: StoredItem) -> None:
-        self._views[it.row] = ItemView(it.id, it.title, it.text, it.image, dict(it.meta), it.is_upload)
+        image = it.image if it.image and os.path.isfile(it.image) else None  # lost file: served without image
+        self._views[it.row] = ItemView(it.id, it.title, it.text, image, dict(it.meta), it.is_upload)
         self._row_of[it.id] = it.row
+        if it.is_upload and it.session is not None:
+            self._session_of[it.row] = it.session
+            self._per_session[it.session] = self._per_session.get(it.session, 0) + 1
+
+    def _drop_view(self, row: int, item_id: str) -> None:
+        self._views.pop(row, None)
+        self._row_of.pop(item_id, None)
+        sess = self._session_of.pop(row, None)
+        if sess is not None:
+            self._per_session[sess] -= 1
 
     # ------------------------------------------------------------------ helpers
-    def _rows(self, item_ids: list[str]) -> list[int]:
+    def _session(self, session: str | None) -> str | None:
+        return session if session is not None else _SESSION.get()
+
+    def _visible(self, row: int, session: str | None) -> bool:
+        """Whether `session` may see the item at `row` (another session's private upload: no)."""
+        if self.upload_visibility == "public":
+            return True
+        owner = self._session_of.get(row)
+        return owner is None or owner == session
+
+    def _n_hidden(self, session: str | None) -> int:
+        """How many index entries `session` may not see (searched past, so k results remain)."""
+        if self.upload_visibility == "public":
+            return 0
+        return len(self._session_of) - self._per_session.get(session, 0)
+
+    def _rows(self, item_ids: list[str], session: str | None = None) -> list[int]:
         if isinstance(item_ids, str):
             raise InputError("The history must be a list of item ids.")
         out = []
         for iid in item_ids:
             row = self._row_of.get(str(iid))
-            if row is None:
+            if row is None or not self._visible(row, session):  # another session's upload is not revealed
                 raise InputError(f"Unknown item id {str(iid)[:80]!r}.")
             out.append(row)
         return out
@@ -309,10 +383,11 @@ class Recommender:
             raise InputError(f"The number of results must be between 1 and {self.config.max_k}.")
         return k
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, k: int, skip: set[int]) -> list[tuple[int, float]]:
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, k: int, skip: set[int],
+              session: str | None = None) -> list[tuple[int, float]]:
         out = []
         for s, r in zip(scores.tolist(), rows.tolist()):
-            if r < 0 or r in skip or r not in self._views:
+            if r < 0 or r in skip or r not in self._views or not self._visible(r, session):
                 continue
             out.append((r, float(s)))
             if len(out) == k:
@@ -355,21 +430,23 @@ class Recommender:
         return self._item_tower(self.model, Features(self.encoder_name, values, present))[0]
 
     # ------------------------------------------------------------------ the contract
-    def recommend(self, history_ids: list[str], k: int = 10, exclude_history: bool = True) -> Result:
+    def recommend(self, history_ids: list[str], k: int = 10, exclude_history: bool = True, *,
+                  session: str | None = None) -> Result:
         """Top-k next items for a history (oldest first); reason = most similar history item."""
         t0 = time.perf_counter()
         k = self._check_k(k)
+        session = self._session(session)
         if history_ids is None or len(history_ids) == 0:
             raise InputError("Add at least one item to the history.")
         if len(history_ids) > self.config.max_history:
             raise InputError(f"The history is longer than {self.config.max_history} items.")
         with self._lock:
-            rows = self._rows(list(history_ids))
+            rows = self._rows(list(history_ids), session)
             tail = rows[-self.model.config.max_len:]
             user = self._user_tower(self.model, [tail], self._features)
             skip = set(rows) if exclude_history else set()
-            scores, ids = self.index.search(user, k + len(skip))
-            hits = self._hits(scores[0], ids[0], k, skip)
+            scores, ids = self.index.search(user, k + len(skip) + self._n_hidden(session))
+            hits = self._hits(scores[0], ids[0], k, skip, session)
             hist = np.asarray(sorted(set(rows)), dtype=np.int64)
             recs = []
             if hits:
@@ -396,6 +473,8 @@ class Recommender:
             raise InputError(f"The title is longer than {self.config.max_title_chars} characters.")
         if len(text) > self.config.max_text_chars:
             raise InputError(f"The description is longer than {self.config.max_text_chars} characters.")
+        session = self._session(session)
+        self._check_caps(0)  # before any decoding: a full demo answers at once
         thumb = self._read_image(image) if image is not None else None
         if "text" not in self.dims and thumb is None:
             raise InputError("This model recommends by picture: add an image.")
@@ -404,9 +483,12 @@ class Recommender:
             buf = io.BytesIO()
             thumb.save(buf, format="JPEG", quality=90)
             jpeg = buf.getvalue()
+        size = len(jpeg or b"") + len(title.encode()) + len(text.encode())
         feats, emb = self._encode_and_embed(title, text, thumb)
         with self._lock:
-            self._evict_uploads(self.config.max_uploads - 1)
+            if self.config.upload_overflow == "evict":
+                self._evict_uploads(self.config.max_uploads - 1, self.config.max_upload_total_bytes - size)
+            self._check_caps(size)  # again under the lock: concurrent uploads passed the first check together
             while True:
                 new_id = f"new-{uuid.uuid4().hex[:8]}"
                 if new_id not in self._row_of:
@@ -416,8 +498,21 @@ class Recommender:
             self._set_row(stored.row, feats, emb)
             self._put_view(stored)
             self.index.add([stored.row], emb[None])
+            self._upload_bytes += size
             self.store.save_index(self.index)
         return new_id, (time.perf_counter() - t0) * 1000
+
+    def _check_caps(self, size: int) -> None:
+        """InputError when one more upload of `size` bytes would pass `max_uploads` or the byte cap."""
+        c = self.config
+        if c.upload_overflow == "evict" and size <= c.max_upload_total_bytes:
+            return
+        if self.store.count(uploads=True) >= c.max_uploads:
+            raise InputError(f"This demo already holds its limit of {c.max_uploads} uploaded items, "
+                             "so no more can be added.")
+        if self._upload_bytes + size > c.max_upload_total_bytes:
+            raise InputError(f"This demo's storage for uploads ({c.max_upload_total_bytes / 1e6:g} MB) is full, "
+                             "so no more items can be added.")
 
     def _set_row(self, row: int, feats: dict[str, np.ndarray | None], emb: np.ndarray) -> None:
         n = self._emb.shape[0]
@@ -435,17 +530,27 @@ class Recommender:
             self._features.values[m][row] = torch.from_numpy(v).to(self.device) if v is not None else 0.0
             self._features.present[m][row] = v is not None
 
-    def _evict_uploads(self, keep: int) -> None:
-        """Delete the oldest uploads until at most `keep` remain (store, index and memory)."""
+    def _evict_uploads(self, keep: int, max_bytes: int | None = None) -> None:
+        """Delete the oldest uploads until at most `keep` remain and they hold at most `max_bytes`."""
+        def size_of(it: StoredItem) -> int:
+            img = os.path.getsize(it.image) if it.image and os.path.isfile(it.image) else 0
+            return img + len(it.title.encode()) + len(it.text.encode())
+
         ups = self.store.uploads_oldest_first()
-        if len(ups) <= keep:
+        n_drop = max(len(ups) - max(keep, 0), 0)
+        if max_bytes is not None:
+            total = self._upload_bytes - sum(size_of(it) for it in ups[:n_drop])
+            while n_drop < len(ups) and total > max_bytes:
+                total -= size_of(ups[n_drop])
+                n_drop += 1
+        if not n_drop:
             return
-        drop = ups[: len(ups) - max(keep, 0)]
+        drop = ups[:n_drop]
         rows = self.store.delete([it.id for it in drop])
         self.index.remove(rows)
+        self._upload_bytes = self.store.upload_bytes()
         for it in drop:
-            self._views.pop(it.row, None)
-            self._row_of.pop(it.id, None)
+            self._drop_view(it.row, it.id)
             self._emb[it.row] = 0.0
             for m in self.dims:
                 self._features.present[m][it.row] = False
@@ -517,10 +622,11 @@ class Recommender:
         rgb.thumbnail((px, px), Image.Resampling.LANCZOS)
         return rgb
 
-    def search(self, text: str, k: int = 10) -> Result:
+    def search(self, text: str, k: int = 10, *, session: str | None = None) -> Result:
         """Items matching a text query (encoded as a text-only item)."""
         t0 = time.perf_counter()
         k = self._check_k(k)
+        session = self._session(session)
         query = clean_text(text if text is not None else "", keep_newlines=False)
         if not query:
             raise InputError("Type something to search for.")
@@ -530,36 +636,39 @@ class Recommender:
             raise InputError("This model does not read text, so it cannot search by text.")
         _, q = self._encode_and_embed("", query, None, text_only=True)
         with self._lock:
-            scores, ids = self.index.search(q[None], k)
-            hits = self._hits(scores[0], ids[0], k, set())
+            scores, ids = self.index.search(q[None], k + self._n_hidden(session))
+            hits = self._hits(scores[0], ids[0], k, set(), session)
             recs = [Recommendation(self._views[r], j + 1, s, "matches your query", None)
                     for j, (r, s) in enumerate(hits)]
         return Result(recs, (time.perf_counter() - t0) * 1000)
 
-    def similar(self, item_id: str, k: int = 10) -> Result:
+    def similar(self, item_id: str, k: int = 10, *, session: str | None = None) -> Result:
         """The k items closest to one item in item-tower space."""
         t0 = time.perf_counter()
         k = self._check_k(k)
+        session = self._session(session)
         with self._lock:
-            row = self._rows([item_id])[0]
-            scores, ids = self.index.search(self._emb[row][None], k + 1)
-            hits = self._hits(scores[0], ids[0], k, {row})
+            row = self._rows([item_id], session)[0]
+            scores, ids = self.index.search(self._emb[row][None], k + 1 + self._n_hidden(session))
+            hits = self._hits(scores[0], ids[0], k, {row}, session)
             view = self._views[row]
             recs = [Recommendation(self._views[r], j + 1, s, f"similar to {view.title}", view.id)
                     for j, (r, s) in enumerate(hits)]
         return Result(recs, (time.perf_counter() - t0) * 1000)
 
-    def get(self, item_id: str) -> ItemView:
+    def get(self, item_id: str, *, session: str | None = None) -> ItemView:
         """One item by id."""
         with self._lock:
-            return self._views[self._rows([item_id])[0]]
+            return self._views[self._rows([item_id], self._session(session))[0]]
 
-    def list_items(self, query: str = "", genre: str | None = None, limit: int = 200) -> list[ItemView]:
+    def list_items(self, query: str = "", genre: str | None = None, limit: int = 200, *,
+                   session: str | None = None) -> list[ItemView]:
         """Items whose title contains `query` (case-insensitive) and, when given, of `genre`."""
         q = clean_text(query or "", keep_newlines=False).casefold()
+        session = self._session(session)
         out = []
         with self._lock:
-            views = [self._views[r] for r in sorted(self._views)]
+            views = [self._views[r] for r in sorted(self._views) if self._visible(r, session)]
         for v in views:
             if q and q not in v.title.casefold():
                 continue
@@ -585,19 +694,20 @@ class Recommender:
         hist = random.Random(seed).choice(known)
         return hist[-min(self.model.config.max_len, self.config.max_history):]
 
-    def rank_of(self, item_id: str, history_ids: list[str]) -> int | None:
+    def rank_of(self, item_id: str, history_ids: list[str], *, session: str | None = None) -> int | None:
         """1-based exact rank of an item for a history (history items excluded); None if it is in the history."""
         if not history_ids:
             raise InputError("Add at least one item to the history.")
         if len(history_ids) > self.config.max_history:
             raise InputError(f"The history is longer than {self.config.max_history} items.")
+        session = self._session(session)
         with self._lock:
-            target = self._rows([item_id])[0]
-            rows = self._rows(list(history_ids))
+            target = self._rows([item_id], session)[0]
+            rows = self._rows(list(history_ids), session)
             if target in rows:
                 return None
             user = self._user_tower(self.model, [rows[-self.model.config.max_len:]], self._features)[0]
-            live = np.fromiter(self._views, dtype=np.int64)
+            live = np.fromiter((r for r in self._views if self._visible(r, session)), dtype=np.int64)
             live = live[~np.isin(live, rows)]
             scores = self._emb[live] @ user
             mine = float(self._emb[target] @ user)
@@ -619,6 +729,11 @@ class Recommender:
             "n_items": len(self.index),
             "n_catalog": self.store.count(uploads=False),
             "n_uploads": self.store.count(uploads=True),
+            "max_uploads": self.config.max_uploads,
+            "upload_bytes": int(self._upload_bytes),
+            "max_upload_total_bytes": self.config.max_upload_total_bytes,
+            "upload_visibility": self.upload_visibility,
+            "recovery": list(self.recovery),
             "store_dir": str(self.config.store_dir),
             "results": self._eval_table,
         }

@@ -18,12 +18,19 @@ unreferenced image file, never a row pointing at a missing or partial one.
 The index is always derivable: `stamp()` summarises the store's contents (count, max
 row, a checksum of the rows and a write generation counter) and `open_index` rebuilds
 the index whenever its saved stamp differs, or the file is missing or corrupt.
+
+Recovery on open (`self.recovery` lists what was done, one sentence each): a database
+that SQLite reports as corrupt is moved aside (`items.db.corrupt-<time>`) and a fresh
+one is started; `check_files()` deletes interrupted temp files, moves image files no
+row references into `DIR/orphans/` (never served), and finds rows whose image file is
+missing or does not match its content hash (a corrupt file is moved to `orphans/`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -36,6 +43,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from dtrec.index import IndexFileError, ItemIndex
+
+log = logging.getLogger("dtrec.store")
 
 MODALITIES = ("text", "image")
 SCHEMA_VERSION = 1
@@ -122,17 +131,107 @@ class ItemStore:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "items.db"
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self.recovery: list[str] = []  # what opening had to repair, one sentence each
+        self.index_report: str | None = None  # why `open_index` rebuilt, when it did
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as e:
+            # a corrupt database is kept for inspection; the catalog is re-seeded by the service
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for suffix in ("", "-wal", "-shm"):
+                f = self.root / f"items.db{suffix}"
+                if f.exists():
+                    f.replace(self.root / f"items.db{suffix}.corrupt-{stamp}")
+            self._report(f"The database {self.db_path} was unreadable ({e}); it was moved to "
+                         f"items.db.corrupt-{stamp} and a fresh one started: uploads stored in it are not served.")
+            self._connect()
         with self._lock:
-            self._db.executescript(_SCHEMA)
             version = self.get_meta("schema_version")
             if version is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
             elif int(version) != SCHEMA_VERSION:
                 raise StoreError(f"store {self.root} has schema version {version}; this dtrec reads {SCHEMA_VERSION}")
+
+    def _connect(self) -> None:
+        """Open the database and fail with sqlite3.DatabaseError unless SQLite finds it sound."""
+        db = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _report(self, sentence: str) -> None:
+        self.recovery.append(sentence)
+        log.warning("dtrec store: %s", sentence)
+
+    def check_files(self, restore: Any = None) -> dict[str, Any]:
+        """Clean interrupted writes and find rows whose image file is missing or corrupt.
+
+        `restore(item) -> bytes | None` may supply a missing/corrupt image again (e.g. from the
+        catalog folder); it is used only when its content hash matches the stored name. Returns
+        {"missing": ids served without image, "restored": ids, "tmp_removed": n, "orphans": n}.
+        """
+        out: dict[str, Any] = {"missing": [], "restored": [], "tmp_removed": 0, "orphans": 0}
+        with self._lock:
+            for tmp in [*self.images_dir.glob(".upload-*.tmp"), *self.root.glob(".index-*.tmp")]:
+                tmp.unlink(missing_ok=True)
+                out["tmp_removed"] += 1
+            referenced: dict[str, list[StoredItem]] = {}
+            for it in self.items():
+                if it.image:
+                    referenced.setdefault(Path(it.image).name, []).append(it)
+            orphan_dir = self.root / "orphans"
+            for f in self.images_dir.iterdir():
+                if f.is_file() and f.name not in referenced:
+                    orphan_dir.mkdir(exist_ok=True)
+                    f.replace(orphan_dir / f.name)
+                    out["orphans"] += 1
+            for name, users in referenced.items():
+                path = self.images_dir / name
+                ok = path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest()[:32] == name.split(".")[0]
+                if ok:
+                    continue
+                if path.exists():  # present but not what was written: keep it aside, never serve it
+                    orphan_dir.mkdir(exist_ok=True)
+                    path.replace(orphan_dir / f"corrupt-{name}")
+                data = restore(users[0]) if restore is not None else None
+                if data is not None and hashlib.sha256(data).hexdigest()[:32] == name.split(".")[0]:
+                    self._write_image(data, name.split(".", 1)[1])
+                    out["restored"] += [u.id for u in users]
+                else:
+                    out["missing"] += [u.id for u in users]
+        if out["tmp_removed"]:
+            self._report(f"Removed {out['tmp_removed']} temporary file(s) left by interrupted writes.")
+        if out["orphans"]:
+            self._report(f"Moved {out['orphans']} image file(s) that no item references to {orphan_dir}.")
+        if out["restored"]:
+            self._report(f"Restored the missing or corrupt image of {len(out['restored'])} item(s) from the catalog.")
+        if out["missing"]:
+            shown = ", ".join(out["missing"][:10]) + (" ..." if len(out["missing"]) > 10 else "")
+            self._report(f"{len(out['missing'])} item(s) lost their image file and are served without one: {shown}.")
+        return out
+
+    def upload_bytes(self) -> int:
+        """Bytes stored for uploads: their distinct image files plus their title and text (UTF-8)."""
+        with self._lock:
+            text = self._q("SELECT COALESCE(SUM(LENGTH(CAST(title AS BLOB)) + LENGTH(CAST(text AS BLOB))), 0) "
+                           "FROM items WHERE is_upload=1")[0][0]
+            names = [r[0] for r in self._q("SELECT DISTINCT image FROM items WHERE is_upload=1 AND image IS NOT NULL")]
+        size = 0
+        for n in names:
+            try:
+                size += (self.images_dir / n).stat().st_size
+            except OSError:
+                pass
+        return int(text) + size
 
     def close(self) -> None:
         """Close the database connection."""
@@ -463,15 +562,18 @@ class ItemStore:
         path = self.index_path(kind)
         with self._lock:
             stamp = self.stamp()
+            self.index_report = None
             try:
                 index = ItemIndex.load(path)
                 wanted = {k: v for k, v in params.items() if k != "dim"}
                 if index.stamp == stamp and index.kind == kind and len(index) == stamp["count"] \
                         and all(index.params.get(k) == v for k, v in wanted.items()):
                     return index
-            except IndexFileError:
-                pass
+                why = f"{path.name} did not match the stored items or settings"
+            except IndexFileError as e:
+                why = str(e)
             index = self.build_index(kind, **params)
+            self.index_report = f"Rebuilt the index from {stamp['count']} stored item(s): {why}."
             if save:
                 index.save(path, stamp)
         return index

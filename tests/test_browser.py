@@ -1,7 +1,8 @@
 """End to end in headless Chromium: build a history by clicking posters, get recommendations, upload a poster.
 
-Run with `pytest -m browser tests/test_browser.py`; set DTREC_SCREENSHOT=docs/screenshot.png to keep
-the final screenshot for the README (it is always saved under the test's tmp folder).
+Run with `pytest -m browser tests/test_browser.py`. For the README's picture, run it on the real demo:
+`DTREC_BROWSER_DEMO=assets/demo DTREC_SCREENSHOT=docs/screenshot.png pytest -m browser tests/test_browser.py`
+(the screenshot is always saved under the test's tmp folder too).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url(tiny_demo, tmp_path_factory):
-    """The app over the tiny demo on a free local port."""
+def url(request, tmp_path_factory):
+    """The app over the tiny demo (or $DTREC_BROWSER_DEMO) on a free local port, with a throwaway store."""
     sys.path.insert(0, str(REPO))
     import app
     from dtrec.service import Recommender
 
+    env = os.environ.get("DTREC_BROWSER_DEMO")
+    tiny_demo = Path(env).resolve() if env else request.getfixturevalue("tiny_demo")
     store = tmp_path_factory.mktemp("browser-store")
     rec = Recommender.from_folder(tiny_demo, store_dir=store)
     demo = app.build_app(rec)

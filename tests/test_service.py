@@ -233,7 +233,7 @@ def _gif() -> bytes:
 
 
 def test_upload_limit_evicts_the_oldest(demo, tmp_path):
-    rec = _open(demo, tmp_path, max_uploads=2)
+    rec = _open(demo, tmp_path, max_uploads=2, upload_overflow="evict")  # the default refuses (test_reliability)
     ids = [rec.add_item(f"Upload {i}")[0] for i in range(3)]
     assert rec.about()["n_uploads"] == 2 and len(rec.index) == N_ITEMS + 2
     with pytest.raises(InputError):

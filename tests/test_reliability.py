@@ -1,0 +1,237 @@
+"""Hardening of the public demo: abuse limits, per-session uploads, recovery from faults on disk,
+hostile input through the app, files served, and (slow) load and SIGKILL tests.
+
+The slow tests run `python app.py` in a subprocess on a free loopback port over the tiny demo
+folder and drive it with gradio_client; they print the figures quoted in the README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dtrec.config import ServeConfig  # noqa: E402
+from dtrec.service import InputError, Recommender, session_scope  # noqa: E402
+
+
+# --------------------------------------------------------------------------- helpers
+def png(seed: int, w: int = 24, h: int = 36, fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    """A small image whose pixels depend on `seed` (distinct content, distinct stored file)."""
+    rng = np.random.default_rng(seed)
+    im = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    if mode != "RGB":
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def open_rec(demo: Path, store: Path, **cfg) -> Recommender:
+    return Recommender.from_folder(demo, store_dir=store, config=ServeConfig(**cfg))
+
+
+def assert_consistent(rec: Recommender) -> None:
+    """Every stored row is served, indexed, has its embedding, and its image file (when it has one) is whole."""
+    for it in rec.store.items():
+        assert rec.get(it.id).id == it.id
+        assert it.row in rec.index, it.id
+        if it.image and rec.get(it.id).image:
+            data = Path(it.image).read_bytes()
+            assert hashlib.sha256(data).hexdigest()[:32] == Path(it.image).stem, it.id
+    assert len(rec.index) == len(rec.store)
+    assert not list(rec.store.images_dir.glob(".upload-*.tmp"))
+
+
+def one_sentence(msg: str) -> None:
+    assert msg.endswith(".") and "\n" not in msg and len(msg) < 200 and "Traceback" not in msg, msg
+
+
+# --------------------------------------------------------------------------- abuse limits
+def test_upload_count_cap_refuses_with_a_clear_message(tiny_demo, tmp_path):
+    rec = open_rec(tiny_demo, tmp_path, max_uploads=2)
+    kept = [rec.add_item(f"Upload {i}", image=png(i))[0] for i in range(2)]
+    n, files = len(rec.store), len(list(rec.store.images_dir.iterdir()))
+    with pytest.raises(InputError) as e:
+        rec.add_item("One too many", image=png(99))
+    one_sentence(str(e.value))
+    assert "limit of 2 uploaded items" in str(e.value)
+    assert len(rec.store) == n and len(list(rec.store.images_dir.iterdir())) == files
+    assert [rec.get(i).id for i in kept] == kept  # refusing keeps what was accepted
+
+
+def test_upload_byte_cap_refuses_and_evict_makes_room(tiny_demo, tmp_path):
+    rec = open_rec(tiny_demo, tmp_path / "refuse", max_upload_total_bytes=3000)
+    first, _ = rec.add_item("Small text item")
+    with pytest.raises(InputError) as e:
+        rec.add_item("Big picture", image=png(1, 200, 200))  # ~ 20 KB as a thumbnail JPEG
+    one_sentence(str(e.value))
+    assert "storage for uploads" in str(e.value) and rec.about()["n_uploads"] == 1
+    assert rec.about()["upload_bytes"] == len("Small text item")
+
+    ev = open_rec(tiny_demo, tmp_path / "evict", max_uploads=2, upload_overflow="evict",
+                  max_upload_total_bytes=20_000)
+    ids = [ev.add_item(f"Text {i}")[0] for i in range(2)]
+    third, _ = ev.add_item("Text 2")
+    assert ev.about()["n_uploads"] == 2 and third in {v.id for v in ev.list_items(limit=10**6)}
+    with pytest.raises(InputError):
+        ev.get(ids[0])  # the oldest made room
+    big, _ = ev.add_item("Picture", image=png(2, 200, 200))
+    assert ev.about()["upload_bytes"] <= 20_000 and ev.get(big).image
+    assert_consistent(ev)
+
+
+def test_session_uploads_are_private_to_their_session(tiny_demo, tmp_path):
+    rec = open_rec(tiny_demo, tmp_path, upload_visibility="session")
+    mine, _ = rec.add_item("Zebra quantum orchestra", image=png(5), session="alice")
+    shared, _ = rec.add_item("Zebra quantum orchestra shared")  # no session: an operator's upload, public
+    catalog = [v.id for v in rec.list_items(limit=3)]
+
+    def seen(session):
+        out = {r.item.id for r in rec.search("Zebra quantum orchestra", k=100, session=session).items}
+        out |= {r.item.id for r in rec.recommend(catalog, k=100, session=session).items}
+        out |= {r.item.id for r in rec.similar(catalog[0], k=100, session=session).items}
+        return out | {v.id for v in rec.list_items(limit=10**6, session=session)}
+
+    assert mine in seen("alice") and shared in seen("alice")
+    assert mine not in seen("bob") and shared in seen("bob") and mine not in seen(None)
+    for call in (lambda: rec.get(mine, session="bob"), lambda: rec.recommend([mine], session="bob"),
+                 lambda: rec.similar(mine, session="bob"), lambda: rec.rank_of(mine, catalog, session="bob")):
+        with pytest.raises(InputError, match="Unknown item id"):
+            call()
+    assert rec.rank_of(mine, catalog, session="alice") >= 1
+    # hidden uploads never cost a session its k results
+    for i in range(5):
+        rec.add_item(f"Zebra quantum orchestra {i}", session="carol")
+    assert len(rec.search("Zebra quantum orchestra", k=len(rec.index) - 6, session="bob").items) == len(rec.index) - 6
+    with session_scope("alice"):  # what the app does per event
+        assert rec.get(mine).id == mine
+        assert mine in {r.item.id for r in rec.search("Zebra quantum orchestra", k=3).items}
+
+    public = open_rec(tiny_demo, tmp_path, upload_visibility="public")
+    assert public.get(mine, session="bob").id == mine
+
+
+def test_visibility_is_session_on_a_space_and_public_locally(tiny_demo, tmp_path, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert open_rec(tiny_demo, tmp_path).about()["upload_visibility"] == "public"
+    monkeypatch.setenv("SPACE_ID", "someone/dtrec")
+    assert open_rec(tiny_demo, tmp_path).about()["upload_visibility"] == "session"
+    with pytest.raises(ValueError):
+        ServeConfig(upload_visibility="everyone")
+
+
+# --------------------------------------------------------------------------- faults on disk
+def _crash_copy(store: Path, dest: Path) -> Path:
+    """What a SIGKILL leaves: the store's files as they are now, connection still open (WAL not checkpointed)."""
+    shutil.copytree(store, dest)
+    return dest
+
+
+def test_missing_or_corrupt_index_is_rebuilt_and_reported(tiny_demo, tmp_path):
+    rec = open_rec(tiny_demo, tmp_path)
+    new_id, _ = rec.add_item("Indexed upload", image=png(1))
+    rec.close()
+    path = rec.store.index_path("flat")
+    path.unlink()
+    again = open_rec(tiny_demo, tmp_path)
+    assert any("Rebuilt the index" in r and "missing" in r for r in again.about()["recovery"])
+    assert again.search("Indexed upload", k=1).items[0].item.id == new_id
+    again.close()
+    path.write_bytes(path.read_bytes()[:100])
+    third = open_rec(tiny_demo, tmp_path)
+    assert any("Rebuilt the index" in r for r in third.about()["recovery"])
+    assert_consistent(third)
+    third.close()
+    assert open_rec(tiny_demo, tmp_path).about()["recovery"] == []  # a clean start reports nothing
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_lost_or_corrupt_wal_leaves_a_consistent_store(tiny_demo, tmp_path, damage):
+    store = tmp_path / "store"
+    rec = open_rec(tiny_demo, store)
+    kept = [rec.add_item(f"Checkpointed {i}", image=png(i))[0] for i in range(2)]
+    rec.close()  # closing the last connection checkpoints the WAL into items.db
+    rec = open_rec(tiny_demo, store)
+    late = [rec.add_item(f"Only in the WAL {i}", image=png(10 + i))[0] for i in range(3)]
+    crash = _crash_copy(store, tmp_path / "crash")
+    wal = crash / "items.db-wal"
+    assert wal.stat().st_size > 0
+    if damage == "delete":
+        wal.unlink()
+    else:
+        data = bytearray(wal.read_bytes())
+        for j in range(32 + 24 + 100, len(data), 997):  # frame bodies after the header: checksums fail
+            data[j] ^= 0xFF
+        wal.write_bytes(bytes(data))
+    (crash / "items.db-shm").unlink(missing_ok=True)
+    after = open_rec(tiny_demo, crash)
+    assert_consistent(after)
+    assert [after.get(i).id for i in kept] == kept
+    lost = [i for i in late if i not in after.store]
+    if damage == "delete":
+        assert lost == late
+    report = " ".join(after.about()["recovery"])
+    if lost:  # their images survived the lost transactions: kept aside, never served, and said so
+        assert "no item references" in report and len(list((crash / "orphans").iterdir())) >= len(lost)
+        assert "Rebuilt the index" in report
+
+
+def test_corrupt_database_is_moved_aside_and_the_catalog_served(tiny_demo, tmp_path):
+    rec = open_rec(tiny_demo, tmp_path)
+    rec.add_item("Lost with the database", image=png(3))
+    n_catalog = rec.about()["n_catalog"]
+    rec.close()
+    db = tmp_path / "items.db"
+    db.write_bytes(b"garbage" * 4096)
+    again = open_rec(tiny_demo, tmp_path)
+    report = " ".join(again.about()["recovery"])
+    assert "unreadable" in report and "uploads stored in it are not served" in report
+    assert list(tmp_path.glob("items.db.corrupt-*"))
+    assert again.about()["n_catalog"] == n_catalog and again.about()["n_uploads"] == 0
+    assert_consistent(again)
+    assert len(again.recommend([v.id for v in again.list_items(limit=2)], k=5).items) == 5
+
+
+def test_lost_and_corrupt_image_files(tiny_demo, tmp_path):
+    rec = open_rec(tiny_demo, tmp_path)
+    gone, _ = rec.add_item("Picture deleted", image=png(1))
+    bad, _ = rec.add_item("Picture corrupted", image=png(2))
+    cat = next(v for v in rec.list_items(limit=100) if v.image)
+    rec.close()
+    Path(rec.get(gone).image).unlink()
+    Path(rec.get(bad).image).write_bytes(b"\xff\xd8 not the stored jpeg")
+    Path(cat.image).unlink()
+    (rec.store.images_dir / ".upload-abandoned.tmp").write_bytes(b"half a file")
+    again = open_rec(tiny_demo, tmp_path)
+    report = " ".join(again.about()["recovery"])
+    # uploads are served without a picture (kept: their title, text and embedding are intact) ...
+    assert again.get(gone).image is None and again.get(bad).image is None
+    assert "2 item(s) lost their image file" in report and gone in report and bad in report
+    assert again.search("Picture deleted", k=1).items[0].item.id == gone
+    # ... a catalog picture comes back from the catalog folder, and half-written files are removed
+    assert again.get(cat.id).image == cat.image and Path(cat.image).is_file()
+    assert "Restored" in report and "temporary file" in report
+    assert list((tmp_path / "orphans").glob("corrupt-*"))
+    assert_consistent(again)
