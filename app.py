@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import html
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -58,6 +60,29 @@ CSS = """
 """
 
 
+# Concurrency (see the README's Reliability section): events run in parallel up to this many,
+# the service serialises index/store writes itself; a bounded queue refuses floods early.
+CONCURRENCY = int(os.environ.get("DTREC_CONCURRENCY", "4"))
+QUEUE_MAX = int(os.environ.get("DTREC_QUEUE_MAX", "64"))
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$])")
+
+
+def md_text(text: str) -> str:
+    """`text` (a user-supplied title) escaped so that Markdown shows it as plain text, never markup."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def _session_scope() -> Any:
+    """The service's session scope for the running Gradio event (uploads may be private to a session)."""
+    from gradio.context import LocalContext  # the event's request; handlers get it otherwise only as an argument
+
+    from dtrec.service import session_scope
+
+    request = LocalContext.request.get(None)
+    return session_scope(getattr(request, "session_hash", None))
+
+
 # --------------------------------------------------------------------------- error boundary
 def _user_errors(fn: Callable) -> Callable:
     """Turn bad input into one-sentence gr.Error messages; log anything else without leaking a traceback."""
@@ -65,12 +90,14 @@ def _user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _session_scope():
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
         except (ValueError, KeyError) as e:  # InputError is a ValueError
             msg = e.args[0] if e.args else str(e)
-            raise gr.Error(str(msg), print_exception=False) from None
+            # gr.Error renders HTML, and messages may quote user input (an unknown id)
+            raise gr.Error(html.escape(str(msg), quote=False), print_exception=False) from None
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error("Something went wrong on the server; the error was logged.", print_exception=False) from None
@@ -228,7 +255,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
         if not history:
             return "Add some history to see where the new item ranks for you."
         r = rec.rank_of(new_id, history)
-        name = rec.get(new_id).title
+        name = md_text(rec.get(new_id).title)
         return f"**{name}** ranks **#{r}** for your current history." if r else f"**{name}** is in your history."
 
     # -- UI handlers: history changes return (history, [selection,] gallery, note) ----
@@ -240,7 +267,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
     def on_pick(ids: list[str], history: list[str], evt: gr.SelectData):
         item_id = ids[evt.index]
         if item_id in history:
-            gr.Info(f"{rec.get(item_id).title} is already in your history.")
+            gr.Info(f"{html.escape(rec.get(item_id).title)} is already in your history.")
             return history, *history_gallery(history)
         cap = getattr(getattr(rec, "config", None), "max_history", None)
         if cap and len(history) >= cap:
@@ -279,7 +306,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
         new_id, ms = rec.add_item(title=title or "", text=text or "", image=image)
         view = rec.get(new_id)
         sim = rec.similar(new_id, k=8)
-        status = (f"Added **{view.title}** as id `{new_id}` in {ms:.0f} ms — *{NEW_BADGE}*. "
+        status = (f"Added **{md_text(view.title)}** as id `{new_id}` in {ms:.0f} ms — *{NEW_BADGE}*. "
                   "It is in the index now and can be recommended right away.")
         sim_gal = [(_image(r.item), f"#{r.rank} {_short(r.item.title)} · {r.score:.2f}") for r in sim.items]
         cat_gal, cat_ids = browse("", genre, first=[new_id])
@@ -407,6 +434,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
         gr.api(api_search, api_name="search")
         api_btn.click(api_add_item, [api_image, api_title, api_text], api_out, api_name="add_item",
                       api_description="Add a new item (poster image file, title, text); returns its id.")
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_MAX)
     return demo
 
 

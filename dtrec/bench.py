@@ -1155,13 +1155,14 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path | None:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     ax = axes[0][0]
     if sv:
-        for kind in ("flat", "hnsw", "ivfpq"):
+        for kind, colour in (("flat", "C0"), ("hnsw", "C2"), ("ivfpq", "C4")):
             pts = [(s["n"], s["kinds"][kind]["p50_ms"], (s["kinds"][kind].get("pipeline") or {}).get("p50_ms"))
                    for s in sv["sizes"] if "p50_ms" in s["kinds"].get(kind, {})]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{kind} search")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=f"{kind} search")
                 if all(p[2] is not None for p in pts):
-                    ax.plot([p[0] for p in pts], [p[2] for p in pts], "x--", alpha=0.6, label=f"{kind} + user tower")
+                    ax.plot([p[0] for p in pts], [p[2] for p in pts], "x--", color=colour, alpha=0.6,
+                            label=f"{kind} + user tower")
         ax.axhline(TARGET_ANN_P50_MS, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -1169,10 +1170,10 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path | None:
     ax.set(title="serving: p50 latency per request", xlabel="catalog size (items)", ylabel="ms")
     ax = axes[0][1]
     if sv:
-        for kind in ("hnsw", "ivfpq"):
+        for kind, colour in (("hnsw", "C2"), ("ivfpq", "C4")):
             pts = [(s["n"], s["kinds"][kind]["recall"]) for s in sv["sizes"] if "recall" in s["kinds"].get(kind, {})]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=kind)
         ax.axhline(TARGET_ANN_RECALL, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.legend(fontsize=7)

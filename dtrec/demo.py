@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from dtrec.data.catalog import Catalog, Dataset, Item
+from dtrec.modelcard import check_results, metric_table
 
 MAX_HISTORIES = 300  # the data notice promises no more than this many ratings-derived histories
 POSTER_ASPECT = 1.5  # height / width of a film poster (2:3)
@@ -91,7 +92,6 @@ def find_results(checkpoint: str | Path, results: str | Path | None) -> dict:
     A recipe's results.json may carry a "meta" entry (commit, seed, commands); it is kept for the
     folder's results.json and left out of the checked metric table.
     """
-    from dtrec.modelcard import check_results
 
     ckpt = Path(checkpoint).resolve()
     paths = [Path(results)] if results else [ckpt / "results.json", ckpt.parent / "results.json",
@@ -113,9 +113,6 @@ def find_results(checkpoint: str | Path, results: str | Path | None) -> dict:
     return data
 
 
-def metric_table(results: dict) -> dict:
-    """`results` without its provenance entry ("meta")."""
-    return {k: v for k, v in results.items() if k != "meta"}
 
 
 def _thumb_sources(catalog: Catalog, thumb_size: int, tmp: Path) -> Catalog:
@@ -162,7 +159,7 @@ def _model_card(cfg: DemoBuildConfig, dataset: Dataset, model: torch.nn.Module, 
     """The checkpoint's model card plus what this demo folder holds."""
     from dtrec.modelcard import make_model_card
 
-    card = str(make_model_card(cfg.checkpoint, metric_table(results) or None, dataset_name=dataset.name))
+    card = str(make_model_card(cfg.checkpoint, results if metric_table(results) else None, dataset_name=dataset.name))
     c = model.config
     return card.rstrip() + f"""
 

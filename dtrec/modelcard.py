@@ -98,11 +98,21 @@ def load_results(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     return results
 
 
+PROVENANCE_KEY = "meta"  # a recipe's results.json records commit, seed, data and commands under this key
+
+
+def metric_table(results: dict) -> dict:
+    """`results` without its provenance entry: only model -> split -> metrics."""
+    return {k: v for k, v in results.items() if k != PROVENANCE_KEY}
+
+
 def check_results(results: Any, where: str = "results") -> None:
-    """Raise ModelCardError unless `results` maps model -> split -> metric -> number."""
-    if not isinstance(results, dict) or not results:
+    """Raise ModelCardError unless `results` maps model -> split -> metric -> number (plus optional "meta")."""
+    if not isinstance(results, dict) or not metric_table(results):
         raise ModelCardError(f"{where} must map model names to their splits' metrics.")
-    for model, splits in results.items():
+    if not isinstance(results.get(PROVENANCE_KEY, {}), dict):
+        raise ModelCardError(f"{where}: entry {PROVENANCE_KEY!r} must be an object.")
+    for model, splits in metric_table(results).items():
         if not isinstance(splits, dict):
             raise ModelCardError(f"{where}: entry {model!r} must map splits to metrics.")
         for split, metrics in splits.items():
@@ -144,9 +154,15 @@ def make_model_card(checkpoint_dir: str | Path, results: dict | None, *, dataset
                     license: str = "apache-2.0") -> ModelCard:
     """A Hub model card built from the checkpoint's config.json, `results` and its training config."""
     cfg = read_checkpoint_config(checkpoint_dir)
+    provenance: dict = {}
     if results is not None:
         check_results(results)
+        provenance = results.get(PROVENANCE_KEY, {})
+        results = metric_table(results)
     training = find_training_config(checkpoint_dir)
+    if recipe is None and provenance.get("recipe"):
+        # The recipe that produced the results table is the command to rerun, not one step of it.
+        recipe = f"bash scripts/{provenance['recipe']}.sh OUTDIR   # commit {provenance.get('commit', 'unknown')}"
     if recipe is None and training:
         recipe = _recorded_command(training[1])
     model_name = repo_id.split("/")[-1] if repo_id else f"dtrec-{_slug(dataset_name)}"

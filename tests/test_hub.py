@@ -420,3 +420,17 @@ def test_space_script_dry_run(run_dir: Path, tmp_path: Path):
     assert (out / "assets" / "demo" / "model" / "model.safetensors").is_file()
     reqs = (out / "requirements.txt").read_text()
     assert "torch" in reqs and "gradio" not in reqs.lower()
+
+
+
+def test_model_card_takes_a_recipe_results_file_with_its_provenance(run_dir: Path):
+    """A recipe's results.json carries a "meta" entry: the card names the recipe and commit, tables skip it."""
+    results = json.loads((run_dir / "results.json").read_text())
+    results["meta"] = {"recipe": "movielens", "commit": "def5678", "commands": ["dtrec prepare movielens"]}
+    card = make_model_card(run_dir / "best", results, dataset_name="movielens-100k")
+    parsed = ModelCard(str(card))
+    assert "bash scripts/movielens.sh OUTDIR" in parsed.text and "def5678" in parsed.text
+    assert "meta" not in {r.dataset_split for r in parsed.data.eval_results}
+    assert "| meta" not in parsed.text
+    got = {(r.dataset_split, r.metric_type): r.metric_value for r in parsed.data.eval_results}
+    assert got == {(split, k): results["dtrec"][split][k] for split in ("test", "cold_start") for k in METRICS}

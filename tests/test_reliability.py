@@ -85,20 +85,20 @@ def test_upload_byte_cap_refuses_and_evict_makes_room(tiny_demo, tmp_path):
     rec = open_rec(tiny_demo, tmp_path / "refuse", max_upload_total_bytes=3000)
     first, _ = rec.add_item("Small text item")
     with pytest.raises(InputError) as e:
-        rec.add_item("Big picture", image=png(1, 200, 200))  # ~ 20 KB as a thumbnail JPEG
+        rec.add_item("Big picture", image=png(1, 200, 200))  # ~ 37 KB as a thumbnail JPEG
     one_sentence(str(e.value))
     assert "storage for uploads" in str(e.value) and rec.about()["n_uploads"] == 1
     assert rec.about()["upload_bytes"] == len("Small text item")
 
     ev = open_rec(tiny_demo, tmp_path / "evict", max_uploads=2, upload_overflow="evict",
-                  max_upload_total_bytes=20_000)
+                  max_upload_total_bytes=60_000)
     ids = [ev.add_item(f"Text {i}")[0] for i in range(2)]
     third, _ = ev.add_item("Text 2")
     assert ev.about()["n_uploads"] == 2 and third in {v.id for v in ev.list_items(limit=10**6)}
     with pytest.raises(InputError):
         ev.get(ids[0])  # the oldest made room
     big, _ = ev.add_item("Picture", image=png(2, 200, 200))
-    assert ev.about()["upload_bytes"] <= 20_000 and ev.get(big).image
+    assert ev.about()["upload_bytes"] <= 60_000 and ev.get(big).image
     assert_consistent(ev)
 
 
