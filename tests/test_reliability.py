@@ -157,7 +157,7 @@ def test_missing_or_corrupt_index_is_rebuilt_and_reported(tiny_demo, tmp_path):
     path.unlink()
     again = open_rec(tiny_demo, tmp_path)
     assert any("Rebuilt the index" in r and "missing" in r for r in again.about()["recovery"])
-    assert again.search("Indexed upload", k=1).items[0].item.id == new_id
+    assert new_id in {r.item.id for r in again.search("Indexed upload", k=100).items}
     again.close()
     path.write_bytes(path.read_bytes()[:100])
     third = open_rec(tiny_demo, tmp_path)
@@ -229,9 +229,215 @@ def test_lost_and_corrupt_image_files(tiny_demo, tmp_path):
     # uploads are served without a picture (kept: their title, text and embedding are intact) ...
     assert again.get(gone).image is None and again.get(bad).image is None
     assert "2 item(s) lost their image file" in report and gone in report and bad in report
-    assert again.search("Picture deleted", k=1).items[0].item.id == gone
+    assert gone in {r.item.id for r in again.search("Picture deleted", k=100).items}
     # ... a catalog picture comes back from the catalog folder, and half-written files are removed
     assert again.get(cat.id).image == cat.image and Path(cat.image).is_file()
     assert "Restored" in report and "temporary file" in report
     assert list((tmp_path / "orphans").glob("corrupt-*"))
     assert_consistent(again)
+
+
+# --------------------------------------------------------------------------- hostile input through the app
+gradio_client = pytest.importorskip("gradio_client")
+import httpx  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_demo, tmp_path_factory):
+    """(url, recommender, demo, store): the app in this process, uploads private to their session."""
+    import app
+
+    store = tmp_path_factory.mktemp("hostile-store")
+    rec = open_rec(tiny_demo, store, upload_visibility="session", max_pixels=4_000_000)
+    demo = app.build_app(rec)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
+    try:
+        yield f"http://127.0.0.1:{port}/", rec, demo, store
+    finally:
+        demo.close()
+        rec.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served[0], verbose=False, download_files=False)
+
+
+def _handler(demo, name: str):
+    return next(f.fn for f in demo.fns.values() if f.name == name)
+
+
+def _bomb_png(w: int = 100_000, h: int = 100_000) -> bytes:
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _corrupt(data: bytes) -> bytes:
+    b = bytearray(data)
+    for j in range(len(b) // 3, len(b) - 20, 7):
+        b[j] ^= 0x5A
+    return bytes(b)
+
+
+HOSTILE_FILES = {
+    "html renamed .jpg": ("page.jpg", b"<html><script>alert(1)</script></html>"),
+    "svg renamed .png": ("vector.png", b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>'),
+    "elf renamed .jpg": ("program.jpg", b"\x7fELF\x02\x01\x01" + b"\0" * 200),
+    "truncated jpeg": ("cut.jpg", png(1, 64, 64, fmt="JPEG")[:300]),
+    "corrupted png": ("noise.png", _corrupt(png(2, 64, 64))),
+    "corrupted jpeg": ("noise.jpg", _corrupt(png(3, 64, 64, fmt="JPEG"))),
+    "decompression bomb": ("bomb.png", _bomb_png()),
+    "0x0 png": ("empty.png", _bomb_png(0, 0)),
+    "over the pixel cap": ("wide.png", _bomb_png(5000, 1000)),
+    "empty file": ("nothing.jpg", b""),
+}
+
+
+def test_hostile_files_through_the_api_are_refused_and_store_nothing(served, client, tmp_path):
+    _, rec, _, store = served
+    n, files = rec.about()["n_uploads"], len(list((store / "images").iterdir()))
+    for case, (name, data) in HOSTILE_FILES.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(AppError) as e:
+            client.predict(image=handle_file(str(path)), title="Hostile", text="", api_name="/add_item")
+        one_sentence(str(e.value))
+        assert rec.about()["n_uploads"] == n and len(list((store / "images").iterdir())) == files, case
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8\xff" + os.urandom(11 * 1024 * 1024))  # past the 10 MB upload cap
+    with pytest.raises(Exception) as e:  # Gradio refuses it before the handler runs
+        client.predict(image=handle_file(str(big)), title="Huge", text="", api_name="/add_item")
+    assert "10" in str(e.value) or "large" in str(e.value).lower() or "413" in str(e.value)
+    assert rec.about()["n_uploads"] == n
+
+
+def _gif() -> bytes:
+    frames = [Image.new("P", (20, 30), c) for c in (1, 2, 3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], loop=0)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, data", [
+    ("animated.gif", _gif()),
+    ("cmyk.jpg", png(4, 60, 40, fmt="JPEG", mode="CMYK")),
+    ("line.png", png(5, 1, 10_000)),
+])
+def test_odd_but_valid_images_are_accepted_as_rgb_thumbnails(served, client, tmp_path, name, data):
+    _, rec, _, _ = served
+    (tmp_path / name).write_bytes(data)
+    out = client.predict(image=handle_file(str(tmp_path / name)), title=f"Odd {name}", text="", api_name="/add_item")
+    with Image.open(rec.store.get(out["id"]).image) as im:
+        assert im.mode == "RGB" and max(im.size) <= 256 and min(im.size) >= 1
+
+
+def test_markup_in_titles_is_shown_as_text(served, client):
+    _, rec, demo, _ = served
+    title = "<script>alert(1)</script><img src=x onerror=alert(2)> **bold** [link](javascript:x)\x00\x07\u202e"
+    new_id, status, *_ = _handler(demo, "on_add")(None, title, "<b>text</b>", [], None)
+    stored = rec.store.get(new_id).title
+    assert "\x00" not in stored and "\x07" not in stored and "\u202e" not in stored and "<script>" in stored
+    assert "<script" not in status and "<img" not in status and "**bold**" not in status and "](" not in status
+    assert "&lt;script&gt;" in status
+    hist = [v.id for v in rec.list_items(limit=2)]
+    rank_md = _handler(demo, "on_refresh")(hist, 5, new_id)[3]
+    assert "<script" not in rank_md and "&lt;script&gt;" in rank_md
+    # an error message that quotes user input is escaped too (gr.Error renders HTML)
+    with pytest.raises(AppError) as e:
+        client.predict(history=["<img src=x onerror=alert(1)>"], k=5, api_name="/recommend")
+    assert "<img" not in str(e.value) and "&lt;img" in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(history="x" * 100_000, k=5), "Unknown item id"),
+    (dict(history=", ".join(str(i) for i in range(10_000)), k=5), "longer than"),
+    (dict(history=["-1"], k=5), "Unknown item id"),
+    (dict(history=[-1], k=5), "Unknown item id"),
+    (dict(history=["../../etc/passwd"], k=5), "Unknown item id"),
+    (dict(history=["1"], k=-3), "between 1 and"),
+    (dict(history=["1"], k=10**9), "between 1 and"),
+])
+def test_hostile_recommend_input_is_one_sentence(served, client, kwargs, words):
+    with pytest.raises(AppError) as e:
+        client.predict(**kwargs, api_name="/recommend")
+    assert words in str(e.value)
+    one_sentence(str(e.value))
+
+
+def test_hostile_strings_are_one_sentence_and_store_nothing(served, client):
+    _, rec, demo, _ = served
+    n = rec.about()["n_uploads"]
+    for kwargs, words in [(dict(image=None, title="t" * 100_000, text=""), "title is longer"),
+                          (dict(image=None, title="ok", text="d" * 100_000), "description is longer"),
+                          (dict(image=None, title="\x00\x01\u200b", text=""), "title")]:
+        with pytest.raises(AppError) as e:
+            client.predict(**kwargs, api_name="/add_item")
+        assert words in str(e.value)
+        one_sentence(str(e.value))
+    with pytest.raises(AppError) as e:
+        client.predict(text="q" * 100_000, k=5, api_name="/search")
+    assert "longer than" in str(e.value)
+    # the UI handler refuses a path that is not a client upload, whatever it names
+    import gradio as gr
+
+    with pytest.raises(gr.Error) as e:
+        _handler(demo, "on_add")("../../etc/passwd", "Path", "", [], None)
+    one_sentence(e.value.message)
+    assert rec.about()["n_uploads"] == n
+
+
+def test_client_file_paths_are_not_trusted(served):
+    """A client can name no server file as its upload: only files it uploaded reach the handler."""
+    url, rec, _, _ = served
+    n = rec.about()["n_uploads"]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        up = http.post("gradio_api/upload", files={"files": ("../../etc/passwd", b"root:x:0:0", "image/jpeg")})
+        assert up.status_code == 200
+        stored = up.json()[0]
+        assert "/etc/passwd" not in stored and ".." not in Path(stored).parts
+        for path in (stored, "/etc/passwd", str(REPO / "app.py")):
+            body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, "Path", ""]}
+            r = http.post("gradio_api/call/add_item", json=body)
+            if r.status_code == 200:
+                events = http.get(f"gradio_api/call/add_item/{r.json()['event_id']}").text
+                assert "event: error" in events and "new-" not in events, (path, events)
+    assert rec.about()["n_uploads"] == n
+
+
+def test_only_the_image_folders_are_served(served, tiny_demo):
+    url, rec, _, store = served
+    image = next(v.image for v in rec.list_items(limit=50) if v.image)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get(f"gradio_api/file={image}").status_code == 200  # the allowed folders do serve
+        for path in ("/etc/passwd", str(REPO / "app.py"), str(store / "items.db"), str(store / "items.db-wal"),
+                     f"{store}/images/../items.db", str(tiny_demo / "model" / "model.safetensors"),
+                     str(tiny_demo / "catalog" / "items.parquet"), "../../../../etc/passwd"):
+            r = http.get(f"gradio_api/file={path}")
+            assert r.status_code in (403, 404), (path, r.status_code)
+            assert b"root:" not in r.content and b"import gradio" not in r.content and b"SQLite" not in r.content
+
+
+def test_uploads_are_private_to_the_uploading_session(served, tmp_path):
+    url, rec, _, _ = served
+    alice, bob = Client(url, verbose=False, download_files=False), Client(url, verbose=False, download_files=False)
+    (tmp_path / "p.png").write_bytes(png(77))
+    new = alice.predict(image=handle_file(str(tmp_path / "p.png")), title="Alice's secret reel", text="",
+                        api_name="/add_item")["id"]
+    assert new in {r["id"] for r in alice.predict(text="Alice's secret reel", k=100, api_name="/search")}
+    assert new not in {r["id"] for r in bob.predict(text="Alice's secret reel", k=100, api_name="/search")}
+    assert len(alice.predict(history=[new], k=3, api_name="/recommend")) == 3
+    with pytest.raises(AppError, match="Unknown item id"):
+        bob.predict(history=[new], k=3, api_name="/recommend")
