@@ -14,7 +14,6 @@ import random
 import shutil
 import signal
 import socket
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -443,3 +442,193 @@ def test_uploads_are_private_to_the_uploading_session(served, tmp_path):
     assert len(alice.predict(history=[new], k=3, api_name="/recommend")) == 3
     with pytest.raises(AppError, match="Unknown item id"):
         bob.predict(history=[new], k=3, api_name="/recommend")
+
+
+# --------------------------------------------------------------------------- slow: the app in a subprocess
+def start_server(demo: Path, store: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """`python app.py` over `demo` with `store` on a free loopback port; (process, url) once it answers."""
+    port = free_port()
+    child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                 "PYTHONPATH": str(REPO), **env}
+    child_env.pop("SPACE_ID", None)  # a local run: uploads public, as the default says
+    out = open(log, "ab")
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--demo", str(demo), "--store-dir", str(store),
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                            env=child_env, cwd=str(REPO), start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"app.py did not answer within 120 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM (the app saves its index on the way out), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def run_load(url: str, catalog_ids: list[str], work: Path, *, clients: int = 16, seconds: float = 60.0,
+             seed: int = 0) -> dict:
+    """`clients` gradio_client clients mixing recommend (50 %), search (30 %) and add_item (20 %) for `seconds`."""
+    words = ["space adventure", "toy story", "comedy", "love", "war", "crime drama", "animated", "horror night"]
+    accepted: list[tuple[str, str]] = []  # (id, title) of every upload that returned an id
+    lat: dict[str, list[float]] = {"recommend": [], "search": [], "add_item": []}
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients)
+
+    def worker(w: int) -> None:
+        rng = random.Random(seed * 1000 + w)
+        client = Client(url, verbose=False, download_files=False)
+        start.wait()
+        deadline = time.time() + seconds
+        n = 0
+        while time.time() < deadline:
+            op = rng.random()
+            t0 = time.perf_counter()
+            try:
+                if op < 0.5:
+                    with lock:  # uploads of any client join histories: retrievable by the very next call
+                        pool = catalog_ids + [i for i, _ in accepted[-20:]]
+                    name = "recommend"
+                    out = client.predict(history=rng.sample(pool, 5), k=10, api_name="/recommend")
+                    assert len(out) == 10
+                elif op < 0.8:
+                    name = "search"
+                    assert len(client.predict(text=rng.choice(words), k=10, api_name="/search")) == 10
+                else:
+                    name = "add_item"
+                    n += 1
+                    path = work / f"w{w}-{n}.png"
+                    path.write_bytes(png(seed * 10**6 + w * 10**4 + n, 48, 72))
+                    title = f"Load upload {w}-{n}"
+                    out = client.predict(image=handle_file(str(path)), title=title, text="", api_name="/add_item")
+                    with lock:
+                        accepted.append((out["id"], title))
+                with lock:
+                    lat[name].append((time.perf_counter() - t0) * 1000)
+            except Exception as e:  # every failure is counted, the run goes on
+                with lock:
+                    errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(clients)]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    wall = time.time() - t0
+    every = [x for v in lat.values() for x in v]
+    stats = {name: {"n": len(v), "p50_ms": float(np.percentile(v, 50)) if v else float("nan"),
+                    "p99_ms": float(np.percentile(v, 99)) if v else float("nan")} for name, v in lat.items()}
+    stats["all"] = {"n": len(every), "p50_ms": float(np.percentile(every, 50)), "p99_ms": float(np.percentile(every, 99)),
+                    "rps": len(every) / wall}
+    return {"stats": stats, "accepted": accepted, "errors": errors, "wall_s": wall}
+
+
+def format_stats(stats: dict) -> str:
+    rows = [f"{k:>9}: n={v['n']:5d}  p50={v['p50_ms']:7.1f} ms  p99={v['p99_ms']:7.1f} ms" for k, v in stats.items()]
+    return "\n".join(rows) + f"\nthroughput {stats['all']['rps']:.1f} requests/s"
+
+
+@pytest.mark.slow
+def test_load_16_clients_no_errors_no_lost_uploads(tiny_demo, tmp_path):
+    seconds = float(os.environ.get("DTREC_LOAD_SECONDS", "60"))
+    store = tmp_path / "store"
+    proc, url = start_server(tiny_demo, store, tmp_path / "app.log")
+    try:
+        catalog_ids = [v.id for v in open_rec(tiny_demo, tmp_path / "peek").list_items(limit=10**6)]
+        res = run_load(url, catalog_ids, tmp_path, clients=16, seconds=seconds)
+        print(f"\nload: 16 clients, {seconds:g} s, app.py default concurrency "
+              f"(DTREC_CONCURRENCY={os.environ.get('DTREC_CONCURRENCY', 'default')})\n" + format_stats(res["stats"]))
+        assert not res["errors"], res["errors"][:5]
+        assert res["stats"]["add_item"]["n"] >= 10 and res["stats"]["recommend"]["n"] >= 10
+        accepted = res["accepted"]
+        assert len({i for i, _ in accepted}) == len(accepted)
+        sample = Client(url, verbose=False, download_files=False)
+        for new_id, _ in random.Random(1).sample(accepted, min(20, len(accepted))):  # live, over HTTP
+            assert len(sample.predict(history=[new_id], k=3, api_name="/recommend")) == 3
+    finally:
+        stop_server(proc)
+    rec = open_rec(tiny_demo, store)  # and after a restart: every accepted upload, whole
+    for new_id, title in accepted:
+        view = rec.get(new_id)
+        assert view.title == title and view.image and Path(view.image).is_file() and view.is_new
+    assert rec.about()["n_uploads"] == len(accepted)
+    assert_consistent(rec)
+    print(f"accepted uploads: {len(accepted)}, all retrievable after restart")
+
+
+@pytest.mark.slow
+def test_sigkill_during_uploads_loses_no_accepted_item(tiny_demo, tmp_path):
+    store = tmp_path / "store"
+    proc, url = start_server(tiny_demo, store, tmp_path / "app.log")
+    accepted: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def uploader(w: int) -> None:
+        client = Client(url, verbose=False, download_files=False)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            path = tmp_path / f"k{w}-{n}.png"
+            path.write_bytes(png(w * 10**4 + n, 48, 72))
+            try:
+                out = client.predict(image=handle_file(str(path)), title=f"Kill upload {w}-{n}", text="",
+                                     api_name="/add_item")
+            except Exception:  # the server died under this call: its outcome is unknown
+                return
+            accepted.append((out["id"], f"Kill upload {w}-{n}"))
+
+    threads = [threading.Thread(target=uploader, args=(w,), daemon=True) for w in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.time() + 60
+        while len(accepted) < 12 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(random.Random(0).uniform(0.0, 0.2))  # uploads are in flight now
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for t in threads:
+        t.join(30)
+    done = list(accepted)
+    assert len(done) >= 12, "too few uploads before the kill"
+
+    rec = open_rec(tiny_demo, store)
+    report = rec.about()["recovery"]
+    print(f"\nkill: {len(done)} uploads accepted before SIGKILL, "
+          f"{rec.about()['n_uploads']} stored after restart; recovery: {report}")
+    for new_id, title in done:
+        view = rec.get(new_id)
+        assert view.title == title and view.image and Path(view.image).is_file()
+    assert all(it.image for it in rec.store.items(uploads=True))  # every upload here had an image
+    assert_consistent(rec)
+    assert not list(store.glob(".index-*.tmp"))
+    rec.close()
+
+    proc, url = start_server(tiny_demo, store, tmp_path / "app2.log")  # the app itself starts and serves them
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        ids = [i for i, _ in done]
+        assert len(client.predict(history=ids[-10:], k=5, api_name="/recommend")) == 5
+    finally:
+        stop_server(proc)
