@@ -37,6 +37,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from dtrec.fileio import atomic_write_bytes
+
 KINDS = ("flat", "hnsw", "ivfpq")
 _FORMAT = 1
 
@@ -72,19 +74,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pq_subquantizers(dim: int) -> int:
@@ -292,7 +281,7 @@ class ItemIndex:
             self.stamp = dict(stamp)
         meta = {"format": _FORMAT, "kind": self.kind, "effective_kind": self.effective_kind, "dim": self.dim,
                 "params": self.params, "ntotal": int(self.index.ntotal), "sha256": digest, "stamp": self.stamp}
-        _atomic_write_bytes(Path(f"{path}.json"), json.dumps(meta, indent=1).encode())
+        atomic_write_bytes(Path(f"{path}.json"), json.dumps(meta, indent=1).encode())
         return path
 
     @classmethod

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from dtrec.fileio import atomic_write_bytes
 from dtrec.index import IndexFileError, ItemIndex
 
 log = logging.getLogger("dtrec.store")
@@ -272,21 +272,7 @@ class ItemStore:
         path = self.images_dir / name
         if path.exists() and path.stat().st_size == len(data):
             return name, False
-        fd, tmp = tempfile.mkstemp(dir=self.images_dir, prefix=".upload-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(self.images_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # make the rename itself durable
-        finally:
-            os.close(dfd)
+        atomic_write_bytes(path, data, tmp_prefix=".upload-", sync_dir=True)
         return name, True
 
     def _drop_image_if_unused(self, name: str | None) -> None:
