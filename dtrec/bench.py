@@ -77,6 +77,7 @@ class BenchConfig:
     epochs: int = 1
     train_seconds: float | None = None  # time budget per training run (None: the preset's)
     threads: int | None = None  # torch and FAISS CPU threads (None: their defaults, one per core)
+    merge: bool = False  # keep the sections of an earlier OUT/bench.json that this run does not measure
     seed: int = 0
 
     def __post_init__(self):
@@ -801,11 +802,11 @@ def measure_api(demo_dir: str | Path, *, clients: int = 4, requests: int = 25, k
             except BaseException as e:  # surfaced below; a thread must not die silently
                 errors.append(e)
 
-        threads = [threading.Thread(target=worker, args=(j,)) for j in range(clients)]
+        workers = [threading.Thread(target=worker, args=(j,)) for j in range(clients)]
         t0 = time.perf_counter()
-        for t in threads:
+        for t in workers:
             t.start()
-        for t in threads:
+        for t in workers:
             t.join()
         wall = time.perf_counter() - t0
         for c in pool:
@@ -1057,6 +1058,9 @@ def render_markdown(results: dict[str, Any]) -> str:
          f"torch {m.get('torch')}, faiss {m.get('faiss')}, numpy {m.get('numpy')}. "
          f"Load average at start {m.get('load_average')}, at end {results.get('load_average_end')} "
          "(a shared machine: compare ratios, which come from one process, rather than absolute times).", ""]
+    for section, st in (results.get("merged") or {}).items():
+        L += [f"Section `{section}` comes from an earlier run (commit `{str(st.get('git_commit'))[:12]}`, "
+              f"{st.get('time')}, load {st.get('load_average')}), kept by `--merge`.", ""]
     L += ["## Targets", ""]
     L += _table(["target", "met", "measured"],
                 [[t["target"], "–" if t["met"] is None else ("**met**" if t["met"] else "**not met**"), t["value"]]
@@ -1324,6 +1328,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     variants = cfg.train_variants or (TRAIN_VARIANTS if device.type == "cuda" else ("fp32",))
     results: dict[str, Any] = {"quick": cfg.quick, "machine": machine_info(), "config": dataclasses.asdict(cfg),
                                "errors": {}, "seconds": {}}
+    previous = Path(cfg.out) / "bench.json"
+    if cfg.merge and previous.is_file():
+        old = json.loads(previous.read_text())
+        stamp = {k: old.get("machine", {}).get(k) for k in ("git_commit", "git_dirty", "time", "load_average")}
+        results["merged"] = dict(old.get("merged") or {})
+        for section in SECTIONS:
+            if section not in cfg.only and old.get(section) is not None:
+                results[section] = old[section]
+                results["merged"].setdefault(section, stamp)
+                results["seconds"][section] = old.get("seconds", {}).get(section)
     t_all = time.perf_counter()
     train_data: tuple[Any, Any] | None = None
 
@@ -1417,7 +1431,7 @@ def bench_command(args: Any) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else None
     cfg = BenchConfig(quick=args.quick, out=args.out, only=only, device=args.device, data=args.data, demo=args.demo,
                       sizes=sizes, train_variants=variants, batch_size=args.batch_size, epochs=args.epochs,
-                      train_seconds=args.train_seconds, threads=args.threads, seed=args.seed)
+                      train_seconds=args.train_seconds, threads=args.threads, merge=args.merge, seed=args.seed)
     results = run_bench(cfg)
     for t in results.get("targets", []):
         state = "–" if t["met"] is None else ("met" if t["met"] else "NOT met")

@@ -339,6 +339,8 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
                    help="time budget per training run; seconds/epoch are extrapolated beyond it")
     b.add_argument("--threads", type=int, default=None,
                    help="torch and FAISS CPU threads (default: one per core; 1 can be faster on a busy machine)")
+    b.add_argument("--merge", action="store_true",
+                   help="keep the sections of an earlier OUT/bench.json that this run (--only) does not measure")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_cmd_bench)
 

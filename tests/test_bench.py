@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -121,6 +122,7 @@ def test_peak_memory_sees_an_allocation():
     with B.peak_memory("cpu") as big:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         block[::512] += 1
+        time.sleep(0.1)  # RSS is sampled every 5 ms: hold the peak long enough to be seen on a busy machine
         del block
     assert big["peak_mb"] >= 40 > small["peak_mb"]
 
@@ -203,6 +205,21 @@ def test_run_bench_writes_a_report_for_one_section(tmp_path):
     assert set(saved["seconds"]) == {"features"}
 
 
+def test_merge_keeps_sections_of_an_earlier_report(tmp_path, training):
+    out = tmp_path / "out"
+    B.write_report({"quick": True, "machine": B.machine_info(), "training": training, "errors": {},
+                    "seconds": {"training": 1.5}}, out)
+    cfg = B.BenchConfig(quick=True, out=str(out), only=("features",), encoders=("tiny-clip",), device="cpu",
+                        merge=True)
+    res = B.run_bench(cfg, log=lambda m: None)
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["training"]["epoch_ratio_dtrec_vs_sasrec"] == pytest.approx(
+        training["epoch_ratio_dtrec_vs_sasrec"])
+    assert set(saved["merged"]) == {"training"} and "features" in saved
+    assert res["seconds"]["training"] == 1.5
+    assert "comes from an earlier run" in (out / "bench.md").read_text()
+
+
 def test_bad_section_is_one_clear_error(capsys):
     from dtrec.cli import main
 
@@ -216,3 +233,4 @@ def test_api_through_gradio(tiny_demo):
     out = B.measure_api(tiny_demo, clients=2, requests=3)
     assert out["concurrent"]["n"] == 6 and out["single_client"]["n"] == 3
     assert out["throughput_rps"] > 0 and out["items"] > 0
+    json.dumps(out)  # plain data only: it goes straight into bench.json
