@@ -232,7 +232,7 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
         main = main_model_name(results)
         for split, title in (("test", "Test"), ("cold_start", "Cold-start items (test cases whose target was "
                                                                 "never seen in training)"), ("valid", "Validation")):
-            table = _table(results, split, main)
+            table = results_table(results, split, main)
             if table:
                 lines += [f"### {title}", "", *table, ""]
     else:
@@ -268,7 +268,9 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
     return lines
 
 
-def _table(results: dict, split: str, main: str) -> list[str]:
+def results_table(results: dict, split: str, main: str | None = None) -> list[str]:
+    """Markdown table lines of every model's metrics on `split` (`main` in bold); [] when none has it."""
+    results = metric_table(results)
     rows = [(name, splits[split]) for name, splits in results.items() if isinstance(splits.get(split), dict)]
     if not rows:
         return []
