@@ -132,7 +132,8 @@ def _thumb_sources(catalog: Catalog, thumb_size: int, tmp: Path) -> Catalog:
                     im.load()
                     small = im.convert("RGB")
                     small.thumbnail((thumb_size, box), Image.Resampling.LANCZOS)
-                    image = str(tmp / f"{i}.png")
+                    # absolute: a relative path would be read against the catalog root, not the cwd
+                    image = str((tmp / f"{i}.png").resolve())
                     small.save(image)
         items.append(Item(it.id, it.title, it.text, image, dict(it.meta)))
     return Catalog(items, root=catalog.root)

@@ -781,7 +781,9 @@ def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str
         it = catalog[i]
         rel = None
         p = catalog.image_path(i)
-        if p is not None and p.is_file():
+        if p is not None and not p.is_file():
+            warnings.warn(f"item {it.id!r}: image {p} does not exist, shown without one", stacklevel=2)
+        elif p is not None:
             try:
                 from dtrec.encoders.base import to_rgb
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -53,7 +54,8 @@ def test_wide_images_are_capped_in_width(tmp_path, monkeypatch):
     cat = Catalog([Item("w", "Wide", "", "wide.png"), Item("p", "Poster", "", "poster.png"), Item("t", "Text", "")],
                   root="cat")
     (tmp_path / "out").mkdir()
-    src = _thumb_sources(cat, 32, tmp_path / "out")
+    src = _thumb_sources(cat, 32, Path("out"))  # relative, as build_demo's staging folder beside `--out out`
+    assert src.image_path(0).is_file(), "a pre-shrunk image is found whatever the catalog root"
     with Image.open(src.image_path(0)) as im:
         assert im.width <= 32
     assert src.image_path(1) == tmp_path / "cat" / "poster.png", "poster-shaped images are left to the writer"
