@@ -149,6 +149,7 @@ def load_scorer(checkpoint: str | Path, data_dir: str | Path, encoder: str | Non
     if kind != "dtrec":
         model = load_baseline(ckpt).to(device)
         return kind, model.scores
+    from dtrec.features import load_features
     from dtrec.model import DualTower
 
     with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints on stdout; keep --json clean
@@ -156,22 +157,11 @@ def load_scorer(checkpoint: str | Path, data_dir: str | Path, encoder: str | Non
     name = encoder or json.loads((ckpt / "config.json").read_text()).get("encoder")
     if not name:
         raise ValueError(f"{ckpt / 'config.json'} names no encoder: pass --encoder")
-    features = _load_features(data_dir, name)
+    features = load_features(data_dir, name)
     model.check_features(features)
     return kind, dual_tower_score_fn(model, features, device)
 
 
-def _load_features(data_dir: str | Path, encoder: str):
-    try:
-        from dtrec.features import load_features
-    except ImportError:  # older trees have only the cache file helpers
-        from dtrec.features import Features, cache_path
-
-        p = cache_path(data_dir, encoder)
-        if not p.exists():
-            raise FileNotFoundError(f"{p} is missing: run `dtrec extract {data_dir} --encoder {encoder}` first")
-        return Features.load(p)
-    return load_features(data_dir, encoder)
 
 
 def evaluate_checkpoint(

@@ -19,7 +19,8 @@ def _png(color=(200, 10, 10)) -> bytes:
     return buf.getvalue()
 
 
-def _item(i, upload=False, image=None, rng=np.random.default_rng(0)):
+def _item(i, upload=False, image=None):
+    rng = np.random.default_rng(i)  # per item, so an item's vectors do not depend on call order
     return NewItem(id=f"i{i}", title=f"Item {i}", text="t", meta={"genres": ["A"]}, image=image,
                    image_ext="png", features={"text": rng.standard_normal(4).astype(np.float32), "image": None},
                    embedding=rng.standard_normal(D).astype(np.float32), is_upload=upload)

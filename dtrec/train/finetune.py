@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from dtrec.config import FinetuneConfig
 from dtrec.data.catalog import Dataset
-from dtrec.features import Features
+from dtrec.features import Features, load_features
 from dtrec.model.losses import candidate_set, item_log_frequency, retrieval_loss
 from dtrec.model.tower import DualTower
 from dtrec.train import distributed as D
@@ -239,16 +239,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
 def load_dataset_features(data_dir: str | Path, encoder: str) -> tuple[Dataset, Features]:
     """A prepared data set and its cached features of `encoder`."""
     dataset = Dataset.load(data_dir)
-    try:
-        from dtrec.features import load_features
-    except ImportError:  # older tree: read the cache file directly
-        from dtrec.features import cache_path
-
-        path = cache_path(data_dir, encoder)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `dtrec extract {data_dir} --encoder {encoder}` first")
-        return dataset, Features.load(path)
-    return dataset, load_features(data_dir, encoder)
+    return dataset, load_features(data_dir, encoder, dataset.catalog)
 
 
 def finetune_command(args: Any) -> int:
