@@ -430,8 +430,8 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
         add_btn.click(on_add, [up_image, up_title, up_text, history, genre],
                       [new_id, add_status, similar, catalog, cat_ids], **priv).success(**refresh)
 
-        gr.api(api_recommend, api_name="recommend")
-        gr.api(api_search, api_name="search")
+        gr.api(api_recommend, api_name="recommend", queue=False)
+        gr.api(api_search, api_name="search", queue=False)
         api_btn.click(api_add_item, [api_image, api_title, api_text], api_out, api_name="add_item",
                       api_description="Add a new item (poster image file, title, text); returns its id.")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_MAX)
