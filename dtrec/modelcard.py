@@ -53,15 +53,20 @@ class ModelCardError(ValueError):
     """A checkpoint or results file that cannot be described on a model card."""
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """Parsed JSON of `path`; ModelCardError naming `what` and the line when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelCardError(f"{what} is not valid JSON (line {e.lineno}).") from None
+
+
 def read_checkpoint_config(checkpoint_dir: str | Path) -> dict[str, Any]:
     """The model config stored in a checkpoint's config.json (flattened if nested)."""
     path = Path(checkpoint_dir) / "config.json"
     if not path.is_file():
         raise ModelCardError(f"{checkpoint_dir} holds no config.json; is it a DualTower checkpoint folder?")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelCardError(f"{path} is not valid JSON (line {e.lineno}).") from None
+    cfg = _read_json(path, str(path))
     # Checkpoints saved with extra init kwargs nest the ModelConfig under "config" or "model".
     for key in ("config", "model"):
         if "encoder" not in cfg and isinstance(cfg.get(key), dict) and "encoder" in cfg[key]:
@@ -90,10 +95,7 @@ def load_results(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     path = Path(path)
     if not path.is_file():
         raise ModelCardError(f"results file {path} does not exist.")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelCardError(f"results file {path} is not valid JSON (line {e.lineno}).") from None
+    results = _read_json(path, f"results file {path}")
     check_results(results, str(path))
     return results
 

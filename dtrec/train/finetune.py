@@ -32,6 +32,7 @@ from dtrec.train.checkpoint import (
     init_from,
     load_training_state,
     merge_init_config,
+    optimizer_step,
     save_training_state,
     set_rng_state,
     write_run_record,
@@ -186,11 +187,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
             targets = batch["targets"].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = trainer(items, padding, masked, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            optimizer_step(model, optimizer, loss, config.grad_clip)
             total += loss.detach()
             steps += 1
             global_step += 1

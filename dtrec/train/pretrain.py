@@ -31,7 +31,7 @@ from dtrec.features import Features
 from dtrec.model.losses import cross_modal_accuracy, info_nce
 from dtrec.model.tower import DualTower, FeatureMismatchError, same_encoder
 from dtrec.train import distributed as D
-from dtrec.train.checkpoint import write_run_record
+from dtrec.train.checkpoint import optimizer_step, write_run_record
 
 
 def views_and_pairs(modalities: tuple[str, ...]) -> tuple[dict[str, tuple[str, ...]], list[tuple[str, str]]]:
@@ -194,11 +194,7 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
             pres = {m: table.present[m][idx] for m in model.modalities}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, per_pair = trainer(vals, pres)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            optimizer_step(model, optimizer, loss, config.grad_clip)
             total += loss.detach()
             parts += per_pair
             steps += 1
