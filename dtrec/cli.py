@@ -108,6 +108,9 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--hidden", type=int, default=None)
     b.add_argument("--n-layers", type=int, default=None)
     b.add_argument("--n-heads", type=int, default=None)
+    b.add_argument("--d-ff", type=int, default=None)
+    b.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None,
+                   help="sasrec: batches of similar history length (default: on, as dtrec fine-tuning)")
     b.add_argument("--dropout", type=float, default=None)
     b.add_argument("--attn-dropout", type=float, default=None)
     b.add_argument("--max-len", type=int, default=None)
@@ -142,7 +145,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from dtrec.baselines import train_baseline
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
-                                          "n_heads", "dropout", "attn_dropout", "max_len", "device")}
+                                          "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "group_by_length",
+                                          "device")}
     if args.kind == "popularity":
         opts = {k: v for k, v in opts.items() if k in ("seed", "device")}
     valid = train_baseline(args.kind, args.data, args.out, **opts)

@@ -77,6 +77,7 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 100
     batch_size: int = 512
+    group_by_length: bool = True  # batches of similar history length: far less padding (BatchPlan)
     lr: float = 1e-3
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -153,6 +154,8 @@ class ServeConfig:
     ef_search: int = 64  # hnsw
     nprobe: int = 16  # ivfpq
     ivfpq_min_items: int = 10_000  # ivfpq is trained only from this many items; exact below
+    refine: str = "sq8"  # ivfpq: re-rank k_factor * k PQ candidates with "sq8" | "flat" vectors, or "none"
+    k_factor: int = 32  # ivfpq with refine: PQ candidates re-ranked = k_factor * k
     encoder_device: str | None = None  # frozen encoder for uploads/search; None: same as `device`
 
     def __post_init__(self):
@@ -162,6 +165,9 @@ class ServeConfig:
                      "max_uploads", "max_upload_total_bytes", "max_k", "thumbnail_px"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeConfig.{name} must be at least 1")
+        if self.refine not in ("none", "sq8", "flat") or self.k_factor < 1:
+            raise ValueError(f"refine must be 'none', 'sq8' or 'flat' and k_factor at least 1, "
+                             f"not {self.refine!r} and {self.k_factor}")
         if self.upload_overflow not in ("refuse", "evict"):
             raise ValueError(f"upload_overflow must be 'refuse' or 'evict', not {self.upload_overflow!r}")
         if self.upload_visibility not in ("auto", "public", "session"):

@@ -134,6 +134,14 @@ def _open_image(path: Path) -> "Image.Image":
         return to_rgb(im)
 
 
+def _try_open_image(path: Path) -> "Image.Image | Exception":
+    """`_open_image(path)`, or the exception that it raised (for a thread pool that must not stop)."""
+    try:
+        return _open_image(path)
+    except Exception as e:
+        return e
+
+
 def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", batch_size: int = 64,
             device: str | torch.device | None = None, force: bool = False, cache: bool = True,
             progress: bool = True, checkpoint_seconds: float = 120.0,
@@ -151,6 +159,7 @@ def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", bat
     from tqdm.auto import tqdm
 
     from dtrec.data.catalog import Catalog
+    from dtrec.encoders.base import thread_map
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -209,17 +218,17 @@ def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", bat
         ti = time.perf_counter()
         info["text_s"] += ti - tb
         if "image" in mods:
+            paths = [(i, p) for i in range(lo, hi) if (p := catalog.image_path(i)) is not None]
+            # JPEG/PNG decoding releases the GIL: one thread per core the encoder will use next
+            opened = thread_map(_try_open_image, [p for _, p in paths])
             rows, images = [], []
-            for i in range(lo, hi):
-                p = catalog.image_path(i)
-                if p is None:
-                    continue
-                try:
-                    images.append(_open_image(p))
-                    rows.append(i)
-                except Exception as e:  # one bad file must not stop a catalog-wide run
+            for (i, p), im in zip(paths, opened):
+                if isinstance(im, Exception):  # one bad file must not stop a catalog-wide run
                     warnings.warn(f"item {catalog[i].id!r}: image {p} is unreadable, "
-                                  f"treated as missing ({type(e).__name__}: {e})", stacklevel=2)
+                                  f"treated as missing ({type(im).__name__}: {im})", stacklevel=2)
+                else:
+                    images.append(im)
+                    rows.append(i)
             if rows:
                 values["image"][rows] = enc.encode_image(images).float()
                 present["image"][rows] = True

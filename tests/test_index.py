@@ -46,6 +46,67 @@ def test_ivfpq_falls_back_to_flat_below_threshold():
     assert (got == _brute(x, q, 5)[1].numpy()).all()
 
 
+
+def _clustered(n, d=32, q=100, seed=0):
+    from dtrec.bench import synthetic_embeddings
+
+    return synthetic_embeddings(n, d, seed=seed, latent=16), synthetic_embeddings(q, d, seed=seed + 1, latent=16)
+
+
+def _recall(got, ref):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got.tolist(), ref.tolist())])
+
+
+def test_ivfpq_refine_reranks_pq_candidates():
+    x, q = _clustered(10_000)
+    x_t, q_t = torch.from_numpy(x), torch.from_numpy(q)
+    _, ref = _brute(x_t, q_t, 10)
+    recall = {}
+    for refine in ("none", "sq8"):
+        index = ItemIndex.build(np.arange(len(x)), x, "ivfpq", ivfpq_min_items=10_000, nprobe=32, refine=refine)
+        assert index.effective_kind == "ivfpq"
+        scores, got = index.search(q, 10)
+        recall[refine] = _recall(got, ref)
+        assert (np.diff(scores, axis=1) <= 1e-5).all()
+    # PQ codes alone mis-order close neighbours; re-ranking the 4k best candidates repairs most of it
+    assert recall["sq8"] >= recall["none"] + 0.1, recall
+    assert recall["sq8"] >= 0.8, recall
+    with pytest.raises(ValueError, match="refine"):
+        ItemIndex(8, "ivfpq", refine="exact")
+
+
+def test_refined_ivfpq_hides_removed_and_saves_without_them(tmp_path):
+    x, q = _clustered(11_000)
+    index = ItemIndex.build(np.arange(len(x)), x, "ivfpq", ivfpq_min_items=10_000, nprobe=32, refine="flat")
+    top = int(index.search(x[5:6], 1)[1][0, 0])
+    assert top == 5
+    assert index.remove([5, 6, 99_999]) == 2 and len(index) == len(x) - 2 and 5 not in index
+    assert 5 not in index.search(x[5:6], 10)[1]
+    index.add([5], x[5:6])  # back under the same id
+    assert index.search(x[5:6], 1)[1][0, 0] == 5
+    index.save(tmp_path / "ivf.faiss")
+    loaded = ItemIndex.load(tmp_path / "ivf.faiss")
+    assert loaded.effective_kind == "ivfpq" and loaded.params["refine"] == "flat" and len(loaded) == len(x) - 1
+    assert 6 not in loaded and (loaded.search(q, 10)[1] == index.search(q, 10)[1]).all()
+    # past 10 % removed, the refined index is re-filled with the kept vectors (same quantizers)
+    loaded.remove(np.arange(100, 1300))
+    assert loaded.index.ntotal == len(x) - 1 - 1200 and not loaded._tombstones
+    assert loaded.search(x[2000:2001], 1)[1][0, 0] == 2000
+
+
+def test_ivfpq_file_from_before_refine_loads_as_unrefined(tmp_path):
+    import json
+
+    x, q = _clustered(10_000)
+    index = ItemIndex.build(np.arange(len(x)), x, "ivfpq", refine="none")
+    path = index.save(tmp_path / "old.faiss")
+    meta = json.loads((tmp_path / "old.faiss.json").read_text())
+    for key in ("refine", "k_factor"):
+        del meta["params"][key]
+    (tmp_path / "old.faiss.json").write_text(json.dumps(meta))
+    loaded = ItemIndex.load(path)
+    assert loaded.params["refine"] == "none" and (loaded.search(q, 5)[1] == index.search(q, 5)[1]).all()
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_add_remove_reconstruct(kind):
     x, _ = _data(n=200)

@@ -13,7 +13,7 @@ import torch
 from dtrec.config import ModelConfig, PretrainConfig
 from dtrec.features import Features, cache_path
 from dtrec.model import DualTower
-from dtrec.train.batching import Collator, build_examples
+from dtrec.train.batching import BatchPlan, Collator, build_examples, length_grouped_batches
 from dtrec.train.finetune import finetune
 from dtrec.train.pretrain import pretrain
 from synthetic import planted_dataset, tiny_finetune_config
@@ -41,6 +41,44 @@ def test_collator_pads_to_the_batch_longest_and_always_masks_the_last_item():
     c = Collator("causal")([[1, 2, 3], [4, 5]])
     assert c["items"].tolist() == [[1, 2], [4, -1]] and c["targets"].tolist() == [[2, 3], [5, -1]]
 
+
+
+def _padding(lengths, batches):
+    return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+
+def test_length_grouped_batches_cover_every_example_once_with_less_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(2, 22, (1000,), generator=g).tolist()
+    grouped = length_grouped_batches(lengths, 64, torch.Generator().manual_seed(1), group=8)
+    plain = length_grouped_batches(lengths, 64, torch.Generator().manual_seed(1), group=1)
+    for batches in (grouped, plain):
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert len(batches) == 16 and all(1 <= len(b) <= 64 for b in batches)
+    assert _padding(lengths, grouped) < 0.3 * _padding(lengths, plain)
+    # batch order is shuffled, not sorted by length, and the draw depends on the generator only
+    firsts = [max(lengths[i] for i in b) for b in grouped]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+    assert grouped == length_grouped_batches(lengths, 64, torch.Generator().manual_seed(1), group=8)
+    assert grouped != length_grouped_batches(lengths, 64, torch.Generator().manual_seed(2), group=8)
+
+
+def test_batch_plan_splits_each_global_batch_over_ranks():
+    lengths = [2 + i % 7 for i in range(101)]
+    one = BatchPlan(lengths, 10, seed=3)
+    ranks = [BatchPlan(lengths, 10, seed=3, world_size=2, rank=r) for r in (0, 1)]
+    for plan in (one, *ranks):
+        plan.set_epoch(4)
+    glob, r0, r1 = list(one), list(ranks[0]), list(ranks[1])
+    assert len(glob) == len(r0) == len(r1) == len(one) == 11
+    for g_, a, b in zip(glob, r0, r1):
+        assert sorted(a + b) == sorted(g_ if len(g_) >= 2 else g_ * 2)  # a 1-item last batch is repeated
+        assert a and b
+    one.set_epoch(5)
+    assert list(one) != glob  # each epoch draws again; the same epoch draws the same (exact resume)
+    one.set_epoch(4)
+    assert list(one) == glob
+    assert sorted(i for b in BatchPlan(lengths, 10, group_by_length=False) for i in b) == list(range(101))
 
 def test_model_learns_a_planted_next_item_pattern(tmp_path):
     ds, f = planted_dataset(n_items=40, n_users=160)

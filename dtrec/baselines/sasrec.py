@@ -24,6 +24,7 @@ from torch import nn
 
 from dtrec.data.catalog import Dataset
 from dtrec.eval import evaluate
+from dtrec.train.batching import length_grouped_batches
 
 
 @dataclass
@@ -47,6 +48,7 @@ class SASRecTrainConfig:
 
     epochs: int = 200
     batch_size: int = 256
+    group_by_length: bool = True  # as dtrec fine-tuning: batches of similar length, less padding
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 10
@@ -188,6 +190,7 @@ def train_sasrec(
     _set_seed(train.seed)
     device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     x_all, y_all = training_windows(dataset.train_sequences(), config.max_len)
+    lengths = (x_all > 0).sum(1).tolist()
     valid = dataset.eval_cases("valid")
     model = SASRec(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
@@ -201,9 +204,7 @@ def train_sasrec(
     for epoch in epochs:
         model.train()
         t0, total, steps = time.time(), 0.0, 0
-        perm = torch.randperm(len(x_all), generator=gen)
-        for i in range(0, len(perm), train.batch_size):
-            idx = perm[i : i + train.batch_size]
+        for idx in length_grouped_batches(lengths, train.batch_size, gen, 8 if train.group_by_length else 1):
             x, y = x_all[idx], y_all[idx]
             width = int((x > 0).sum(1).max())  # left padding: drop columns that are padding in every row
             x, y = x[:, -width:].to(device), y[:, -width:].to(device)

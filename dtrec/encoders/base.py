@@ -7,7 +7,11 @@ vector, and it hands back float32 CPU tensors whatever device it runs on.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar, runtime_checkable
 
 import torch
 from PIL import Image, ImageOps
@@ -82,13 +86,51 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+_POOL_THREAD = "dtrec-pil"
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool)
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads (nor its lock's owner)
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def thread_map(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """`[fn(x) for x in items]` on up to torch.get_num_threads() threads, for work that releases the GIL."""
+    global _pool
+    n = min(len(items), torch.get_num_threads())
+    # inline when called from one of our own workers: waiting on the pool from inside it could deadlock
+    if n <= 1 or threading.current_thread().name.startswith(_POOL_THREAD):
+        return [fn(x) for x in items]
+    with _pool_lock:
+        if _pool is None or _pool[0] < n:
+            # a replaced pool is dropped, not shut down: another caller may still be mapping on it
+            _pool = (n, ThreadPoolExecutor(n, thread_name_prefix=_POOL_THREAD))
+        pool = _pool[1]
+    return list(pool.map(fn, items))
+
+
 def images_to_tensor(images: list[Image.Image], size: int, mean: tuple[float, ...],
                      std: tuple[float, ...]) -> torch.Tensor:
-    """(B, 3, size, size) float32 batch: RGB, resized and centre-cropped, normalised by mean/std."""
+    """(B, 3, size, size) float32 channels_last batch: RGB, resized and centre-cropped, normalised by mean/std."""
     import numpy as np
 
-    arr = np.stack([np.asarray(resize_center_crop(to_rgb(im), size), dtype=np.uint8) for im in images])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - m) / s
+    # PIL converts and resamples without holding the GIL: all cores work on it, not one
+    arr = np.stack(thread_map(lambda im: np.asarray(resize_center_crop(to_rgb(im), size), dtype=np.uint8), images))
+    # Normalised in the pixels' own HWC order, then viewed as (B, 3, H, W) with channels_last strides:
+    # one contiguous float conversion, and no transposed copy (the image models run NHWC anyway).
+    x = torch.from_numpy(arr).float()
+    scale = [1.0 / (255.0 * s) for s in std]
+    shift = [m / s for m, s in zip(mean, std)]
+    if len(set(scale)) == 1 and len(set(shift)) == 1:
+        x.mul_(scale[0]).sub_(shift[0])  # a scalar op runs ~5x faster than a broadcast over 3 channels
+    else:
+        x.mul_(torch.tensor(scale)).sub_(torch.tensor(shift))
+    return x.permute(0, 3, 1, 2)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.data import Sampler
 
 
 def build_examples(sequences: list[list[int]], objective: str, max_len: int) -> list[list[int]]:
@@ -77,3 +78,65 @@ class Collator:
         masked[torch.arange(b), lengths - 1] = True
         targets = torch.where(masked, items, targets)
         return {"items": items, "padding": padding, "masked": masked, "targets": targets}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, generator: torch.Generator,
+                           group: int = 8) -> list[list[int]]:
+    """Batches of indices in random order, each drawn from examples of similar length.
+
+    The indices are shuffled, cut into windows of `group` batches, each window is
+    sorted by length (a stable sort, so ties stay shuffled) and cut into batches,
+    and the batches are shuffled. Padding to a batch's longest example then costs
+    little, while each batch is still a random draw from its window's length
+    stratum (fairseq's and Hugging Face's `group_by_length`). `group=1` gives
+    plain random batches.
+    """
+    if batch_size < 1 or group < 1:
+        raise ValueError(f"batch_size and group must be at least 1, not {batch_size} and {group}")
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * group
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), window):
+        chunk = perm[start:start + window]
+        if group > 1:
+            chunk = sorted(chunk, key=lambda i: lengths[i])
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+class BatchPlan(Sampler):
+    """A `batch_sampler` of one epoch's global batches, each split over DDP ranks.
+
+    Every rank draws the same global batches (seeded by `seed` and the epoch) and
+    keeps every `world_size`-th index of each, so all ranks run the same number
+    of steps. `group_by_length` groups similar lengths (`length_grouped_batches`).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, *, group_by_length: bool = True, group: int = 8,
+                 seed: int = 0, world_size: int = 1, rank: int = 0):
+        super().__init__()
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.group = group if group_by_length else 1
+        self.seed, self.world_size, self.rank = seed, world_size, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the batches of `epoch` (the same on every rank, and again on resume)."""
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's global batches (indices into `lengths`)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return length_grouped_batches(self.lengths, self.batch_size, g, self.group)
+
+    def __iter__(self):
+        for batch in self.batches():
+            if len(batch) < self.world_size:  # a short last batch: repeat items so no rank is left empty
+                batch = (batch * self.world_size)[: self.world_size]
+            yield batch[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        # windows hold whole batches, so only the last window can leave a short batch
+        return -(-len(self.lengths) // self.batch_size)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dtrec.config import FinetuneConfig
@@ -27,7 +27,7 @@ from dtrec.features import Features, load_features
 from dtrec.model.losses import candidate_set, item_log_frequency, retrieval_loss
 from dtrec.model.tower import DualTower
 from dtrec.train import distributed as D
-from dtrec.train.batching import Collator, build_examples
+from dtrec.train.batching import BatchPlan, Collator, build_examples
 from dtrec.train.checkpoint import (
     init_from,
     load_training_state,
@@ -142,11 +142,10 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
         trainer = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    sampler = DistributedSampler(examples, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=config.seed)
+    sampler = BatchPlan([len(e) for e in examples], config.batch_size, group_by_length=config.group_by_length,
+                        seed=config.seed, world_size=info.world_size, rank=info.rank)
     collator = Collator(model_cfg.objective, model_cfg.mask_prob, config.seed)
-    loader = DataLoader(examples, batch_size=config.batch_size // info.world_size, sampler=sampler,
-                        collate_fn=collator, pin_memory=device.type == "cuda")
+    loader = DataLoader(examples, batch_sampler=sampler, collate_fn=collator, pin_memory=device.type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_amp = config.amp and device.type == "cuda"
 
