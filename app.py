@@ -464,6 +464,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="catalog folder (items.parquet, images/, features/), overriding the demo's (env DTREC_CATALOG)")
     p.add_argument("--store-dir", default=None,
                    help="writable folder for the item store and uploads (default: ~/.cache/dtrec/store/<hash>)")
+    p.add_argument("--index", default=os.environ.get("DTREC_INDEX", "flat"), choices=["flat", "hnsw", "ivfpq"],
+                   help="nearest-neighbour index: flat (exact, default), hnsw, or ivfpq (from 10,000 items; "
+                        "re-ranked with 8-bit vectors) (env DTREC_INDEX)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
@@ -471,7 +474,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_recommender(demo: str | None, model: str | None, catalog: str | None,
-                     store_dir: str | None) -> tuple[Any, list[Path]]:
+                     store_dir: str | None, index: str = "flat") -> tuple[Any, list[Path]]:
     """The Recommender the flags name, and the folders whose images the app may serve."""
     from dtrec.config import ServeConfig
     from dtrec.hub import resolve_demo, resolve_model
@@ -481,7 +484,7 @@ def load_recommender(demo: str | None, model: str | None, catalog: str | None,
     model_dir = resolve_model(model) if model else demo_dir / "model"
     catalog_dir = Path(catalog).resolve() if catalog else demo_dir / "catalog"
     store = Path(store_dir) if store_dir else default_store_dir(f"{model_dir}|{catalog_dir}")
-    cfg = ServeConfig(model=str(model_dir), catalog=str(catalog_dir), store_dir=str(store))
+    cfg = ServeConfig(model=str(model_dir), catalog=str(catalog_dir), store_dir=str(store), index=index)
     rec = Recommender(cfg, demo_dir=demo_dir)
     # Only the catalog's and the store's images are served; never the store's database.
     return rec, [catalog_dir / "images", store / "images"]
@@ -505,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        rec, served = load_recommender(args.demo, args.model, args.catalog, args.store_dir)
+        rec, served = load_recommender(args.demo, args.model, args.catalog, args.store_dir, args.index)
     except (ValueError, FileNotFoundError) as e:
         print(f"dtrec demo: {e}", file=sys.stderr)
         return 2

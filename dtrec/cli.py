@@ -281,6 +281,8 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=None, help="model folder or Hub repo id, overriding the demo's")
     s.add_argument("--catalog", default=None, help="catalog folder, overriding the demo's")
     s.add_argument("--store-dir", default=None, help="writable folder for uploads")
+    s.add_argument("--index", default=None, choices=["flat", "hnsw", "ivfpq"],
+                   help="nearest-neighbour index (default: flat, exact; hnsw or ivfpq for large catalogs)")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--share", action="store_true", help="open a public gradio.live link")
@@ -306,7 +308,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if app is None:
         raise CLIError(f"app.py not found at {candidates[0]}: run from the repository root or pass --app PATH")
     cmd = [sys.executable, str(app)]
-    for flag in ("demo", "model", "catalog", "store_dir", "host", "port"):
+    for flag in ("demo", "model", "catalog", "store_dir", "index", "host", "port"):
         value = getattr(args, flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]

@@ -154,3 +154,18 @@ def test_missing_default_demo_says_to_build_it(tmp_path, monkeypatch, capsys):
     assert app.main([]) == 2
     err = capsys.readouterr().err.strip()
     assert "dtrec build-demo" in err and len(err.splitlines()) == 1
+
+
+def test_index_flag_picks_the_served_index(tiny_demo, tmp_path, monkeypatch):
+    monkeypatch.delenv("DTREC_INDEX", raising=False)
+    assert app.parse_args([]).index == "flat"
+    args = app.parse_args(["--demo", str(tiny_demo), "--index", "hnsw", "--store-dir", str(tmp_path)])
+    rec, _ = app.load_recommender(args.demo, args.model, args.catalog, args.store_dir, args.index)
+    try:
+        assert rec.config.index == "hnsw" and rec.index.effective_kind == "hnsw"
+        history = [item.id for item in list(rec.store.items(uploads=False))[:2]]
+        assert len(rec.recommend(history, k=3).items) == 3
+    finally:
+        rec.close()
+    with pytest.raises(SystemExit):
+        app.parse_args(["--index", "annoy"])
