@@ -254,11 +254,11 @@ def _timed_steps(batches: Iterator[Any], step: Callable[[Any], tuple[int, int]],
 def _epoch_batches(lengths: list[int], batch_size: int, epochs: int, seed: int,
                    group_by_length: bool) -> Iterator[list[int]]:
     """Index batches as the trainers draw them (`length_grouped_batches`), epoch after epoch."""
-    from dtrec.train.batching import length_grouped_batches
+    from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches
 
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        yield from length_grouped_batches(lengths, batch_size, g, 8 if group_by_length else 1)
+        yield from length_grouped_batches(lengths, batch_size, g, GROUP_BATCHES if group_by_length else 1)
 
 
 def _run_summary(name: str, run: dict, *, n_examples: int, batch_size: int, params: int, memory: dict,
@@ -379,6 +379,13 @@ def train_sasrec_steps(sequences: list[list[int]], num_items: int, *, batch_size
                                "catalog": num_items})
 
 
+def _sasrec_window(overrides: dict | None) -> int:
+    """The window length SASRec trains on with these config overrides."""
+    from dtrec.baselines.sasrec import SASRecConfig
+
+    return int((overrides or {}).get("max_len", SASRecConfig(num_items=1).max_len))
+
+
 def matched_sasrec(cfg: Any) -> dict[str, Any]:
     """SASRec settings of the same size as a dtrec ModelConfig: width, depth, heads, FFN, window, dropout."""
     return {"hidden": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_ff": cfg.d_ff,
@@ -443,7 +450,7 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
         "note": "seconds/epoch = mean timed step x steps/epoch (validation excluded); dtrec's "
                 + ("Cloze examples are one per history prefix" if cfg.objective == "cloze" else
                    f"causal examples are windows of {cfg.max_len} items") + "; SASRec's windows of "
-                f"{matched['max_len']} (matched) and {int((sasrec or {}).get('max_len', 50))} (default) items; "
+                f"{matched['max_len']} (matched) and {_sasrec_window(sasrec)} (default) items; "
                 + ("batches grouped by history length (the trainers' default)" if group_by_length
                    else "random batches"),
     }
@@ -547,7 +554,8 @@ def measure_index(vectors: np.ndarray, queries: np.ndarray, *, kinds: tuple[str,
                   seed: int = 0) -> dict[str, Any]:
     """Exact vs HNSW vs IVF-PQ `ItemIndex` over `vectors`: build time, single-query latency, batched
     queries/s and recall@k against exact search, tuning efSearch to the smallest value that reaches
-    `target_recall` and IVF-PQ's (nprobe, k_factor) to the fastest pair that does. With `tower(i) -> (1, d)` also times user tower + search per request."""
+    `target_recall` and IVF-PQ's (nprobe, k_factor) to the fastest pair that does. With
+    `tower(i) -> (1, d)` also times user tower + search per request."""
     import faiss
 
     from dtrec.index import ItemIndex
@@ -616,15 +624,13 @@ def measure_index(vectors: np.ndarray, queries: np.ndarray, *, kinds: tuple[str,
                 for kf in (k_factor_grid if refine != "none" else (1,)):
                     if p > base.nlist:
                         continue
-                    index.params.update(nprobe=p, k_factor=kf)
-                    index._set_search_params(inner)
+                    index.params.update(nprobe=p, k_factor=kf)  # search() applies them
                     index.search(queries[:2], k)
                     ms, found = _single_latencies(index, queries, k)
                     sweep.append({"nprobe": p, "k_factor": kf, "recall": _recall(found, truth), **latency_summary(ms)})
             good = [s_ for s_ in sweep if s_["recall"] >= target_recall]
             best = min(good, key=lambda s_: s_["p50_ms"]) if good else max(sweep, key=lambda s_: s_["recall"])
             index.params.update(nprobe=best["nprobe"], k_factor=best["k_factor"])
-            index._set_search_params(inner)
             code_bytes = int(base.pq.M) + {"none": 0, "sq8": dim, "flat": 4 * dim}[refine]
             out["kinds"]["ivfpq"] = {"build_s": build_s, "nlist": int(base.nlist), "pq_m": int(base.pq.M),
                                      "refine": refine, "bytes_per_vector": code_bytes,

@@ -136,11 +136,10 @@ class ItemIndex:
             exact = faiss.IndexFlatIP(self.dim) if p["refine"] == "flat" else faiss.IndexScalarQuantizer(
                 self.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
             inner = faiss.IndexRefine(base, exact)
-        self._set_search_params(inner)
         return inner  # faiss's Python wrapper keeps `quantizer`, `base` and `exact` alive with `inner`
 
     def _set_search_params(self, inner: faiss.Index) -> None:
-        """Apply nprobe / k_factor to an (optionally refined) IVF-PQ index."""
+        """Apply `params`' nprobe / k_factor to an (optionally refined) IVF-PQ index."""
         inner = faiss.downcast_index(inner)
         if isinstance(inner, faiss.IndexRefine):
             inner.k_factor = float(self.params["k_factor"])
@@ -282,6 +281,8 @@ class ItemIndex:
         inner = faiss.downcast_index(self.index.index)
         if self.effective_kind == "hnsw":
             inner.hnsw.efSearch = max(self.params["ef_search"], fetch)
+        elif self.effective_kind == "ivfpq":  # per call, as efSearch: `params` is the one place to tune
+            self._set_search_params(inner)
         scores, ids = self.index.search(q, fetch)
         out_s = np.full((len(q), k_eff), -np.inf, np.float32)
         out_i = np.full((len(q), k_eff), -1, np.int64)
@@ -344,6 +345,4 @@ class ItemIndex:
             raise IndexFileError(f"index file {path} does not match its metadata")
         index.effective_kind = meta["effective_kind"]
         index.stamp = meta.get("stamp", {})
-        if index.effective_kind == "ivfpq":
-            index._set_search_params(index.index.index)
         return index

@@ -24,7 +24,7 @@ from torch import nn
 
 from dtrec.data.catalog import Dataset
 from dtrec.eval import evaluate
-from dtrec.train.batching import length_grouped_batches
+from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches
 
 
 @dataclass
@@ -204,7 +204,8 @@ def train_sasrec(
     for epoch in epochs:
         model.train()
         t0, total, steps = time.time(), 0.0, 0
-        for idx in length_grouped_batches(lengths, train.batch_size, gen, 8 if train.group_by_length else 1):
+        group = GROUP_BATCHES if train.group_by_length else 1
+        for idx in length_grouped_batches(lengths, train.batch_size, gen, group):
             x, y = x_all[idx], y_all[idx]
             width = int((x > 0).sum(1).max())  # left padding: drop columns that are padding in every row
             x, y = x[:, -width:].to(device), y[:, -width:].to(device)

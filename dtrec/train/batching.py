@@ -80,8 +80,12 @@ class Collator:
         return {"items": items, "padding": padding, "masked": masked, "targets": targets}
 
 
+# Batches per length-sorted window: enough to drop most padding, few enough that batches stay random.
+GROUP_BATCHES = 8
+
+
 def length_grouped_batches(lengths: list[int], batch_size: int, generator: torch.Generator,
-                           group: int = 8) -> list[list[int]]:
+                           group: int = GROUP_BATCHES) -> list[list[int]]:
     """Batches of indices in random order, each drawn from examples of similar length.
 
     The indices are shuffled, cut into windows of `group` batches, each window is
@@ -113,7 +117,7 @@ class BatchPlan(Sampler):
     of steps. `group_by_length` groups similar lengths (`length_grouped_batches`).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, *, group_by_length: bool = True, group: int = 8,
+    def __init__(self, lengths: list[int], batch_size: int, *, group_by_length: bool = True, group: int = GROUP_BATCHES,
                  seed: int = 0, world_size: int = 1, rank: int = 0):
         super().__init__()
         self.lengths = list(lengths)
