@@ -334,7 +334,8 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated sections: training,serving,api,cold_start,features,scaling (default: all)")
     b.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     b.add_argument("--data", default=None,
-                   help="prepared data with clip-vit-b-32 features for training (default: data/scientific)")
+                   help="prepared data with clip-vit-b-32 features for training (default: data/scientific), "
+                        "or synthetic:<histories>x<items> for random data of that size")
     b.add_argument("--demo", default=None, help="demo folder for the API and cold-start runs (default: assets/demo)")
     b.add_argument("--sizes", default=None, help="serving catalog sizes, e.g. 1e3,1e4,1e5,1e6")
     b.add_argument("--variants", default=None, help="training variants fp32,bf16,compile (default: fp32; all on CUDA)")
@@ -343,6 +344,9 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--epochs", type=int, default=1, help="training epochs timed per model (within --train-seconds)")
     b.add_argument("--train-seconds", type=float, default=None,
                    help="time budget per training run; seconds/epoch are extrapolated beyond it")
+    b.add_argument("--encoders", default=None,
+                   help="encoders for the feature-extraction section, comma-separated (default: offline,tiny-clip; "
+                        "clip:<model>:random times a CLIP architecture without its weights)")
     b.add_argument("--threads", type=int, default=None,
                    help="torch and FAISS CPU threads (default: one per core; 1 can be faster on a busy machine)")
     b.add_argument("--merge", action="store_true",

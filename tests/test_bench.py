@@ -75,6 +75,37 @@ def test_training_ratio_comes_from_the_same_run(training, planted):
     for r in (s, m):
         assert r["examples_per_epoch"] == len(training_windows(ds.train_sequences(), r["max_len"])[0])
     assert "dtrec_bf16" not in training["runs"]  # GPU-only variants are not run on CPU
+    bare = training["runs"]["bare_fp32"]
+    assert training["epoch_ratio_vs_bare"]["fp32"] == pytest.approx(d["seconds_per_epoch"] / bare["seconds_per_epoch"])
+    assert bare["examples_per_epoch"] == d["examples_per_epoch"] and bare["timed_steps"] == 2
+    assert abs(bare["params"] - d["params"]) <= 2 * d["d_model"]  # the same model, less dtrec's mask tokens
+
+
+def test_gpu_target_is_judged_only_on_a_gpu(training):
+    row = next(t for t in B.check_targets({"training": training}) if "bare" in t["target"])
+    assert row["met"] is None  # this run was on the CPU
+    gpu = json.loads(json.dumps(training))
+    gpu["device"] = "cuda:0"
+    gpu["runs"]["bare_bf16"] = dict(gpu["runs"]["bare_fp32"], seconds_per_epoch=1.0)
+    gpu["runs"]["dtrec_bf16"] = dict(gpu["runs"]["dtrec_fp32"], seconds_per_epoch=2.5)
+    gpu["runs"]["bare_fp32"]["seconds_per_epoch"] = 3.0
+    gpu["runs"]["dtrec_fp32"]["seconds_per_epoch"] = 4.0
+    gpu["epoch_ratio_vs_bare"] = {"fp32": 4.0 / 3.0, "bf16": 2.5}
+    row = next(t for t in B.check_targets({"training": gpu}) if "bare" in t["target"])
+    # each side at its fastest variant: 2.5 s (dtrec bf16) against 1.0 s (bare bf16)
+    assert row["met"] is False and row["value"].startswith("2.50x")
+
+
+def test_synthetic_training_data_has_the_asked_size():
+    ds, feats = B.synthetic_training_data(500, 300, dim=16, seed=1)
+    seqs = ds.train_sequences()
+    assert len(seqs) == 500 and len(ds.catalog) == 300 == len(feats)
+    assert min(map(len, seqs)) >= 5 and max(map(len, seqs)) <= 50
+    assert all(0 <= i < 300 for s in seqs for i in s) and feats.dims == {"text": 16, "image": 16}
+    again, _ = B.synthetic_training_data(500, 300, dim=16, seed=1)
+    assert again.train_sequences() == seqs
+    with pytest.raises(B.BenchError, match="synthetic:<histories>x<items>"):
+        B._load_training_data(B.BenchConfig(data="synthetic:lots"))
 
 
 def test_synthetic_embeddings_are_normalised_and_reproducible():
@@ -188,7 +219,7 @@ def test_report_files_and_targets(tmp_path, training, index_run):
     md = paths["md"].read_text()
     assert "## Targets" in md and "## Training" in md and "## Serving" in md and "bench.png" in md
     targets = {t["target"].split(":")[0]: t for t in data["targets"]}
-    assert len(data["targets"]) == 4
+    assert len(data["targets"]) == 5
     train_t = next(t for t in data["targets"] if "SASRec" in t["target"])
     assert train_t["met"] == (training["epoch_ratio_vs_matched_sasrec"]["fp32"] <= B.TARGET_TRAIN_RATIO)
     ann = next(t for t in data["targets"] if "10^6" in t["target"])

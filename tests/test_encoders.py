@@ -97,6 +97,18 @@ def test_clip_without_weights_fails_in_one_sentence(tmp_path, monkeypatch):
     assert not (tmp_path / "hub").exists(), "nothing may be written to (or fetched into) the cache"
 
 
+def test_clip_random_builds_the_architecture_without_any_weights(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = get_encoder("clip:ViT-B-32:random", device="cpu")  # speed measurements on a machine without weights
+    assert enc.name == "clip:ViT-B-32:random" and enc.dims == {"text": 512, "image": 512}
+    t = enc.encode_text(["a steel flask", "a glass pipette"])
+    assert t.shape == (2, 512) and torch.allclose(t.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert not (tmp_path / "hub").exists()
+
+
 def test_clip_loads_local_weights(tmp_path):
     from safetensors.torch import save_file
 

@@ -43,6 +43,43 @@ def test_collator_pads_to_the_batch_longest_and_always_masks_the_last_item():
 
 
 
+def _collate_reference(examples, objective, mask_prob, seed):
+    """The plain per-example loop the vectorised collator replaced."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(examples)
+    causal = objective == "causal"
+    length = max(len(e) for e in examples) - (1 if causal else 0)
+    items = torch.full((b, length), -1, dtype=torch.long)
+    targets = torch.full((b, length), -1, dtype=torch.long)
+    padding = torch.ones(b, length, dtype=torch.bool)
+    for i, e in enumerate(examples):
+        n = len(e) - 1 if causal else len(e)
+        items[i, :n] = torch.tensor(e[:-1] if causal else e)
+        if causal:
+            targets[i, :n] = torch.tensor(e[1:])
+        padding[i, :n] = False
+    if causal:
+        return {"items": items, "padding": padding, "masked": None, "targets": targets}
+    lengths = (~padding).sum(1)
+    masked = (torch.rand(b, length, generator=g) < mask_prob) & ~padding
+    masked[torch.arange(b), lengths - 1] = True
+    return {"items": items, "padding": padding, "masked": masked, "targets": torch.where(masked, items, targets)}
+
+
+@pytest.mark.parametrize("objective", ["causal", "cloze"])
+def test_vectorised_collator_matches_the_per_example_loop(objective):
+    rng = torch.Generator().manual_seed(1)
+    for trial in range(5):
+        lens = torch.randint(2, 12, (int(torch.randint(1, 9, (1,), generator=rng)),), generator=rng).tolist()
+        examples = [torch.randint(0, 500, (n,), generator=rng).tolist() for n in lens]
+        got = Collator(objective, mask_prob=0.3, seed=trial)(examples)
+        ref = _collate_reference(examples, objective, 0.3, trial)
+        for k in ("items", "padding", "targets", "masked"):
+            assert (got[k] is None) == (ref[k] is None), k
+            if ref[k] is not None:
+                assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]), (k, examples)
+
+
 def _padding(lengths, batches):
     return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
 

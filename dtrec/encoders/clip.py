@@ -1,5 +1,8 @@
 """open_clip encoders: `clip:<model>[:<pretrained tag or local file>]` and the random `tiny-clip` for tests.
 
+`clip:<model>:random` builds the architecture with random weights: for speed
+measurements only (its features mean nothing).
+
 Weights come from a local file, a `local-dir:` folder, or the local Hugging
 Face cache of a pretrained tag. A tag that is not cached is downloaded only
 when the Hub is online (HF_HUB_OFFLINE unset); otherwise the encoder fails with
@@ -20,6 +23,8 @@ from dtrec.encoders.base import EncoderNotFound, WeightsNotFound, resolve_device
 from dtrec.encoders.registry import register
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
+# `clip:<model>:random`: random weights, for timing a model whose weights are not at hand (dtrec bench on a GPU)
+RANDOM_SPEC = "random"
 
 
 class ClipEncoder:
@@ -102,7 +107,7 @@ def how_to_provide(model: str, tag: str, quick_gelu: bool = False) -> str:
 
 def load_clip(model: str, spec: str = "", device: str | torch.device | None = None, name: str | None = None,
               cache_dir: str | None = None) -> ClipEncoder:
-    """Build `clip:<model>:<spec>`; spec is a pretrained tag, a weights file, or empty (the default tag)."""
+    """Build `clip:<model>:<spec>`; spec is a pretrained tag, a weights file, `random`, or empty (the default tag)."""
     import open_clip
 
     dev = resolve_device(device)
@@ -128,7 +133,9 @@ def load_clip(model: str, spec: str = "", device: str | torch.device | None = No
                 raise WeightsNotFound(f"open_clip model {model!r} has no pretrained tag: "
                                       f"pass clip:{model}:/path/to/open_clip_model.safetensors")
             spec = default_tag
-        if spec in tags:
+        if spec == RANDOM_SPEC:
+            pretrained = None  # the architecture at random weights: its features are noise, its speed is real
+        elif spec in tags:
             tag_cfg = open_clip.get_pretrained_cfg(model_id, spec)
             kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
             kwargs["force_preprocess_cfg"] = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")

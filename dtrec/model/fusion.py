@@ -121,7 +121,8 @@ class FusionEncoder(nn.Module):
         if causal:
             tok = steps.repeat(m_count)
             attn_mask = tok.unsqueeze(0) > tok.unsqueeze(1)
-        h = self.transformer(x, mask=attn_mask, src_key_padding_mask=flat_hidden)
+        # is_causal given: left to guess, the encoder compares the mask on the device and syncs every step.
+        h = self.transformer(x, mask=attn_mask, src_key_padding_mask=flat_hidden, is_causal=False)
         h = h.reshape(b, m_count, length, self.d_model)
         out = torch.stack([self.out_proj[m](h[:, k]) for k, m in enumerate(self.modalities)], 1)
         out = out.masked_fill(~pres_t.unsqueeze(-1), float("-inf")).amax(1)
