@@ -459,13 +459,16 @@ def matched_sasrec(cfg: Any) -> dict[str, Any]:
 def measure_training(dataset: Any, features: Any, *, model_config: Any | None = None, batch_size: int = 256,
                      epochs: int = 1, max_steps: int | None = None, max_seconds: float | None = None,
                      device: str | torch.device | None = None, variants: tuple[str, ...] = ("fp32",),
-                     sasrec: dict | None = None, group_by_length: bool = True, seed: int = 0) -> dict[str, Any]:
-    """dtrec fine-tuning vs SASRec on the same training sequences, batch size and batching; ratios per variant.
+                     sasrec: dict | None = None, group_by_length: bool = True, seed: int = 0,
+                     out: dict | None = None) -> dict[str, Any]:
+    """dtrec fine-tuning vs SASRec vs the bare loop on the same training sequences and batch size; ratios per variant.
 
     SASRec runs twice: at dtrec's size (`matched_sasrec`, the comparison that isolates
     content encoding from model size) and at its own defaults (RecBole's 64-d, or
     `sasrec` overrides). dtrec runs with `FinetuneConfig`'s negatives ("all" by
-    default: the whole catalog through the item tower every step)."""
+    default: the whole catalog through the item tower every step); the bare loop
+    (`dtrec.train.bare`, causal objective only) is the same model without dtrec's
+    machinery. Results go into `out` run by run, so an interrupted benchmark keeps them."""
     from dtrec.config import FinetuneConfig, ModelConfig
     from dtrec.train.batching import build_examples
 
@@ -477,32 +480,8 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
     examples = build_examples(seqs, cfg.objective, cfg.max_len)
     negatives = FinetuneConfig().negatives
     matched = matched_sasrec(cfg)
-    runs: dict[str, dict] = {}
-    ratios: dict[str, dict[str, float]] = {"matched": {}, "default": {}, "bare": {}}
-    errors: dict[str, str] = {}
-    for v in variants:
-        if v != "fp32" and device.type != "cuda":
-            continue  # bf16 autocast / compile are GPU variants; on CPU they measure nothing useful
-        kw = dict(batch_size=batch_size, epochs=epochs, max_steps=max_steps, max_seconds=max_seconds, device=device,
-                  variant=v, seed=seed, group_by_length=group_by_length)
-        try:
-            d = train_dtrec_steps(examples, features, cfg, negatives=negatives, **kw)
-            s_m = train_sasrec_steps(seqs, len(dataset.catalog), **kw, **matched)
-            s_d = train_sasrec_steps(seqs, len(dataset.catalog), **kw, **(sasrec or {}))
-            bare = (train_bare_steps(examples, features, cfg, **{k: x for k, x in kw.items() if k != "group_by_length"})
-                    if cfg.objective == "causal" else None)
-        except Exception as e:  # e.g. torch.compile failing: keep the other variants' numbers
-            if v == "fp32":
-                raise
-            errors[v] = f"{type(e).__name__}: {str(e)[:300]}"
-            continue
-        runs[f"dtrec_{v}"], runs[f"sasrec_matched_{v}"], runs[f"sasrec_{v}"] = d, s_m, s_d
-        ratios["matched"][v] = d["seconds_per_epoch"] / s_m["seconds_per_epoch"]
-        ratios["default"][v] = d["seconds_per_epoch"] / s_d["seconds_per_epoch"]
-        if bare is not None:
-            runs[f"bare_{v}"] = bare
-            ratios["bare"][v] = d["seconds_per_epoch"] / bare["seconds_per_epoch"]
-    return {
+    res = out if out is not None else {}
+    res.update({
         "data": getattr(dataset, "name", ""),
         "items": len(dataset.catalog),
         "train_sequences": len(seqs),
@@ -510,11 +489,11 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
         "batch_size": batch_size,
         "group_by_length": group_by_length,
         "epochs": epochs,
-        "runs": runs,
-        "epoch_ratio_vs_matched_sasrec": ratios["matched"],
-        "epoch_ratio_vs_default_sasrec": ratios["default"],
-        "epoch_ratio_vs_bare": ratios["bare"],
-        "variant_errors": errors,
+        "runs": {},
+        "epoch_ratio_vs_matched_sasrec": {},
+        "epoch_ratio_vs_default_sasrec": {},
+        "epoch_ratio_vs_bare": {},
+        "variant_errors": {},
         "objective": cfg.objective,
         "dtrec_size": {k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "d_ff", "max_len")},
         "note": "seconds/epoch = mean timed step x steps/epoch (validation excluded); dtrec's "
@@ -523,7 +502,35 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
                 f"{matched['max_len']} (matched) and {_sasrec_window(sasrec)} (default) items; "
                 + ("batches grouped by history length (the trainers' default)" if group_by_length
                    else "random batches"),
-    }
+    })
+    runs = res["runs"]
+    for v in variants:
+        if v != "fp32" and device.type != "cuda":
+            continue  # bf16 autocast / compile are GPU variants; on CPU they measure nothing useful
+        kw = dict(batch_size=batch_size, epochs=epochs, max_steps=max_steps, max_seconds=max_seconds, device=device,
+                  variant=v, seed=seed)
+        try:
+            runs[f"dtrec_{v}"] = train_dtrec_steps(examples, features, cfg, negatives=negatives,
+                                                   group_by_length=group_by_length, **kw)
+            runs[f"sasrec_matched_{v}"] = train_sasrec_steps(seqs, len(dataset.catalog),
+                                                             group_by_length=group_by_length, **kw, **matched)
+            runs[f"sasrec_{v}"] = train_sasrec_steps(seqs, len(dataset.catalog), group_by_length=group_by_length,
+                                                     **kw, **(sasrec or {}))
+            if cfg.objective == "causal":
+                runs[f"bare_{v}"] = train_bare_steps(examples, features, cfg, **kw)
+        except Exception as e:  # e.g. torch.compile failing: keep the other variants' numbers
+            if v == "fp32":
+                raise
+            res["variant_errors"][v] = f"{type(e).__name__}: {str(e)[:300]}"
+            for k in [k for k in runs if k.endswith(f"_{v}")]:
+                del runs[k]
+            continue
+        d = runs[f"dtrec_{v}"]["seconds_per_epoch"]
+        res["epoch_ratio_vs_matched_sasrec"][v] = d / runs[f"sasrec_matched_{v}"]["seconds_per_epoch"]
+        res["epoch_ratio_vs_default_sasrec"][v] = d / runs[f"sasrec_{v}"]["seconds_per_epoch"]
+        if f"bare_{v}" in runs:
+            res["epoch_ratio_vs_bare"][v] = d / runs[f"bare_{v}"]["seconds_per_epoch"]
+    return res
 
 
 # ====================================================================== scaling (training)
@@ -1525,6 +1532,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
                 results["seconds"][section] = old.get("seconds", {}).get(section)
     t_all = time.perf_counter()
     train_data: tuple[Any, Any] | None = None
+    interrupted = False
 
     def need_data() -> tuple[Any, Any]:
         nonlocal train_data
@@ -1550,10 +1558,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
             try:
                 if section == "training":
                     ds, feats = need_data()
-                    results["training"] = measure_training(
-                        ds, feats, batch_size=cfg.batch_size or plan.batch_size, epochs=cfg.epochs,
-                        max_seconds=plan.train_seconds,
-                        device=device, variants=variants, seed=cfg.seed)
+                    results["training"] = {}  # filled run by run: an interrupt keeps what was measured
+                    measure_training(ds, feats, batch_size=cfg.batch_size or plan.batch_size, epochs=cfg.epochs,
+                                     max_seconds=plan.train_seconds, device=device, variants=variants,
+                                     seed=cfg.seed, out=results["training"])
                 elif section == "serving":
                     results["serving"] = _serving(cfg, plan, device, need_data, get_demo, log)
                 elif section == "api":
@@ -1571,6 +1579,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
                     results["features"] = {"encoders": encs}
                 elif section == "scaling":
                     results["scaling"] = measure_training_scaling(device=device, seed=cfg.seed, **plan.scaling)
+            except KeyboardInterrupt:  # Ctrl-C or `timeout --signal=INT`: keep what was measured, then stop
+                results["errors"][section] = "interrupted; the runs listed were measured before the interrupt"
+                log(f"bench: {section} interrupted; writing what was measured")
+                interrupted = True
             except Exception as e:  # one failed section must not lose the others' numbers
                 results["errors"][section] = f"{type(e).__name__}: {e}"
                 log(f"bench: {section} failed: {e}")
@@ -1578,6 +1590,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
             results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
             results["total_seconds"] = round(time.perf_counter() - t_all, 1)
             write_report(results, cfg.out)
+            if interrupted:
+                raise KeyboardInterrupt
     return results
 
 
