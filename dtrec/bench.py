@@ -1146,7 +1146,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     row = {"target": f"on a GPU, dtrec fine-tuning within {TARGET_GPU_BARE_RATIO:g}x of a bare PyTorch loop of the "
                      "same model", "met": None, "value": "not measured (no GPU in this run)"}
-    bare = {v: r for v, r in (tr.get("epoch_ratio_vs_bare") or {}).items()}
+    bare = tr.get("epoch_ratio_vs_bare") or {}
     if bare and str(tr.get("device", "")).startswith("cuda"):
         # Each side at its fastest variant: a user picks the best setting for either.
         best_d = min((tr["runs"][f"dtrec_{v}"]["seconds_per_epoch"], v) for v in bare)
@@ -1482,7 +1482,8 @@ def _load_training_data(cfg: BenchConfig) -> tuple[Any, Any]:
         try:
             h, n = (int(float(x)) for x in spec.split(":", 1)[1].lower().split("x"))
         except ValueError:
-            raise BenchError(f"--data {spec!r}: write synthetic:<histories>x<items>, e.g. synthetic:87346x25986") from None
+            raise BenchError(f"--data {spec!r}: write synthetic:<histories>x<items>, "
+                             "e.g. synthetic:87346x25986") from None
         return synthetic_training_data(h, n, seed=cfg.seed)
     data = Path(spec or REPO / "data" / "scientific")
     if not (data / "items.parquet").is_file():
