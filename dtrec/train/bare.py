@@ -13,11 +13,16 @@ the whole step under bf16 autocast on a GPU (the logits too), fused AdamW.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dtrec.model.fusion import canonical_order
+
+if TYPE_CHECKING:
+    from dtrec.config import ModelConfig
 
 
 class BareTwoTower(nn.Module):
@@ -71,7 +76,7 @@ class BareTwoTower(nn.Module):
         return F.cross_entropy(logits / self.temperature, targets.reshape(-1), ignore_index=-1)
 
 
-def bare_model(config) -> BareTwoTower:
+def bare_model(config: ModelConfig) -> BareTwoTower:
     """A BareTwoTower of a `ModelConfig`'s size."""
     return BareTwoTower(config.modality_dims, config.d_model, config.n_layers, config.n_heads, config.d_ff,
                         config.dropout, config.emb_dropout, config.max_len, config.temperature)
