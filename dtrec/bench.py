@@ -1603,15 +1603,11 @@ def _serving(cfg: BenchConfig, plan: _Plan, device: torch.device, need_data: Cal
 
     try:
         ds, feats = need_data()
-        histories = ([h for h, _ in ds.eval_cases("test")][:256] if hasattr(ds, "eval_cases")
-                     else [s[-20:] for s in ds.train_sequences()[:256]])
     except BenchError:  # no real data: the user tower runs on synthetic features (same cost)
-        from dtrec.features import Features
-
-        g = torch.Generator().manual_seed(cfg.seed)
-        feats = Features("synthetic", {m: torch.randn(2000, 512, generator=g) for m in ("text", "image")},
-                         {m: torch.ones(2000, dtype=torch.bool) for m in ("text", "image")})
-        histories = [torch.randint(2000, (10,), generator=g).tolist() for _ in range(256)]
+        ds, feats = synthetic_training_data(256, 2000, seed=cfg.seed)
+    # the user tower keeps each history's last max_len items itself
+    histories = ([h for h, _ in ds.eval_cases("test")][:256] if hasattr(ds, "eval_cases")
+                 else ds.train_sequences()[:256])
     torch.manual_seed(cfg.seed)
     model = DualTower(ModelConfig(encoder=feats.encoder, modality_dims=feats.dims)).to(device).eval()
     out = measure_serving(plan.sizes if cfg.sizes is None else cfg.sizes, model, feats.to(device), histories,
