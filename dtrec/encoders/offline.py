@@ -80,7 +80,7 @@ def load_efficientnet_lite0(path: str | Path) -> nn.Module:
 class _ConvReLU6(nn.Module):
     """A TF-"same" conv with its BatchNorm folded in, then ReLU6 (or nothing, for a linear projection)."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu6: bool = True):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu6: bool = True, fused: bool = True):
         super().__init__()
         # Fold in float64, so that the folded float32 weights are rounded once.
         scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
@@ -104,11 +104,33 @@ class _ConvReLU6(nn.Module):
             self.conv.weight.copy_(weight)
             self.conv.bias.copy_(bias)
         self.relu6 = relu6
+        self.fused = fused
+        # the weight in oneDNN's blocked layout, made at the first CPU call (the folded weights are frozen)
+        self._packed: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            try:
+                return self._fused_cpu(x)
+            except (RuntimeError, AttributeError):  # a build without these oneDNN ops: the plain path is the same
+                self.fused = False
         x = self.conv(x)
         # in place: the conv output is ours, so no second activation-sized buffer
         return F.hardtanh_(x, 0.0, 6.0) if self.relu6 else x
+
+    def _fused_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv and ReLU6 in one oneDNN call on a weight reordered once (what Inductor emits on a CPU).
+
+        The plain path reorders the weight into oneDNN's blocked layout at every call and clamps in a
+        second pass over the output; together ~7% of the model's time on two cores. Same arithmetic.
+        """
+        c = self.conv
+        geometry = (list(c.padding), list(c.stride), list(c.dilation), c.groups)
+        if self._packed is None:
+            self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(c.weight.detach().to_mkldnn(), *geometry,
+                                                                     list(x.shape))
+        act, scalars = ("hardtanh", [0.0, 6.0]) if self.relu6 else ("none", [])
+        return torch.ops.mkldnn._convolution_pointwise(x, self._packed, c.bias, *geometry, act, scalars, None)
 
 
 class _MBConv(nn.Module):
@@ -168,14 +190,18 @@ def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: 
     return torch.cat([fn(x[lo:lo + size]) for lo in range(0, len(x), size)])
 
 
-def fold_efficientnet_lite(model: nn.Module) -> FoldedEfficientNetLite:
+def fold_efficientnet_lite(model: nn.Module, fused: bool = True) -> FoldedEfficientNetLite:
     """An inference-optimised copy of an eval-mode EfficientNet-Lite: BatchNorm folded, padding in the convs.
 
     Against the plain model this saves, per layer, a BatchNorm pass, a zero-padded copy of the
     activations before every 3x3/5x5 conv and an out-of-place ReLU6: one conv and one in-place
-    clamp are left. Weights and activations are channels_last. The plain model is left untouched.
+    clamp are left; with `fused`, on a CPU, one oneDNN call a layer does both on a pre-reordered weight.
+    Weights and activations are channels_last. The plain model is left untouched.
     """
     folded = FoldedEfficientNetLite(model).eval()
+    for m in folded.modules():
+        if isinstance(m, _ConvReLU6):
+            m.fused = fused
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded.to(memory_format=torch.channels_last)
