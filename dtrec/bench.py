@@ -78,6 +78,7 @@ class BenchConfig:
     train_variants: tuple[str, ...] | None = None  # default: fp32 (+ bf16, compile on CUDA)
     batch_size: int | None = None  # training batch, the same for both models (None: 32 quick, 256 full)
     epochs: int = 1
+    pad_multiple: int = 1  # training batch widths rounded up to a multiple (dtrec and SASRec alike)
     train_seconds: float | None = None  # time budget per training run (None: the preset's)
     threads: int | None = None  # torch and FAISS CPU threads (None: their defaults, one per core)
     merge: bool = False  # keep the sections of an earlier OUT/bench.json that this run does not measure
@@ -91,8 +92,8 @@ class BenchConfig:
         bad = sorted(set(self.train_variants or ()) - set(TRAIN_VARIANTS))
         if bad:
             raise BenchError(f"unknown training variant(s) {', '.join(bad)}; choose from {', '.join(TRAIN_VARIANTS)}")
-        if (self.batch_size is not None and self.batch_size < 1) or self.epochs < 1:
-            raise BenchError("batch_size and epochs must be at least 1")
+        if (self.batch_size is not None and self.batch_size < 1) or self.epochs < 1 or self.pad_multiple < 1:
+            raise BenchError("batch_size, epochs and pad_multiple must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise BenchError(f"threads must be at least 1, not {self.threads}")
 
@@ -307,7 +308,7 @@ def train_dtrec_steps(examples: list[list[int]], features: Any, model_config: An
                       epochs: int = 1, max_steps: int | None = None, max_seconds: float | None = None,
                       device: str | torch.device | None = None, variant: str = "fp32", negatives: str = "all",
                       num_negatives: int = 1024, seed: int = 0, warmup: int | None = None,
-                      group_by_length: bool = True, name: str = "dtrec") -> dict[str, Any]:
+                      group_by_length: bool = True, pad_multiple: int = 1, name: str = "dtrec") -> dict[str, Any]:
     """Time the fine-tuning step of `dtrec.train.finetune` (FinetuneObjective + AdamW + clipping) on examples."""
     from dtrec.model import DualTower
     from dtrec.model.losses import item_log_frequency
@@ -322,13 +323,17 @@ def train_dtrec_steps(examples: list[list[int]], features: Any, model_config: An
         log_freq = item_log_frequency(examples, len(features)).to(device) if negatives != "all" else None
         objective = FinetuneObjective(model, table, negatives, num_negatives, log_freq)
         fn: Callable = torch.compile(objective, dynamic=True) if variant == "compile" else objective
-        collator = Collator(model_config.objective, model_config.mask_prob, seed)
+        collator = Collator(model_config.objective, model_config.mask_prob, seed, pad_multiple=pad_multiple,
+                            max_length=model_config.max_len + (model_config.objective == "cloze"))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
         amp = variant == "bf16" or (variant == "compile" and device.type == "cuda")
+
+        widths: set[int] = set()  # batch shapes met: a GPU may plan or compile kernels once per shape
 
         def step(idx: list[int]) -> tuple[int, int]:
             examples_batch = [examples[i] for i in idx]
             b = collator(examples_batch)
+            widths.add(int(b["items"].shape[1]))
             items, padding, targets = (b[k].to(device, non_blocking=True) for k in ("items", "padding", "targets"))
             masked = b["masked"].to(device, non_blocking=True) if b["masked"] is not None else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -346,7 +351,8 @@ def train_dtrec_steps(examples: list[list[int]], features: Any, model_config: An
                                len(examples) / batch_size), max_seconds=max_seconds)
     params = sum(p.numel() for p in model.parameters())
     return _run_summary(name, run, n_examples=len(examples), batch_size=batch_size, params=params, memory=mem,
-                        extra={"variant": variant, "group_by_length": group_by_length, "negatives": negatives,
+                        extra={"variant": variant, "group_by_length": group_by_length, "pad_multiple": pad_multiple,
+                               "distinct_widths": len(widths), "negatives": negatives,
                                "objective": model_config.objective,
                                "d_model": model_config.d_model, "max_len": model_config.max_len,
                                "catalog": len(features)})
@@ -355,11 +361,13 @@ def train_dtrec_steps(examples: list[list[int]], features: Any, model_config: An
 def train_sasrec_steps(sequences: list[list[int]], num_items: int, *, batch_size: int = 256, epochs: int = 1,
                        max_steps: int | None = None, max_seconds: float | None = None,
                        device: str | torch.device | None = None, variant: str = "fp32", seed: int = 0,
-                       warmup: int | None = None, group_by_length: bool = True, **config: Any) -> dict[str, Any]:
+                       warmup: int | None = None, group_by_length: bool = True, pad_multiple: int = 1,
+                       **config: Any) -> dict[str, Any]:
     """Time the training step of `dtrec.baselines.sasrec.train_sasrec` (windows, softmax over all items, Adam)."""
     import torch.nn.functional as F
 
     from dtrec.baselines.sasrec import SASRec, SASRecConfig, training_windows
+    from dtrec.train.batching import padded_width
 
     device = _device(device)
     torch.manual_seed(seed)
@@ -370,10 +378,12 @@ def train_sasrec_steps(sequences: list[list[int]], num_items: int, *, batch_size
         fwd: Callable = torch.compile(model, dynamic=True) if variant == "compile" else model
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         amp = variant == "bf16" or (variant == "compile" and device.type == "cuda")
+        widths: set[int] = set()
 
         def step(idx: list[int]) -> tuple[int, int]:
             x, y = x_all[idx], y_all[idx]
-            width = int((x > 0).sum(1).max())
+            width = padded_width(int((x > 0).sum(1).max()), pad_multiple, cfg.max_len)
+            widths.add(width)
             x, y = x[:, -width:].to(device), y[:, -width:].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 h = fwd(x)
@@ -392,7 +402,8 @@ def train_sasrec_steps(sequences: list[list[int]], num_items: int, *, batch_size
                            max_seconds=max_seconds)
     params = sum(p.numel() for p in model.parameters())
     return _run_summary("sasrec", run, n_examples=n, batch_size=batch_size, params=params, memory=mem,
-                        extra={"variant": variant, "group_by_length": group_by_length, "hidden": cfg.hidden,
+                        extra={"variant": variant, "group_by_length": group_by_length, "pad_multiple": pad_multiple,
+                               "distinct_widths": len(widths), "hidden": cfg.hidden,
                                "max_len": cfg.max_len,
                                "catalog": num_items})
 
@@ -459,7 +470,7 @@ def matched_sasrec(cfg: Any) -> dict[str, Any]:
 def measure_training(dataset: Any, features: Any, *, model_config: Any | None = None, batch_size: int = 256,
                      epochs: int = 1, max_steps: int | None = None, max_seconds: float | None = None,
                      device: str | torch.device | None = None, variants: tuple[str, ...] = ("fp32",),
-                     sasrec: dict | None = None, group_by_length: bool = True, seed: int = 0,
+                     sasrec: dict | None = None, group_by_length: bool = True, pad_multiple: int = 1, seed: int = 0,
                      out: dict | None = None) -> dict[str, Any]:
     """dtrec fine-tuning vs SASRec vs the bare loop on the same training sequences and batch size; ratios per variant.
 
@@ -488,6 +499,7 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
         "device": str(device),
         "batch_size": batch_size,
         "group_by_length": group_by_length,
+        "pad_multiple": pad_multiple,
         "epochs": epochs,
         "runs": {},
         "epoch_ratio_vs_matched_sasrec": {},
@@ -501,7 +513,8 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
                    f"causal examples are windows of {cfg.max_len} items") + "; SASRec's windows of "
                 f"{matched['max_len']} (matched) and {_sasrec_window(sasrec)} (default) items; "
                 + ("batches grouped by history length (the trainers' default)" if group_by_length
-                   else "random batches"),
+                   else "random batches")
+                + (f", widths rounded up to a multiple of {pad_multiple}" if pad_multiple > 1 else ""),
     })
     runs = res["runs"]
     for v in variants:
@@ -511,11 +524,11 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
                   variant=v, seed=seed)
         try:
             runs[f"dtrec_{v}"] = train_dtrec_steps(examples, features, cfg, negatives=negatives,
-                                                   group_by_length=group_by_length, **kw)
-            runs[f"sasrec_matched_{v}"] = train_sasrec_steps(seqs, len(dataset.catalog),
-                                                             group_by_length=group_by_length, **kw, **matched)
+                                                   group_by_length=group_by_length, pad_multiple=pad_multiple, **kw)
+            runs[f"sasrec_matched_{v}"] = train_sasrec_steps(seqs, len(dataset.catalog), group_by_length=group_by_length,
+                                                             pad_multiple=pad_multiple, **kw, **matched)
             runs[f"sasrec_{v}"] = train_sasrec_steps(seqs, len(dataset.catalog), group_by_length=group_by_length,
-                                                     **kw, **(sasrec or {}))
+                                                     pad_multiple=pad_multiple, **kw, **(sasrec or {}))
             if cfg.objective == "causal":
                 runs[f"bare_{v}"] = train_bare_steps(examples, features, cfg, **kw)
         except Exception as e:  # e.g. torch.compile failing: keep the other variants' numbers
@@ -1219,10 +1232,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         L += ["## Training: dtrec fine-tuning vs SASRec", "",
               f"Data {tr['data']} ({tr['items']:,} items, {tr['train_sequences']:,} training sequences), "
               f"batch {tr['batch_size']}, {tr['device']}. {tr['note']}.", ""]
-        L += _table(["run", "width", "params", "examples/epoch", "timed steps", "s/step", "s/epoch", "extrapolated",
-                     "sequences/s", "targets/s", "peak mem MB"],
+        L += _table(["run", "width", "params", "examples/epoch", "timed steps", "batch shapes", "s/step",
+                     "median s/step", "s/epoch", "extrapolated", "sequences/s", "targets/s", "peak mem MB"],
                     [[k, r.get("d_model", r.get("hidden")), r["params"], r["examples_per_epoch"], r["timed_steps"],
-                      r["seconds_per_step"],
+                      r.get("distinct_widths", 1), r["seconds_per_step"], r.get("step_p50_s"),
                       r["seconds_per_epoch"], r["epoch_extrapolated"], r["sequences_per_s"], r["targets_per_s"],
                       r["peak_memory_mb"]] for k, r in tr["runs"].items()])
         for v, err in (tr.get("variant_errors") or {}).items():
@@ -1233,7 +1246,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{v}: {x:.1f}x" for v, x in (tr.get("epoch_ratio_vs_default_sasrec") or {}).items()) + ".", ""]
         if tr.get("epoch_ratio_vs_bare"):
             L += ["dtrec / the bare loop of the same model (`dtrec/train/bare.py`: data pre-padded on the device, "
-                  "random batches at full width, logits under autocast, fused AdamW, no clipping): " + ", ".join(
+                  "random batches at full width, fused AdamW on a GPU, no clipping): " + ", ".join(
                       f"{v}: {x:.2f}x" for v, x in tr["epoch_ratio_vs_bare"].items()) + ".", ""]
         mem_kind = next(iter(tr["runs"].values()), {}).get("memory_kind")
         L += [f"Peak memory: {mem_kind} over the run (model, optimiser state, activations).", ""]
@@ -1562,7 +1575,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
                     results["training"] = {}  # filled run by run: an interrupt keeps what was measured
                     measure_training(ds, feats, batch_size=cfg.batch_size or plan.batch_size, epochs=cfg.epochs,
                                      max_seconds=plan.train_seconds, device=device, variants=variants,
-                                     seed=cfg.seed, out=results["training"])
+                                     pad_multiple=cfg.pad_multiple, seed=cfg.seed, out=results["training"])
                 elif section == "serving":
                     results["serving"] = _serving(cfg, plan, device, need_data, get_demo, log)
                 elif section == "api":
@@ -1628,6 +1641,7 @@ def bench_command(args: Any) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else None
     cfg = BenchConfig(quick=args.quick, out=args.out, only=only, device=args.device, data=args.data, demo=args.demo,
                       sizes=sizes, train_variants=variants, batch_size=args.batch_size, epochs=args.epochs,
+                      pad_multiple=getattr(args, "pad_multiple", 1),
                       train_seconds=args.train_seconds, threads=args.threads, merge=args.merge, seed=args.seed,
                       **({"encoders": tuple(e.strip() for e in args.encoders.split(",") if e.strip())}
                          if args.encoders else {}))

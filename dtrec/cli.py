@@ -111,6 +111,8 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--d-ff", type=int, default=None)
     b.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None,
                    help="sasrec: batches of similar history length (default: on, as dtrec fine-tuning)")
+    b.add_argument("--pad-multiple", type=int, default=None,
+                   help="sasrec: round batch widths up to a multiple (default 1; fewer shapes on a GPU)")
     b.add_argument("--dropout", type=float, default=None)
     b.add_argument("--attn-dropout", type=float, default=None)
     b.add_argument("--max-len", type=int, default=None)
@@ -146,7 +148,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
                                           "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "group_by_length",
-                                          "device")}
+                                          "pad_multiple", "device")}
     if args.kind == "popularity":
         opts = {k: v for k, v in opts.items() if k in ("seed", "device")}
     valid = train_baseline(args.kind, args.data, args.out, **opts)
@@ -342,6 +344,8 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, default=None,
                    help="training batch size, the same for dtrec and SASRec (default: 256; 16 with --quick)")
     b.add_argument("--epochs", type=int, default=1, help="training epochs timed per model (within --train-seconds)")
+    b.add_argument("--pad-multiple", type=int, default=1,
+                   help="round training batch widths up to a multiple, for dtrec and SASRec alike (default 1)")
     b.add_argument("--train-seconds", type=float, default=None,
                    help="time budget per training run; seconds/epoch are extrapolated beyond it")
     b.add_argument("--encoders", default=None,

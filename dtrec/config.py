@@ -78,6 +78,7 @@ class FinetuneConfig:
     epochs: int = 100
     batch_size: int = 512
     group_by_length: bool = True  # batches of similar history length: far less padding (BatchPlan)
+    pad_multiple: int = 1  # round batch widths up to a multiple (a GPU then meets a few shapes, not one per length)
     lr: float = 1e-3
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -98,8 +99,8 @@ class FinetuneConfig:
             self.model = ModelConfig(**self.model)
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, not {self.negatives!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size and epochs must be at least 1")
+        if self.batch_size < 1 or self.epochs < 1 or self.pad_multiple < 1:
+            raise ValueError("batch_size, epochs and pad_multiple must be at least 1")
 
 
 @dataclass

@@ -81,6 +81,19 @@ def test_training_ratio_comes_from_the_same_run(training, planted):
     assert abs(bare["params"] - d["params"]) <= 2 * d["d_model"]  # the same model, less dtrec's mask tokens
 
 
+def test_rounded_widths_reach_both_trainers(planted):
+    ds, feats = planted
+    cfg = tiny_model_config(feats)
+    kw = dict(model_config=cfg, batch_size=16, max_steps=3, device="cpu")
+    plain = B.measure_training(ds, feats, **kw)
+    rounded = B.measure_training(ds, feats, pad_multiple=4, **kw)
+    assert plain["pad_multiple"] == 1 and rounded["pad_multiple"] == 4 and "multiple of 4" in rounded["note"]
+    for k in ("dtrec_fp32", "sasrec_matched_fp32", "sasrec_fp32"):
+        assert rounded["runs"][k]["pad_multiple"] == 4
+        # warm-up + 3 timed steps of length-grouped batches: widths 4..8 at most, so at most 2 shapes once rounded
+        assert 1 <= rounded["runs"][k]["distinct_widths"] <= min(2, plain["runs"][k]["distinct_widths"]), k
+
+
 def test_gpu_target_is_judged_only_on_a_gpu(training):
     row = next(t for t in B.check_targets({"training": training}) if "bare" in t["target"])
     assert row["met"] is None  # this run was on the CPU

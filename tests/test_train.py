@@ -13,7 +13,7 @@ import torch
 from dtrec.config import ModelConfig, PretrainConfig
 from dtrec.features import Features, cache_path
 from dtrec.model import DualTower
-from dtrec.train.batching import BatchPlan, Collator, build_examples, length_grouped_batches
+from dtrec.train.batching import BatchPlan, Collator, build_examples, length_grouped_batches, padded_width
 from dtrec.train.finetune import finetune
 from dtrec.train.pretrain import pretrain
 from synthetic import planted_dataset, tiny_finetune_config
@@ -78,6 +78,42 @@ def test_vectorised_collator_matches_the_per_example_loop(objective):
             assert (got[k] is None) == (ref[k] is None), k
             if ref[k] is not None:
                 assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]), (k, examples)
+
+
+def test_padded_width_rounds_up_within_the_cap():
+    assert [padded_width(w, 4) for w in (1, 4, 5, 8)] == [4, 4, 8, 8]
+    assert [padded_width(w, 8, cap=20) for w in (3, 13, 17, 20)] == [8, 16, 20, 20]
+    assert padded_width(7, 1) == 7 and padded_width(21, 8, cap=20) == 21  # never below the width itself
+    with pytest.raises(ValueError):
+        padded_width(3, 0)
+
+
+@pytest.mark.parametrize("objective", ["causal", "cloze"])
+def test_rounded_batch_widths_leave_the_loss_unchanged(objective):
+    """Extra padding columns are masked everywhere: same masks, targets and loss as the tight batch."""
+    from dtrec.train.finetune import FinetuneObjective
+
+    ds, feats = planted_dataset(seed=0)
+    cfg = ModelConfig(encoder=feats.encoder, modality_dims=feats.dims, d_model=32, n_heads=2, d_ff=64, max_len=8,
+                      objective=objective)
+    torch.manual_seed(0)
+    model = DualTower(cfg).eval()  # no dropout: both batches must see the same function
+    objective_fn = FinetuneObjective(model, feats, "all", 0, None)
+    examples = [e for e in build_examples(ds.train_sequences(), objective, cfg.max_len) if len(e) <= 5][:24]
+    cap = cfg.max_len + (objective == "cloze")
+    tight = Collator(objective, mask_prob=0.3, seed=5)(examples)
+    for multiple in (3, 7, 16):  # 16: capped at the model's positions
+        wide = Collator(objective, mask_prob=0.3, seed=5, pad_multiple=multiple, max_length=cap)(examples)
+        width = wide["items"].shape[1]
+        assert width == padded_width(tight["items"].shape[1], multiple, cap) and width > tight["items"].shape[1]
+        w = tight["items"].shape[1]
+        for k in ("items", "padding", "targets", "masked"):
+            if tight[k] is not None:
+                assert torch.equal(wide[k][:, :w], tight[k]), k
+        assert wide["padding"][:, w:].all() and (wide["targets"][:, w:] == -1).all()
+        with torch.no_grad():
+            losses = [objective_fn(b["items"], b["padding"], b["masked"], b["targets"]) for b in (tight, wide)]
+        assert torch.allclose(losses[0], losses[1], rtol=1e-5), losses
 
 
 def _padding(lengths, batches):

@@ -24,7 +24,7 @@ from torch import nn
 
 from dtrec.data.catalog import Dataset
 from dtrec.eval import evaluate
-from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches
+from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches, padded_width
 
 
 @dataclass
@@ -49,6 +49,7 @@ class SASRecTrainConfig:
     epochs: int = 200
     batch_size: int = 256
     group_by_length: bool = True  # as dtrec fine-tuning: batches of similar length, less padding
+    pad_multiple: int = 1  # as dtrec fine-tuning: batch widths rounded up to a multiple (fewer GPU shapes)
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 10
@@ -207,7 +208,8 @@ def train_sasrec(
         group = GROUP_BATCHES if train.group_by_length else 1
         for idx in length_grouped_batches(lengths, train.batch_size, gen, group):
             x, y = x_all[idx], y_all[idx]
-            width = int((x > 0).sum(1).max())  # left padding: drop columns that are padding in every row
+            # left padding: drop columns that are padding in every row
+            width = padded_width(int((x > 0).sum(1).max()), train.pad_multiple, config.max_len)
             x, y = x[:, -width:].to(device), y[:, -width:].to(device)
             h = model(x)
             keep = y > 0

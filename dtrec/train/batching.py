@@ -39,13 +39,29 @@ def build_examples(sequences: list[list[int]], objective: str, max_len: int) -> 
     return out
 
 
+def padded_width(width: int, multiple: int = 1, cap: int | None = None) -> int:
+    """`width` rounded up to a multiple of `multiple`, but never past `cap` (nor below `width`)."""
+    if multiple < 1:
+        raise ValueError(f"pad multiple must be at least 1, not {multiple}")
+    rounded = -(-width // multiple) * multiple
+    return max(width, min(rounded, cap)) if cap is not None else rounded
+
+
 @dataclass
 class Collator:
-    """Turns example item lists into padded tensors; Cloze masking drawn from a seeded generator."""
+    """Turns example item lists into padded tensors; Cloze masking drawn from a seeded generator.
+
+    A batch is padded to its longest example, rounded up to a multiple of `pad_multiple`
+    (at most `max_length` positions): a GPU then meets a few batch shapes instead of one per
+    length, which bounds the kernels that are planned or compiled per shape. Padding is
+    masked everywhere, so the loss does not depend on it.
+    """
 
     objective: str
     mask_prob: float = 0.2
     seed: int = 0
+    pad_multiple: int = 1
+    max_length: int | None = None  # the model's positions: max_len (causal), max_len + 1 (Cloze)
 
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -60,20 +76,23 @@ class Collator:
         # One vectorised scatter instead of a tensor per example: on a GPU the collator is on the step's path.
         lens = torch.tensor([len(e) for e in examples], dtype=torch.long)
         flat = torch.tensor([i for e in examples for i in e], dtype=torch.long)
-        width = int(lens.max())
+        shift = 1 if causal else 0  # causal examples hold one item more than positions: the last target
+        longest = int(lens.max()) - shift
+        length = padded_width(longest, self.pad_multiple, self.max_length)
         rows = torch.repeat_interleave(torch.arange(b), lens)
         cols = torch.arange(len(flat)) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-        full = torch.full((b, width), -1, dtype=torch.long)
+        full = torch.full((b, length + shift), -1, dtype=torch.long)
         full[rows, cols] = flat
-        n = lens - 1 if causal else lens
-        length = width - (1 if causal else 0)
+        n = lens - shift
         padding = torch.arange(length).unsqueeze(0) >= n.unsqueeze(1)
         if causal:
             items = full[:, :-1].masked_fill(padding, -1)
             return {"items": items, "padding": padding, "masked": None, "targets": full[:, 1:].contiguous()}
         items = full
         targets = torch.full((b, length), -1, dtype=torch.long)
-        masked = (torch.rand(b, length, generator=self.generator) < self.mask_prob) & ~padding
+        # drawn for the unrounded width, so that the masks do not depend on pad_multiple
+        draw = torch.rand(b, longest, generator=self.generator) < self.mask_prob
+        masked = torch.nn.functional.pad(draw, (0, length - longest)) & ~padding
         masked[torch.arange(b), lens - 1] = True
         targets = torch.where(masked, items, targets)
         return {"items": items, "padding": padding, "masked": masked, "targets": targets}
