@@ -16,6 +16,7 @@ import argparse
 import functools
 import hashlib
 import html
+import inspect
 import json
 import logging
 import os
@@ -73,24 +74,29 @@ def md_text(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
 
 
-def _session_scope() -> Any:
-    """The service's session scope for the running Gradio event (uploads may be private to a session)."""
-    from gradio.context import LocalContext  # the event's request; handlers get it otherwise only as an argument
+# --------------------------------------------------------------------------- error boundary
+_REQUEST = "_dtrec_request"
 
+
+def _user_errors(fn: Callable) -> Callable:
+    """Wrap a handler: it runs in its browser session's scope, and bad input becomes one gr.Error sentence.
+
+    The wrapper's signature is the handler's plus a last `gr.Request` parameter, which Gradio fills
+    with the event's request (its documented way to hand a handler the session); the handler never
+    sees it. Anything unexpected is logged, never shown as a traceback.
+    """
     from dtrec.service import session_scope
 
-    request = LocalContext.request.get(None)
-    return session_scope(getattr(request, "session_hash", None))
-
-
-# --------------------------------------------------------------------------- error boundary
-def _user_errors(fn: Callable) -> Callable:
-    """Turn bad input into one-sentence gr.Error messages; log anything else without leaking a traceback."""
+    sig = inspect.signature(fn)
+    n_params = len(sig.parameters)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request = kwargs.pop(_REQUEST, None)
+        if len(args) > n_params:  # Gradio passed the request positionally, after the handler's own inputs
+            request, args = args[-1], args[:-1]
         try:
-            with _session_scope():
+            with session_scope(getattr(request, "session_hash", None)):
                 return fn(*args, **kwargs)
         except gr.Error:
             raise
@@ -102,6 +108,11 @@ def _user_errors(fn: Callable) -> Callable:
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error("Something went wrong on the server; the error was logged.", print_exception=False) from None
 
+    request_param = inspect.Parameter(_REQUEST, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                      annotation=gr.Request)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), request_param])  # type: ignore[attr-defined]
+    # a new dict: functools.wraps shares the handler's; Gradio finds the request by this type hint
+    wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), _REQUEST: gr.Request}
     return wrapper
 
 

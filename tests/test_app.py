@@ -169,3 +169,37 @@ def test_index_flag_picks_the_served_index(tiny_demo, tmp_path, monkeypatch):
         rec.close()
     with pytest.raises(SystemExit):
         app.parse_args(["--index", "annoy"])
+
+
+def test_uploads_are_private_to_the_browser_session_that_made_them(tiny_demo, tmp_path):
+    """With upload_visibility="session" (a public Space), each client session sees only its own uploads."""
+    from PIL import Image
+
+    from dtrec.config import ServeConfig
+    from dtrec.service import Recommender
+
+    store = tmp_path / "store"
+    rec = Recommender.from_folder(tiny_demo, store_dir=store, config=ServeConfig(upload_visibility="session"))
+    demo = app.build_app(rec)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
+    try:
+        alice, bob = (Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2))
+        assert alice.session_hash != bob.session_hash
+        png = tmp_path / "poster.png"
+        Image.new("RGB", (24, 36), (30, 200, 30)).save(png)
+        added = alice.predict(image=handle_file(str(png)), title="Verdant Private Reel (2026)", text="green",
+                              api_name="/add_item")
+        hist = history_of(rec)
+        assert added["id"] in {r["id"] for r in alice.predict(history=hist, k=100, api_name="/recommend")}
+        assert added["id"] in {r["id"] for r in alice.predict(text="Verdant Private Reel", k=100, api_name="/search")}
+        assert len(alice.predict(history=[added["id"]], k=3, api_name="/recommend")) == 3
+        assert added["id"] not in {r["id"] for r in bob.predict(history=hist, k=100, api_name="/recommend")}
+        assert added["id"] not in {r["id"] for r in bob.predict(text="Verdant Private Reel", k=100, api_name="/search")}
+        with pytest.raises(AppError) as e:
+            bob.predict(history=[added["id"]], k=3, api_name="/recommend")
+        assert "Unknown item id" in str(e.value)
+    finally:
+        demo.close()
+        rec.close()
