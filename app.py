@@ -314,7 +314,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
     def on_add(image: str | None, title: str, text: str, history: list[str], genre: str | None):
         if image is None and not (title or "").strip():
             raise gr.Error("Upload a poster and give it a title first.", print_exception=False)
-        new_id, ms = rec.add_item(title=title or "", text=text or "", image=image)
+        new_id, ms = rec.add_item(title=title or "", text=text or "", image=image, require_session=True)
         view = rec.get(new_id)
         sim = rec.similar(new_id, k=8)
         status = (f"Added **{md_text(view.title)}** as id `{new_id}` in {ms:.0f} ms — *{NEW_BADGE}*. "
@@ -337,7 +337,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
     @_user_errors
     def api_add_item(image: str | None, title: str, text: str) -> dict:
         """Add a new item (poster image file, title, text); it is recommendable at once."""
-        new_id, ms = rec.add_item(title=title or "", text=text or "", image=image)
+        new_id, ms = rec.add_item(title=title or "", text=text or "", image=image, require_session=True)
         return {"id": new_id, "latency_ms": round(float(ms), 2), "is_new": True}
 
     about = rec.about()

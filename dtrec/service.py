@@ -463,9 +463,16 @@ class Recommender:
         return Result(recs, (time.perf_counter() - t0) * 1000)
 
     def add_item(self, title: str, text: str = "", image: Image.Image | bytes | str | Path | None = None,
-                 *, session: str | None = None) -> tuple[str, float]:
-        """Validate, encode, store and index a new item; returns (new id, latency_ms)."""
+                 *, session: str | None = None, require_session: bool = False) -> tuple[str, float]:
+        """Validate, encode, store and index a new item; returns (new id, latency_ms).
+
+        Under session visibility an upload without a session is public (an operator's); the app
+        passes `require_session`, so that a visitor's request without one is refused instead.
+        """
         t0 = time.perf_counter()
+        if require_session and self.upload_visibility == "session" and self._session(session) is None:
+            raise InputError("Uploads on this demo are private to a browser session, and this request has none: "
+                             "upload from the page or with gradio_client.")
         title = clean_text(title if title is not None else "", keep_newlines=False)
         text = clean_text(text if text is not None else "", keep_newlines=True)
         if not title:

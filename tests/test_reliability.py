@@ -125,12 +125,21 @@ def test_session_uploads_are_private_to_their_session(tiny_demo, tmp_path):
     for i in range(5):
         rec.add_item(f"Zebra quantum orchestra {i}", session="carol")
     assert len(rec.search("Zebra quantum orchestra", k=len(rec.index) - 6, session="bob").items) == len(rec.index) - 6
+    # the app's uploads need a session: without one a visitor's upload would be public
+    n = rec.about()["n_uploads"]
+    with pytest.raises(InputError, match="browser session"):
+        rec.add_item("Anonymous upload", require_session=True)
+    assert rec.about()["n_uploads"] == n
+    with session_scope("dave"):
+        rec.add_item("Dave's upload", require_session=True)
+    assert rec.about()["n_uploads"] == n + 1
     with session_scope("alice"):  # what the app does per event
         assert rec.get(mine).id == mine
         assert mine in {r.item.id for r in rec.search("Zebra quantum orchestra", k=3).items}
 
     public = open_rec(tiny_demo, tmp_path, upload_visibility="public")
     assert public.get(mine, session="bob").id == mine
+    public.add_item("A local visitor's upload", require_session=True)  # public visibility: no session needed
 
 
 def test_visibility_is_session_on_a_space_and_public_locally(tiny_demo, tmp_path, monkeypatch):
