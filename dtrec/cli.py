@@ -204,6 +204,9 @@ def _add_publish_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default=None, help="results.json (default: the one beside the checkpoint)")
     p.add_argument("--dataset", default=None, help="data set name for the card (default: from the training config)")
     p.add_argument("--recipe", default=None, help="the command that trained it (default: from the training config)")
+    p.add_argument("--license", default=None,
+                   help="the card's licence (default: 'other' with the data's terms for MovieLens / Amazon "
+                        "weights, else apache-2.0)")
     _add_hub_flags(p)
     p.set_defaults(func=_cmd_publish)
 
@@ -249,7 +252,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
     out = publish(args.checkpoint, args.repo_id, results=args.results, private=args.private,
                   revision=args.revision, commit_message=args.commit_message, dry_run_dir=args.dry_run,
-                  dataset_name=args.dataset, recipe=args.recipe)
+                  dataset_name=args.dataset, recipe=args.recipe, license=args.license)
     print(f"dry run: wrote the upload for {args.repo_id} to {out}" if args.dry_run else f"published: {out}")
     return 0
 

@@ -117,9 +117,10 @@ def split_repo_id(text: str) -> tuple[str, str | None]:
 def publish(checkpoint_dir: str | Path, repo_id: str, *, results: dict | str | Path | None = None,
             private: bool = False, revision: str | None = None, commit_message: str | None = None,
             dry_run_dir: str | Path | None = None, api: HfApi | None = None,
-            dataset_name: str | None = None, recipe: str | None = None) -> str:
+            dataset_name: str | None = None, recipe: str | None = None, license: str | None = None) -> str:
     """Upload a checkpoint with its results and generated model card; returns the commit URL or dry-run folder."""
-    plan = plan_checkpoint(checkpoint_dir, repo_id, results=results, dataset_name=dataset_name, recipe=recipe)
+    plan = plan_checkpoint(checkpoint_dir, repo_id, results=results, dataset_name=dataset_name, recipe=recipe,
+                           license=license)
     if dry_run_dir is not None:
         return str(write_plan(plan, dry_run_dir))
     return push_plan(plan, repo_id, repo_type="model", private=private, revision=revision,
@@ -160,8 +161,12 @@ Plan = dict[str, "Path | bytes"]
 
 
 def plan_checkpoint(checkpoint_dir: str | Path, repo_id: str, *, results: dict | str | Path | None = None,
-                    dataset_name: str | None = None, recipe: str | None = None) -> Plan:
-    """What a checkpoint publish uploads: weights, config, results, training config and model card."""
+                    dataset_name: str | None = None, recipe: str | None = None,
+                    license: str | None = None) -> Plan:
+    """What a checkpoint publish uploads: weights, config, results, training config and model card.
+
+    `license` None: the training data's terms for MovieLens / Amazon weights, else Apache-2.0
+    (`dtrec.modelcard.default_license`)."""
     _check_repo_id(repo_id)
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
@@ -174,7 +179,8 @@ def plan_checkpoint(checkpoint_dir: str | Path, repo_id: str, *, results: dict |
     results_dict = _load_results_arg(results, ckpt)
     training = find_training_config(ckpt)
     dataset_name = dataset_name or _dataset_name(training[1] if training else {}, ckpt)
-    card = make_model_card(ckpt, results_dict, dataset_name=dataset_name, recipe=recipe, repo_id=repo_id)
+    card = make_model_card(ckpt, results_dict, dataset_name=dataset_name, recipe=recipe, repo_id=repo_id,
+                           license=license)
     plan: Plan = {name: ckpt / name for name in MODEL_FILES}
     if results_dict is not None:
         plan["results.json"] = (json.dumps(results_dict, indent=2, sort_keys=True) + "\n").encode()

@@ -49,6 +49,28 @@ _DATA_NOTICES = {
 }
 
 
+# Weights trained on these data sets inherit their research-use terms, so their cards say
+# `license: other` and link the data's terms; the code stays Apache-2.0.
+_DATA_LICENCES = {
+    "movielens": ("movielens-research-terms", "https://files.grouplens.org/datasets/movielens/ml-100k-README.txt"),
+    "amazon": ("amazon-reviews-research-terms", "https://cseweb.ucsd.edu/~jmcauley/datasets/amazon_v2/"),
+}
+
+
+def _data_kind(dataset_name: str) -> str | None:
+    low = dataset_name.lower()
+    aliases = {"movielens": ("movielens", "ml-", "ml1m", "ml100k"), "amazon": ("amazon", "scientific")}
+    return next((key for key, names in aliases.items() if any(a in low for a in names)), None)
+
+
+def default_license(dataset_name: str) -> tuple[str, str | None, str | None]:
+    """(license, license_name, license_link) for weights trained on `dataset_name`: the data's terms when known."""
+    kind = _data_kind(dataset_name)
+    if kind in _DATA_LICENCES:
+        return ("other", *_DATA_LICENCES[kind])
+    return "apache-2.0", None, None
+
+
 class ModelCardError(ValueError):
     """A checkpoint or results file that cannot be described on a model card."""
 
@@ -153,8 +175,12 @@ def eval_results(results: dict[str, Any], dataset_name: str, *, model: str | Non
 
 def make_model_card(checkpoint_dir: str | Path, results: dict | None, *, dataset_name: str,
                     recipe: str | None = None, repo_id: str | None = None,
-                    license: str = "apache-2.0") -> ModelCard:
-    """A Hub model card built from the checkpoint's config.json, `results` and its training config."""
+                    license: str | None = None) -> ModelCard:
+    """A Hub model card built from the checkpoint's config.json, `results` and its training config.
+
+    `license` None: `default_license(dataset_name)` (weights trained on MovieLens or Amazon Reviews
+    carry those data sets' research-use terms; others Apache-2.0, like the code).
+    """
     cfg = read_checkpoint_config(checkpoint_dir)
     provenance: dict = {}
     if results is not None:
@@ -169,18 +195,23 @@ def make_model_card(checkpoint_dir: str | Path, results: dict | None, *, dataset
         recipe = _recorded_command(training[1])
     model_name = repo_id.split("/")[-1] if repo_id else f"dtrec-{_slug(dataset_name)}"
     evals = eval_results(results, dataset_name) if results else None
+    license_name = license_link = None
+    if license is None:
+        license, license_name, license_link = default_license(dataset_name)
     data = ModelCardData(
-        library_name="dtrec", license=license, tags=list(TAGS), datasets=[dataset_name],
-        pipeline_tag=PIPELINE_TAG, model_name=model_name, eval_results=evals or None,
+        library_name="dtrec", license=license, license_name=license_name, license_link=license_link,
+        tags=list(TAGS), datasets=[dataset_name], pipeline_tag=PIPELINE_TAG, model_name=model_name,
+        eval_results=evals or None,
     )
     body = "\n".join(_body(cfg, results, dataset_name, recipe, training, repo_id or "USER/NAME", model_name,
-                           notice=_read_notice(checkpoint_dir)))
+                           notice=_read_notice(checkpoint_dir), licence=_licence_text(license, license_link)))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
 # --------------------------------------------------------------------------- body sections
 def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None,
-          training: tuple[Path, dict] | None, repo_id: str, model_name: str, notice: str | None) -> list[str]:
+          training: tuple[Path, dict] | None, repo_id: str, model_name: str, notice: str | None,
+          licence: str) -> list[str]:
     dims = cfg.get("modality_dims", {})
     mods = " + ".join(dims) or "no modality"
     lines = [
@@ -253,6 +284,8 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
         "",
         notice or _data_notice_for(dataset_name),
         "",
+        licence,
+        "",
         "## Usage",
         "",
         "```python",
@@ -300,6 +333,13 @@ def _recorded_command(record: dict[str, Any]) -> str | None:
     return None
 
 
+def _licence_text(license: str, link: str | None) -> str:
+    if license == "other" and link:
+        return (f"Licence: the dtrec code is Apache-2.0; these weights are derived from the training data and "
+                f"are published for research use under its terms ({link}), hence `license: other`.")
+    return f"Licence: `{license}`."
+
+
 def _read_notice(checkpoint_dir: str | Path) -> str | None:
     ckpt = Path(checkpoint_dir)
     for folder in (ckpt, ckpt.parent):
@@ -310,11 +350,9 @@ def _read_notice(checkpoint_dir: str | Path) -> str | None:
 
 
 def _data_notice_for(dataset_name: str) -> str:
-    low = dataset_name.lower()
-    aliases = {"movielens": ("movielens", "ml-", "ml1m", "ml100k"), "amazon": ("amazon", "scientific")}
-    for key, text in _DATA_NOTICES.items():
-        if any(a in low for a in aliases[key]):
-            return text
+    kind = _data_kind(dataset_name)
+    if kind in _DATA_NOTICES:
+        return _DATA_NOTICES[kind]
     return (f"Trained on `{dataset_name}`; see that data set's own licence and terms. "
             "This repository holds no training data.")
 

@@ -115,7 +115,10 @@ def test_model_card_is_generated_from_checkpoint_and_results(run_dir: Path):
     assert data.library_name == "dtrec"
     assert data.pipeline_tag == "feature-extraction"
     assert {"recommendation", "sequential-recommendation", "multimodal", "two-tower"} <= set(data.tags)
-    assert data.datasets == ["movielens-100k"] and data.license
+    assert data.datasets == ["movielens-100k"]
+    # weights trained on MovieLens carry its research-use terms, not the code's Apache-2.0
+    assert data.license == "other" and data.license_name and "grouplens" in data.license_link
+    assert "research use under its terms" in parsed.text
     got = {(r.dataset_split, r.metric_type): r.metric_value for r in data.eval_results}
     want = {(split, k): results["dtrec"][split][k] for split in ("test", "cold_start") for k in METRICS}
     assert got == want  # model-index holds the published model's metrics only, exactly
@@ -134,6 +137,9 @@ def test_model_card_without_results_has_no_model_index(run_dir: Path):
     card = ModelCard(str(make_model_card(run_dir / "best", None, dataset_name="custom")))
     assert not card.data.eval_results
     assert "No evaluation results" in card.text
+    assert card.data.license == "apache-2.0" and card.data.license_link is None  # your own data: the code's licence
+    mine = ModelCard(str(make_model_card(run_dir / "best", None, dataset_name="movielens-100k", license="mit")))
+    assert mine.data.license == "mit" and "Licence: `mit`" in mine.text
 
 
 def test_bad_results_fail_in_one_sentence(run_dir: Path, tmp_path: Path):
