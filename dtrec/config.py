@@ -71,59 +71,62 @@ class ModelConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Sequential fine-tuning (dtrec.train.finetune); `model` holds the architecture."""
+class TrainConfig:
+    """What every training run shares: the model, the optimiser (AdamW), the device and the step budget."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 42
+    amp: bool = True  # bf16 autocast on a GPU (ignored on a CPU)
+    device: str | None = None
+    log_every: int = 50
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be at least 1")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Sequential fine-tuning (dtrec.train.finetune); `model` holds the architecture."""
+
     epochs: int = 100
     batch_size: int = 512
     group_by_length: bool = True  # batches of similar history length: far less padding (BatchPlan)
     pad_multiple: int = 1  # round batch widths up to a multiple (a GPU then meets a few shapes, not one per length)
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
     patience: int = 10
     eval_every: int = 1
     eval_batch_size: int = 256
     negatives: str = "all"
     num_negatives: int = 1024
-    seed: int = 42
-    amp: bool = True
-    device: str | None = None
-    log_every: int = 50
-    max_steps: int | None = None
     evaluate_test: bool = True
 
     def __post_init__(self):
-        if isinstance(self.model, dict):
-            self.model = ModelConfig(**self.model)
+        super().__post_init__()
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, not {self.negatives!r}")
-        if self.batch_size < 1 or self.epochs < 1 or self.pad_multiple < 1:
-            raise ValueError("batch_size, epochs and pad_multiple must be at least 1")
+        if self.pad_multiple < 1:
+            raise ValueError("pad_multiple must be at least 1")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrainConfig):
     """Self-supervised multi-modal pretraining over items (dtrec.train.pretrain)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 20
     batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 42
-    amp: bool = True
-    device: str | None = None
-    log_every: int = 50
-    max_steps: int | None = None
 
     def __post_init__(self):
-        if isinstance(self.model, dict):
-            self.model = ModelConfig(**self.model)
-        if self.batch_size < 2 or self.epochs < 1:
-            raise ValueError("pretraining needs batch_size >= 2 and epochs >= 1")
+        super().__post_init__()
+        if self.batch_size < 2:
+            raise ValueError("pretraining needs batch_size >= 2 (the other items of a batch are the negatives)")
 
 
 # --------------------------------------------------------------------------- serving (dtrec.service)
