@@ -87,3 +87,33 @@ def test_cli_prepare_unisrec_and_jsonl(fixtures_dir: Path, tmp_path, capsys):
                  "--out", str(tmp_path / "u")]) == 0
     assert main(["prepare", "unisrec", "--source", str(fixtures_dir / "unisrec"), "--name", "Tiny",
                  "--out", str(tmp_path / "u"), "--kcore", "5"]) == 2
+
+
+def test_prepare_again_replaces_the_folder_whole_and_keeps_feature_caches(fixtures_dir: Path, tmp_path):
+    from dtrec.data.prepare import _exclusive, prepare
+
+    src = dict(items=fixtures_dir / "jsonl" / "items.jsonl", interactions=fixtures_dir / "jsonl" / "interactions.csv")
+    out = tmp_path / "data"
+    first = prepare("jsonl", out, **src)
+    (out / "images" / "stale.jpg").write_bytes(b"left over from an earlier preparation")
+    (out / "features").mkdir()
+    (out / "features" / "offline.safetensors").write_bytes(b"a cache; checked against the catalog when read")
+    again = prepare("jsonl", out, **src)
+    assert not (out / "images" / "stale.jpg").exists(), "no file of the earlier preparation is left"
+    assert (out / "features" / "offline.safetensors").is_file(), "feature caches survive a re-preparation"
+    assert again.root == out and again.catalog.fingerprint() == first.catalog.fingerprint()
+    assert Dataset.load(out).counts() == first.counts()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.prepare.lock", "data"]  # no staging left
+
+    # a failed preparation leaves the earlier one as it was
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(Exception):
+        prepare("jsonl", out, items=tmp_path / "missing.jsonl", interactions=src["interactions"])
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert Dataset.load(out).counts() == first.counts()
+
+    # two preparations into one folder: the second is refused in one sentence
+    with _exclusive(out):
+        with pytest.raises(ValueError, match="another `dtrec prepare` is writing"):
+            prepare("jsonl", out, **src)
+    assert Dataset.load(out).counts() == first.counts()

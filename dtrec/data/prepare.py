@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from dtrec.data.catalog import Dataset
@@ -18,12 +22,72 @@ def check_out_dir(out: Path) -> None:
         raise ValueError(f"--out {out} is not empty and holds no prepared data set; choose an empty or new folder")
 
 
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold a lock file beside `out` for the whole preparation: two `dtrec prepare` into one folder refuse."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no guard, as before
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.prepare.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"another `dtrec prepare` is writing {out}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Put the finished `staging` folder in place of `out`, keeping `out`'s still-valid feature caches."""
+    if out.is_dir():
+        old_features = out / "features"
+        if old_features.is_dir():
+            # Caches check the catalog's fingerprint when read, so an unchanged catalog keeps its
+            # (minutes-long) extraction and a changed one recomputes; files the reader wrote win.
+            (staging / "features").mkdir(exist_ok=True)
+            for f in old_features.iterdir():
+                if f.is_file() and not (staging / "features" / f.name).exists():
+                    shutil.move(str(f), staging / "features" / f.name)
+        trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        out.rename(trash)
+        staging.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
 def prepare(kind: str, out: str | Path, *, source: str | Path | None = None, posters: str | Path | None = None,
             name: str | None = None, items: str | Path | None = None, interactions: str | Path | None = None,
             kcore: int | None = None, cold_fraction: float = 0.0, seed: int = 42) -> Dataset:
-    """Read one source kind ("movielens" | "unisrec" | "jsonl"), split off cold items, save to `out`."""
+    """Read one source kind ("movielens" | "unisrec" | "jsonl"), split off cold items, save to `out`.
+
+    The data set is written to a staging folder beside `out` and takes `out`'s place only when
+    complete: a failed run leaves an earlier preparation as it was, and a new one leaves no file of
+    the old one behind (feature caches excepted: they are checked against the catalog on load).
+    """
     out = Path(out)
     check_out_dir(out)
+    with _exclusive(out):
+        staging = out.parent / f".{out.name}.prepare-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            ds = _prepare_into(kind, staging, source=source, posters=posters, name=name, items=items,
+                               interactions=interactions, kcore=kcore, cold_fraction=cold_fraction, seed=seed)
+            _replace_dir(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    ds.root = ds.catalog.root = out  # image paths are relative to the data set's folder
+    return ds
+
+
+def _prepare_into(kind: str, out: Path, *, source: str | Path | None, posters: str | Path | None,
+                  name: str | None, items: str | Path | None, interactions: str | Path | None,
+                  kcore: int | None, cold_fraction: float, seed: int) -> Dataset:
     if kind == "movielens":
         from dtrec.data.movielens import read_movielens
 
