@@ -16,6 +16,7 @@ import signal
 import struct
 import subprocess
 import sys
+import types
 import threading
 import time
 import zlib
@@ -281,6 +282,10 @@ def _handler(demo, name: str):
     return next(f.fn for f in demo.fns.values() if f.name == name)
 
 
+# What Gradio hands a handler as its last argument (gr.Request): the browser session's hash.
+BROWSER = types.SimpleNamespace(session_hash="a-browser-session")
+
+
 def _bomb_png(w: int = 100_000, h: int = 100_000) -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -352,13 +357,13 @@ def test_odd_but_valid_images_are_accepted_as_rgb_thumbnails(served, client, tmp
 def test_markup_in_titles_is_shown_as_text(served, client):
     _, rec, demo, _ = served
     title = "<script>alert(1)</script><img src=x onerror=alert(2)> **bold** [link](javascript:x)\x00\x07\u202e"
-    new_id, status, *_ = _handler(demo, "on_add")(None, title, "<b>text</b>", [], None)
+    new_id, status, *_ = _handler(demo, "on_add")(None, title, "<b>text</b>", [], None, BROWSER)
     stored = rec.store.get(new_id).title
     assert "\x00" not in stored and "\x07" not in stored and "\u202e" not in stored and "<script>" in stored
     assert "<script" not in status and "<img" not in status and "**bold**" not in status and "](" not in status
     assert "&lt;script&gt;" in status
     hist = [v.id for v in rec.list_items(limit=2)]
-    rank_md = _handler(demo, "on_refresh")(hist, 5, new_id)[3]
+    rank_md = _handler(demo, "on_refresh")(hist, 5, new_id, BROWSER)[3]
     assert "<script" not in rank_md and "&lt;script&gt;" in rank_md
     # an error message that quotes user input is escaped too (gr.Error renders HTML)
     with pytest.raises(AppError) as e:
@@ -399,7 +404,7 @@ def test_hostile_strings_are_one_sentence_and_store_nothing(served, client):
     import gradio as gr
 
     with pytest.raises(gr.Error) as e:
-        _handler(demo, "on_add")("../../etc/passwd", "Path", "", [], None)
+        _handler(demo, "on_add")("../../etc/passwd", "Path", "", [], None, BROWSER)
     one_sentence(e.value.message)
     assert rec.about()["n_uploads"] == n
 

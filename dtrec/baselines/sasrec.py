@@ -24,6 +24,7 @@ from torch import nn
 
 from dtrec.data.catalog import Dataset
 from dtrec.eval import evaluate
+from dtrec.model.dropout import use_fast_dropout
 from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches, padded_width
 
 
@@ -81,6 +82,7 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         # dropout is applied by overriding the attention module's rate.
         layer.self_attn.dropout = c.attn_dropout
         self.encoder = nn.TransformerEncoder(layer, c.n_layers, enable_nested_tensor=False)
+        use_fast_dropout(self)  # as dtrec's encoder: the benchmark compares the models, not their dropout
         self.apply(self._init_weights)
 
     @staticmethod

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dtrec.model.dropout import use_fast_dropout
+
 
 def canonical_order(modalities) -> tuple[str, ...]:
     """Modalities in dtrec's fixed order (text, image, then any other by name)."""
@@ -58,6 +60,7 @@ class FusionEncoder(nn.Module):
         # Nested tensors would drop padded tokens in eval only, making train/eval paths differ.
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.out_proj = nn.ModuleDict({m: nn.Linear(d_model, d_model) for m in self.modalities})
+        use_fast_dropout(self)  # same dropout, a cheaper CPU mask (dtrec/model/dropout.py)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
