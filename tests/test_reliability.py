@@ -16,9 +16,9 @@ import signal
 import struct
 import subprocess
 import sys
-import types
 import threading
 import time
+import types
 import zlib
 from pathlib import Path
 
