@@ -3,6 +3,7 @@
     python scripts/bench_extract.py                 # vs HEAD, 3 rounds of dtrec.bench.measure_feature_extraction
     python scripts/bench_extract.py --rev main~3 --rounds 5 --n-items 64
     python scripts/bench_extract.py --breakdown     # ms per item: decode, preprocess, image model, text model
+    python scripts/bench_extract.py --fused-ab      # Lite0 with fused oneDNN conv+ReLU6 vs conv, clamp
 
 On a shared machine a single run says little: old and new alternate round by round, so that
 both see the same noise, and the medians are compared. Only `dtrec/encoders/offline.py` and
@@ -123,17 +124,43 @@ def breakdown(n_items: int, rounds: int) -> None:
     print(f"  {'sum':36s} {total:6.2f} ms/item = {1000 / total:.1f} items/s with text and image")
 
 
+def fused_ab(rounds: int) -> None:
+    """Median ms per image of the folded Lite0 with and without fused CPU convs, interleaved, batch 32."""
+    from dtrec.encoders import offline
+
+    plain = offline.load_efficientnet_lite0(offline.efficientnet_lite0_file())
+    models = {"conv, clamp": offline.fold_efficientnet_lite(plain, fused=False),
+              "fused": offline.fold_efficientnet_lite(plain)}
+    x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(x, offline.IMAGE_HIGH_RES_BATCH, offline.IMAGE_LOW_RES_BATCH)  # warm-up (and the weight reorder)
+        for r in range(rounds):
+            for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
+                t = time.perf_counter()
+                models[k](x, offline.IMAGE_HIGH_RES_BATCH, offline.IMAGE_LOW_RES_BATCH)
+                times[k].append(1000 * (time.perf_counter() - t) / len(x))
+    a, b = (statistics.median(times[k]) for k in models)
+    wins = sum(u > f for u, f in zip(*times.values()))
+    print(f"Lite0 ms/image, median of {rounds}: conv, clamp {a:.2f}; fused {b:.2f}; x{a / b:.3f} "
+          f"(fused faster in {wins} of {rounds} rounds)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rev", default="HEAD", help="git revision of the baseline encoder (default HEAD)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=None, help="default 3 (12 with --fused-ab)")
     ap.add_argument("--n-items", type=int, default=64)
     ap.add_argument("--breakdown", action="store_true", help="per-stage ms/item of the work tree only")
+    ap.add_argument("--fused-ab", action="store_true", help="Lite0 with and without fused CPU convs")
     args = ap.parse_args()
-    if args.breakdown:
-        breakdown(args.n_items, args.rounds)
+    if args.fused_ab:
+        fused_ab(args.rounds or 12)
+    elif args.breakdown:
+        breakdown(args.n_items, args.rounds or 3)
     else:
-        ab(args.rev, args.rounds, args.n_items)
+        ab(args.rev, args.rounds or 3, args.n_items)
 
 
 if __name__ == "__main__":
