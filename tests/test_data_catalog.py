@@ -98,9 +98,11 @@ def test_prepare_again_replaces_the_folder_whole_and_keeps_feature_caches(fixtur
     (out / "images" / "stale.jpg").write_bytes(b"left over from an earlier preparation")
     (out / "features").mkdir()
     (out / "features" / "offline.safetensors").write_bytes(b"a cache; checked against the catalog when read")
+    (out / "notes.txt").write_text("a user's own file: not ours to delete")
     again = prepare("jsonl", out, **src)
     assert not (out / "images" / "stale.jpg").exists(), "no file of the earlier preparation is left"
     assert (out / "features" / "offline.safetensors").is_file(), "feature caches survive a re-preparation"
+    assert (out / "notes.txt").read_text().startswith("a user's own file")
     assert again.root == out and again.catalog.fingerprint() == first.catalog.fingerprint()
     assert Dataset.load(out).counts() == first.counts()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".data.prepare.lock", "data"]  # no staging left

@@ -42,23 +42,39 @@ def _exclusive(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# What a preparation writes into its folder; the rest of an earlier folder (feature caches, files a
+# user keeps there) moves into the new one.
+_PREPARED = ("items.parquet", "sequences.parquet", "meta.json", "images", "unmatched_posters.txt")
+
+
 def _replace_dir(staging: Path, out: Path) -> None:
-    """Put the finished `staging` folder in place of `out`, keeping `out`'s still-valid feature caches."""
-    if out.is_dir():
-        old_features = out / "features"
-        if old_features.is_dir():
-            # Caches check the catalog's fingerprint when read, so an unchanged catalog keeps its
-            # (minutes-long) extraction and a changed one recomputes; files the reader wrote win.
-            (staging / "features").mkdir(exist_ok=True)
-            for f in old_features.iterdir():
-                if f.is_file() and not (staging / "features" / f.name).exists():
-                    shutil.move(str(f), staging / "features" / f.name)
-        trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        out.rename(trash)
+    """Put the finished `staging` folder in place of `out`; what `out` holds beyond a preparation moves over.
+
+    Feature caches move too: they check the catalog's fingerprint when read, so an unchanged catalog
+    keeps its (minutes-long) extraction and a changed one recomputes. Files the new run wrote win.
+    """
+    if not out.is_dir():
         staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
+        return
+    for entry in out.iterdir():
+        if entry.name in _PREPARED:
+            continue
+        target = staging / entry.name
+        if entry.name == "features" and entry.is_dir():
+            target.mkdir(exist_ok=True)
+            for f in entry.iterdir():
+                if not (target / f.name).exists():
+                    shutil.move(str(f), target / f.name)
+        elif not target.exists():
+            shutil.move(str(entry), target)
+    trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    out.rename(trash)
+    try:
         staging.rename(out)
+    except OSError:
+        trash.rename(out)  # put the earlier data set back rather than leave no folder
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def prepare(kind: str, out: str | Path, *, source: str | Path | None = None, posters: str | Path | None = None,
