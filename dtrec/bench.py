@@ -517,9 +517,7 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
                 + (f", widths rounded up to a multiple of {pad_multiple}" if pad_multiple > 1 else ""),
     })
     runs = res["runs"]
-    for v in variants:
-        if v != "fp32" and device.type != "cuda":
-            continue  # bf16 autocast / compile are GPU variants; on CPU they measure nothing useful
+    for v in variants:  # run_bench asks for bf16 / compile on a CPU only when told to (--variants)
         kw = dict(batch_size=batch_size, epochs=epochs, max_steps=max_steps, max_seconds=max_seconds, device=device,
                   variant=v, seed=seed)
         try:
