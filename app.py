@@ -93,7 +93,8 @@ def _user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         request = kwargs.pop(_REQUEST, None)
-        if len(args) > n_params:  # Gradio passed the request positionally, after the handler's own inputs
+        # Gradio passes the request positionally, after the handler's inputs (which may rely on defaults)
+        if len(args) > n_params or (args and isinstance(args[-1], gr.Request)):
             request, args = args[-1], args[:-1]
         try:
             with session_scope(getattr(request, "session_hash", None)):
