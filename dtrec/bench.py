@@ -323,8 +323,7 @@ def train_dtrec_steps(examples: list[list[int]], features: Any, model_config: An
         log_freq = item_log_frequency(examples, len(features)).to(device) if negatives != "all" else None
         objective = FinetuneObjective(model, table, negatives, num_negatives, log_freq)
         fn: Callable = torch.compile(objective, dynamic=True) if variant == "compile" else objective
-        collator = Collator(model_config.objective, model_config.mask_prob, seed, pad_multiple=pad_multiple,
-                            max_length=model_config.max_len + (model_config.objective == "cloze"))
+        collator = Collator.for_model(model_config, seed, pad_multiple)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
         amp = variant == "bf16" or (variant == "compile" and device.type == "cuda")
 

@@ -86,11 +86,6 @@ def padded_examples(examples: list[list[int]], max_len: int) -> dict[str, Tensor
     """Causal items / padding / targets of every example, padded once to `max_len` positions."""
     from dtrec.train.batching import Collator
 
-    b = Collator("causal")(examples)
-    width = b["items"].shape[1]
-    if width < max_len:  # the bare loop runs at one fixed width, as a minimal loop does
-        extra = max_len - width
-        b["items"] = F.pad(b["items"], (0, extra), value=-1)
-        b["targets"] = F.pad(b["targets"], (0, extra), value=-1)
-        b["padding"] = F.pad(b["padding"], (0, extra), value=True)
+    # one fixed width for every batch, as a minimal loop has: the batch's width rounded up to max_len
+    b = Collator("causal", pad_multiple=max_len, max_length=max_len)(examples)
     return {k: b[k] for k in ("items", "padding", "targets")}

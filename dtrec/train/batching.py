@@ -9,10 +9,14 @@ every position predicts the item after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.utils.data import Sampler
+
+if TYPE_CHECKING:
+    from dtrec.config import ModelConfig
 
 
 def build_examples(sequences: list[list[int]], objective: str, max_len: int) -> list[list[int]]:
@@ -65,6 +69,12 @@ class Collator:
 
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, seed: int = 0, pad_multiple: int = 1) -> "Collator":
+        """The collator of a model: its objective and mask rate, widths capped at its positions."""
+        positions = config.max_len + (1 if config.objective == "cloze" else 0)  # Cloze adds the masked query
+        return cls(config.objective, config.mask_prob, seed, pad_multiple=pad_multiple, max_length=positions)
 
     def set_epoch(self, epoch: int, rank: int = 0) -> None:
         """Reseed, so an epoch's masks do not depend on what ran before (exact resume)."""

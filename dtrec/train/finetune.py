@@ -144,8 +144,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
         )
     sampler = BatchPlan([len(e) for e in examples], config.batch_size, group_by_length=config.group_by_length,
                         seed=config.seed, world_size=info.world_size, rank=info.rank)
-    collator = Collator(model_cfg.objective, model_cfg.mask_prob, config.seed, pad_multiple=config.pad_multiple,
-                        max_length=model_cfg.max_len + (model_cfg.objective == "cloze"))
+    collator = Collator.for_model(model_cfg, config.seed, config.pad_multiple)
     loader = DataLoader(examples, batch_sampler=sampler, collate_fn=collator, pin_memory=device.type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_amp = config.amp and device.type == "cuda"
