@@ -46,7 +46,6 @@ def test_ivfpq_falls_back_to_flat_below_threshold():
     assert (got == _brute(x, q, 5)[1].numpy()).all()
 
 
-
 def _clustered(n, d=32, q=100, seed=0):
     from dtrec.bench import synthetic_embeddings
 
@@ -106,6 +105,7 @@ def test_ivfpq_file_from_before_refine_loads_as_unrefined(tmp_path):
     (tmp_path / "old.faiss.json").write_text(json.dumps(meta))
     loaded = ItemIndex.load(path)
     assert loaded.params["refine"] == "none" and (loaded.search(q, 5)[1] == index.search(q, 5)[1]).all()
+
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_add_remove_reconstruct(kind):
