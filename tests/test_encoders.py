@@ -241,6 +241,44 @@ def test_thread_map_keeps_order():
     assert thread_map(lambda x: thread_map(str, [x] * 3), list(range(9))) == [[str(x)] * 3 for x in range(9)]
 
 
+def test_one_thread_per_core_runs_shards_on_one_thread_each():
+    import threading
+
+    from dtrec.encoders.base import one_thread_per_core
+
+    def probe(shard):
+        return shard, torch.get_num_threads(), torch.is_inference_mode_enabled(), threading.get_ident()
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = one_thread_per_core(probe, [[0, 1], [2], [3, 4, 5]])
+        assert [o[0] for o in out] == [[0, 1], [2], [3, 4, 5]]  # in order
+        assert all(o[1] == 1 and o[2] for o in out)  # one intra-op thread, inference mode, in every worker
+        assert threading.get_ident() not in {o[3] for o in out}
+        assert torch.get_num_threads() == 2  # the caller's setting is its own
+        with pytest.raises(ZeroDivisionError):
+            one_thread_per_core(lambda s: 1 / s, [1, 0])
+        torch.set_num_threads(1)  # one core: inline, still in inference mode
+        out = one_thread_per_core(probe, [[0], [1]])
+        assert {o[3] for o in out} == {threading.get_ident()} and all(o[2] for o in out)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_balanced_shards_cover_every_index_once():
+    from dtrec.encoders.base import balanced_shards
+
+    costs = [5.0, 1.0, 4.0, 3.0, 3.0, 3.0, 2.0]
+    for n in (1, 2, 3, 10):
+        groups = balanced_shards(costs, n)
+        assert sorted(i for g in groups for i in g) == list(range(len(costs)))
+        assert len(groups) == min(n, len(costs)) and all(groups)
+        totals = [sum(costs[i] for i in g) for g in groups]
+        assert max(totals) - min(totals) <= max(costs)
+    assert balanced_shards([], 2) == [] and balanced_shards([1.0], 4) == [[0]]
+
+
 def test_images_to_tensor_matches_plain_normalisation():
     from dtrec.encoders.base import images_to_tensor
 
@@ -323,7 +361,14 @@ def test_offline_encoder_fast_paths_match_unoptimised(monkeypatch):
     texts = ["GoldenEye (1995) Action|Adventure|Thriller", "x", "Toy Story (1995)", "word " * 400,
              "a film about astronauts travelling through outer space", "Heat", "Heat (1995) Crime|Thriller",
              "science fiction movie set on a spaceship among the stars, with robots", "ok"]
-    got = enc.encode_text(texts)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # chunks shared between two cores
+        got = enc.encode_text(texts)
+        torch.set_num_threads(1)
+        assert (enc.encode_text(texts) - got).abs().max() <= 1e-6
+    finally:
+        torch.set_num_threads(before)
     # the unoptimised path: one batch padded to its longest text
     batch = enc._tokenizer(texts, padding=True, truncation=True, max_length=offline.TEXT_MAX_TOKENS, return_tensors="pt")
     with torch.inference_mode():

@@ -117,6 +117,42 @@ def thread_map(fn: Callable[[T], R], items: list[T]) -> list[R]:
     return list(pool.map(fn, items))
 
 
+def one_thread_per_core(fn: Callable[[T], R], shards: list[T]) -> list[R]:
+    """`[fn(s) for s in shards]`, each shard on its own thread running torch with one intra-op thread.
+
+    Rows split across cores where an op splits poorly within: MiniLM's small matmuls on chunks of
+    8 texts scale 1.7x from one thread to two, while two one-thread workers on disjoint chunks are
+    ~1.15x faster again (`python scripts/bench_extract.py`). Lite0's convs already scale well, so
+    images gain nothing and are not split. Up to torch.get_num_threads() workers; inline when that
+    is 1 or there is one shard. Each worker runs under inference mode (grad mode is per thread).
+    """
+    workers = min(len(shards), torch.get_num_threads())
+    if workers <= 1:
+        with torch.inference_mode():
+            return [fn(s) for s in shards]
+
+    def run(shard: T) -> R:
+        # per thread: the caller's own threads keep their setting
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            return fn(shard)
+
+    # a pool per call: its threads are ours alone, so their one-thread setting never leaks to other work
+    with ThreadPoolExecutor(workers, thread_name_prefix=_POOL_THREAD) as pool:
+        return list(pool.map(run, shards))
+
+
+def balanced_shards(costs: list[float], n: int) -> list[list[int]]:
+    """Indices of `costs` dealt into at most `n` non-empty groups of near-equal total cost (longest first)."""
+    groups: list[list[int]] = [[] for _ in range(max(1, min(n, len(costs))))]
+    totals = [0.0] * len(groups)
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        g = totals.index(min(totals))
+        groups[g].append(i)
+        totals[g] += costs[i]
+    return [sorted(g) for g in groups if g]
+
+
 def images_to_tensor(images: list[Image.Image], size: int, mean: tuple[float, ...],
                      std: tuple[float, ...]) -> torch.Tensor:
     """(B, 3, size, size) float32 channels_last batch: RGB, resized and centre-cropped, normalised by mean/std."""

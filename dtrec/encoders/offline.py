@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from dtrec.encoders.base import WeightsNotFound, images_to_tensor, resolve_device
+from dtrec.encoders.base import (WeightsNotFound, balanced_shards, images_to_tensor, one_thread_per_core,
+                                 resolve_device)
 from dtrec.encoders.registry import register
 
 TEXT_MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -31,7 +32,8 @@ IMAGE_STD = (128.0 / 255.0,) * 3
 # at 8+ every such layer mmaps fresh memory and page-faults it in (~2400 faults per image, a third
 # or more of the model's time). The layers below 1/8 resolution are small and run ~10% faster per
 # image 16 at a time. MiniLM gets its texts sorted by length in chunks of 8, so that a chunk is
-# padded only to its own longest text.
+# padded only to its own longest text, and the chunks are shared out one core each
+# (`one_thread_per_core`).
 IMAGE_HIGH_RES_BATCH = 4
 IMAGE_LOW_RES_BATCH = 16
 TEXT_MICRO_BATCH = 8
@@ -248,16 +250,26 @@ class OfflineEncoder:
         # (attention masks it out, so each row's vector is unchanged up to float round-off).
         order = torch.argsort(lengths, stable=True)
         out = torch.empty(len(texts), self.dims["text"])
-        chunk_size = TEXT_MICRO_BATCH if self.device.type == "cpu" else len(texts)
-        for lo in range(0, len(texts), chunk_size):
-            rows = order[lo:lo + chunk_size]
+        if self.device.type != "cpu":
+            self._encode_text_chunks(batch, [order], lengths, out)
+            return out
+        chunks = [order[lo:lo + TEXT_MICRO_BATCH] for lo in range(0, len(texts), TEXT_MICRO_BATCH)]
+        # one core a share of the chunks, dealt by tokens so that the cores finish together
+        costs = [float(len(c) * lengths[c].max()) for c in chunks]
+        shards = [[chunks[i] for i in g] for g in balanced_shards(costs, torch.get_num_threads())]
+        one_thread_per_core(lambda shard: self._encode_text_chunks(batch, shard, lengths, out), shards)
+        return out
+
+    def _encode_text_chunks(self, batch: dict[str, torch.Tensor], chunks: list[torch.Tensor],
+                            lengths: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the pooled vectors of each chunk of rows of the tokenised `batch` into `out` (rows disjoint)."""
+        for rows in chunks:
             width = int(lengths[rows].max())
             chunk = {k: v[rows, :width].to(self.device) for k, v in batch.items()}
             hidden = self._text_model(**chunk).last_hidden_state
             mask = chunk["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out[rows] = F.normalize(pooled, dim=-1).float().cpu()
-        return out
 
     # -- image --------------------------------------------------------------------------
     def _load_image(self) -> None:
