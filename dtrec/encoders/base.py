@@ -120,9 +120,10 @@ def thread_map(fn: Callable[[T], R], items: list[T]) -> list[R]:
 def one_thread_per_core(fn: Callable[[T], R], shards: list[T]) -> list[R]:
     """`[fn(s) for s in shards]`, each shard on its own thread running torch with one intra-op thread.
 
-    Rows split across cores where an op splits poorly within: MiniLM's small matmuls on chunks of
-    8 texts scale 1.7x from one thread to two, while two one-thread workers on disjoint chunks are
-    ~1.15x faster again (`python scripts/bench_extract.py`). Lite0's convs already scale well, so
+    Rows split across cores where an op splits poorly within: MiniLM's small matrix products on
+    chunks of 8 texts use a second thread less well inside each product than on a chunk of its
+    own, so two one-thread workers on disjoint chunks encode text 1.24x faster (README,
+    Performance: `python scripts/bench_extract.py --rev 7f56a39~1`). Lite0's convolutions already scale across threads, so
     images gain nothing and are not split. Up to torch.get_num_threads() workers; inline when that
     is 1 or there is one shard. Each worker runs under inference mode (grad mode is per thread).
     """
