@@ -186,3 +186,28 @@ def evaluate_checkpoint(
             cold["note"] = COLD_NOTES[kind]
         out["cold_start"] = cold
     return out
+
+
+def seed_summary(runs: Sequence[dict], split: str = "test",
+                 keys: Sequence[str] = METRIC_KEYS) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Mean, sample standard deviation and run count of each model's metrics over recipe results of several seeds.
+
+    `runs` are recipe `results.json` objects (model -> split -> metrics); a model or split that a
+    run lacks is left out of that model's statistics, and the deviation of a single run is 0.
+    """
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    models = [m for m in dict.fromkeys(k for r in runs for k in r) if m != "meta"]
+    for model in models:
+        rows = [r[model][split] for r in runs if split in r.get(model, {})]
+        if not rows:
+            continue
+        stats = {}
+        for key in keys:
+            vals = [float(row[key]) for row in rows if key in row]
+            if not vals:
+                continue
+            mean = sum(vals) / len(vals)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            stats[key] = (mean, sd, len(vals))
+        out[model] = stats
+    return out

@@ -157,3 +157,23 @@ def test_scientific_recipe_smoke_run(tmp_path):
     for name in ("popularity", "sasrec", "dtrec"):
         assert set(res[name]) == {"valid", "test"} and res[name]["test"]["n"] == 2928
     assert res["meta"]["seed"] == 42 and any(c.startswith("dtrec finetune") for c in res["meta"]["commands"])
+
+
+def test_seed_summary_means_and_sample_deviations():
+    from dtrec.eval import seed_summary
+
+    def run(r10, cold=None):
+        out = {"dtrec": {"test": {"recall@10": r10, "mrr": r10 / 2, "n": 9}}, "meta": {"seed": 0}}
+        if cold is not None:
+            out["dtrec"]["cold_start"] = {"recall@10": cold}
+        return out
+
+    runs = [run(0.1, 0.0), run(0.2), run(0.3, 0.5), {"sasrec": {"test": {"recall@10": 0.4}}}]
+    s = seed_summary(runs)
+    assert set(s) == {"dtrec", "sasrec"}  # meta is not a model
+    mean, sd, n = s["dtrec"]["recall@10"]
+    assert n == 3 and math.isclose(mean, 0.2) and math.isclose(sd, 0.1)  # sample (n - 1) deviation
+    assert math.isclose(s["dtrec"]["mrr"][0], 0.1) and "ndcg@10" not in s["dtrec"]
+    assert s["sasrec"]["recall@10"] == (0.4, 0.0, 1)
+    cold = seed_summary(runs, "cold_start")["dtrec"]["recall@10"]  # runs without the split are left out
+    assert cold[2] == 2 and math.isclose(cold[0], 0.25)

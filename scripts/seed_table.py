@@ -1,0 +1,39 @@
+"""Mean ± sample standard deviation over recipe runs of several seeds, as a Markdown table.
+
+    python scripts/seed_table.py docs/results/movielens.json docs/results/movielens-seed1.json \
+        docs/results/movielens-seed2.json [--split test|valid|cold_start]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dtrec.eval import METRIC_KEYS, seed_summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table of `seed_summary` for the given results files."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="+", help="results.json files written by scripts/*.sh")
+    p.add_argument("--split", default="test")
+    args = p.parse_args(argv)
+    runs = [json.loads(Path(f).read_text()) for f in args.results]
+    summary = seed_summary(runs, args.split)
+    names = {"recall@10": "Recall@10", "recall@50": "Recall@50", "ndcg@10": "NDCG@10", "ndcg@50": "NDCG@50",
+             "mrr": "MRR"}
+    print("| model (runs) | " + " | ".join(names[k] for k in METRIC_KEYS) + " |")
+    print("| --- |" + " ---: |" * len(METRIC_KEYS))
+    for model, stats in summary.items():
+        n = max((s[2] for s in stats.values()), default=0)
+        cells = [f"{stats[k][0]:.4f} ± {stats[k][1]:.4f}" if k in stats else "–" for k in METRIC_KEYS]
+        print(f"| {model} ({n}) | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
