@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -206,8 +207,6 @@ def seed_summary(runs: Sequence[dict], split: str = "test",
             vals = [float(row[key]) for row in rows if key in row]
             if not vals:
                 continue
-            mean = sum(vals) / len(vals)
-            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-            stats[key] = (mean, sd, len(vals))
+            stats[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
         out[model] = stats
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtrec.eval import METRIC_KEYS, seed_summary
+from dtrec.modelcard import METRIC_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     runs = [json.loads(Path(f).read_text()) for f in args.results]
     summary = seed_summary(runs, args.split)
-    names = {"recall@10": "Recall@10", "recall@50": "Recall@50", "ndcg@10": "NDCG@10", "ndcg@50": "NDCG@50",
-             "mrr": "MRR"}
-    print("| model (runs) | " + " | ".join(names[k] for k in METRIC_KEYS) + " |")
+    print("| model (runs) | " + " | ".join(METRIC_NAMES[k] for k in METRIC_KEYS) + " |")
     print("| --- |" + " ---: |" * len(METRIC_KEYS))
     for model, stats in summary.items():
         n = max((s[2] for s in stats.values()), default=0)
