@@ -475,11 +475,11 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
 
     SASRec runs twice: at dtrec's size (`matched_sasrec`, the comparison that isolates
     content encoding from model size) and at its own defaults (RecBole's 64-d, or
-    `sasrec` overrides). dtrec runs with `FinetuneConfig`'s negatives ("all" by
-    default: the whole catalog through the item tower every step); the bare loop
+    `sasrec` overrides). dtrec runs with `FinetuneConfig`'s negatives resolved for the catalog ("all" up to
+    `FULL_SOFTMAX_MAX_ITEMS`: the whole catalog through the item tower every step); the bare loop
     (`dtrec.train.bare`, causal objective only) is the same model without dtrec's
     machinery. Results go into `out` run by run, so an interrupted benchmark keeps them."""
-    from dtrec.config import FinetuneConfig, ModelConfig
+    from dtrec.config import FinetuneConfig, ModelConfig, resolve_negatives
     from dtrec.train.batching import build_examples
 
     device = _device(device)
@@ -488,7 +488,7 @@ def measure_training(dataset: Any, features: Any, *, model_config: Any | None = 
         cfg = dataclasses.replace(cfg, encoder=features.encoder, modality_dims=features.dims)
     seqs = dataset.train_sequences()
     examples = build_examples(seqs, cfg.objective, cfg.max_len)
-    negatives = FinetuneConfig().negatives
+    negatives = resolve_negatives(FinetuneConfig().negatives, len(features))
     matched = matched_sasrec(cfg)
     res = out if out is not None else {}
     res.update({

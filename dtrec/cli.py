@@ -30,9 +30,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--name", required=True, help="file prefix, e.g. Scientific")
     _add_prep_flags(u, kcore_default=0)
 
-    j = psub.add_parser("jsonl", help="your own catalog: items.jsonl + interactions.csv")
-    j.add_argument("--items", required=True)
-    j.add_argument("--interactions", required=True)
+    j = psub.add_parser("jsonl", help="your own catalog: items.jsonl + interactions.csv (plain or .gz)")
+    j.add_argument("--items", required=True, help="items.jsonl or items.jsonl.gz")
+    j.add_argument("--interactions", default=None,
+                   help="interactions.csv or .csv.gz (omit it for a catalog without users)")
     _add_prep_flags(j, kcore_default=0)
     p.set_defaults(func=_cmd_prepare)
 
@@ -93,7 +94,11 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--encoder", default=None, help="feature encoder (default: the checkpoint's)")
     e.add_argument("--batch-size", type=int, default=256, help="users scored at a time")
     e.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--exclude-history", action="store_true",
+                   help="hide each user's history items from the ranking (the serving protocol; default: "
+                        "nothing hidden, the reference protocol of published results)")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.add_argument("--quiet", action="store_true", help="no progress bar (default: one on stderr when a terminal)")
     e.set_defaults(func=_cmd_evaluate)
 
     b = sub.add_parser("baseline", help="train a baseline (popularity | sasrec) and save it")
@@ -133,12 +138,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dtrec.eval import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.checkpoint, args.data, encoder=args.encoder, batch_size=args.batch_size,
-                              device=args.device, progress=not args.json)
+                              device=args.device, progress=False if args.quiet else None,
+                              exclude_history=args.exclude_history)
+    protocol = "serving (history hidden)" if args.exclude_history else "reference (nothing hidden)"
+    for m in res.values():
+        m["protocol"] = protocol.split()[0]
     if args.json:
         print(json.dumps(_json_safe(res), allow_nan=False))
     else:
+        print(f"protocol: {protocol}")
         for split, m in res.items():
-            nums = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("n", "note"))
+            nums = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
             print(f"{split:>10} (n={m['n']}): {nums}" + (f"  [{m['note']}]" if "note" in m else ""))
     return 0
 

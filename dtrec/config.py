@@ -38,7 +38,18 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- model / training
 OBJECTIVES = ("cloze", "causal")
-NEGATIVES = ("all", "in_batch", "sampled")
+NEGATIVES = ("auto", "all", "in_batch", "sampled")
+# "auto" picks the full softmax over every item ("all", the reference) up to this catalog size and
+# logQ-corrected sampled negatives beyond it: "all" re-encodes the whole catalog every step, so its
+# step time grows with the catalog (docs/data.md, "Negatives").
+FULL_SOFTMAX_MAX_ITEMS = 5_000
+
+
+def resolve_negatives(negatives: str, num_items: int) -> str:
+    """The negatives a run uses: `negatives` itself, or for "auto" the choice by catalog size."""
+    if negatives != "auto":
+        return negatives
+    return "all" if num_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
 
 
 @dataclass
@@ -104,7 +115,7 @@ class FinetuneConfig(TrainConfig):
     patience: int = 10
     eval_every: int = 1
     eval_batch_size: int = 256
-    negatives: str = "all"
+    negatives: str = "auto"  # resolved by catalog size (resolve_negatives) before the run record is written
     num_negatives: int = 1024
     evaluate_test: bool = True
 

@@ -65,13 +65,16 @@ def evaluate(
     batch_size: int = 256,
     ks: Sequence[int] = (10, 50),
     exclude_history: bool = False,
-    progress: bool = False,
+    progress: bool | None = False,
+    desc: str = "evaluate",
 ) -> dict[str, float]:
     """Mean full-ranking metrics of `score_fn(histories) -> (B, N)` over `(history, target)` cases.
 
-    Users are scored `batch_size` at a time, so memory stays at batch_size x N.
-    With `exclude_history`, items already in a history are scored as worst
-    (a repeat target then ranks last, as it would in a recommender that hides seen items).
+    Users are scored `batch_size` at a time, so memory stays at a few batch_size x N
+    arrays whatever the number of users. With `exclude_history` (the serving protocol),
+    items already in a history are scored as worst (a repeat target then ranks last, as
+    it would in a recommender that hides seen items). `progress`: a bar on stderr
+    (None: only when stderr is a terminal).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -79,10 +82,10 @@ def evaluate(
     keys = metric_keys(ks)
     sums = {k: 0.0 for k in keys}
     batches = range(0, len(cases), batch_size)
-    if progress:
+    if progress is not False:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="evaluate", unit="batch")
+        batches = tqdm(batches, desc=desc, unit="batch", disable=None if progress is None else False, leave=False)
     for start in batches:
         chunk = cases[start : start + batch_size]
         histories = [list(map(int, h)) for h, _ in chunk]
@@ -153,7 +156,7 @@ def load_scorer(checkpoint: str | Path, data_dir: str | Path, encoder: str | Non
     from dtrec.features import load_features
     from dtrec.model import DualTower
 
-    with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints on stdout; keep --json clean
+    with contextlib.redirect_stdout(sys.stderr):  # keep --json clean whatever the Hub client prints
         model = DualTower.from_pretrained(str(ckpt))
     name = encoder or json.loads((ckpt / "config.json").read_text()).get("encoder")
     if not name:
@@ -171,18 +174,27 @@ def evaluate_checkpoint(
     encoder: str | None = None,
     batch_size: int = 256,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
+    exclude_history: bool = False,
 ) -> dict[str, dict]:
-    """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items."""
+    """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items.
+
+    `exclude_history` scores with each user's history hidden (the serving protocol); the
+    default hides nothing (the reference protocol of published sequential results).
+    """
     from dtrec.data.catalog import Dataset
 
     dataset = Dataset.load(data_dir)
+    if not len(dataset.interactions):
+        raise ValueError(f"{data_dir} is a catalog without interactions: nothing to evaluate (prepare it "
+                         "again with --interactions; its extracted features are kept)")
     kind, score_fn = load_scorer(checkpoint, data_dir, encoder=encoder, device=device)
     out: dict[str, dict] = {}
+    opts = {"batch_size": batch_size, "progress": progress, "exclude_history": exclude_history}
     for split in ("valid", "test"):
-        out[split] = evaluate(score_fn, dataset.eval_cases(split), batch_size=batch_size, progress=progress)
+        out[split] = evaluate(score_fn, dataset.eval_cases(split), desc=f"evaluate {split}", **opts)
     if dataset.cold_items:
-        cold = evaluate(score_fn, dataset.cold_cases("test"), batch_size=batch_size, progress=progress)
+        cold = evaluate(score_fn, dataset.cold_cases("test"), desc="evaluate cold start", **opts)
         if kind in COLD_NOTES:
             cold["note"] = COLD_NOTES[kind]
         out["cold_start"] = cold

@@ -5,6 +5,12 @@ a missing modality is a zero row with `present[m][i] == False`. The cache lives
 at `DIR/features/<encoder-slug>.safetensors` with the encoder name, the
 catalog fingerprint and the dims in its metadata, so a changed catalog or
 encoder is never served from a stale file.
+
+On disk a modality is stored compactly: the presence mask (N,) and one row per
+item that *has* the modality, so a titles-only catalog stores no image column at
+all. In memory a modality that no item has is a zero row broadcast to (N, D_m)
+(`Tensor.expand`, no storage); reading rows of it yields ordinary zero tensors.
+Files in the earlier dense layout (one row per item) still load.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,6 +35,9 @@ if TYPE_CHECKING:  # the data and encoder modules import this one, so only for a
     from dtrec.encoders.base import Encoder
 
 MODALITIES = ("text", "image")
+# "compact": one stored row per item that has the modality (see the module docstring). A file
+# without this key is in the dense layout of earlier versions, which still loads.
+LAYOUT = "compact"
 
 
 @dataclass
@@ -69,14 +79,17 @@ class Features:
                         {m: p.to(device) for m, p in self.present.items()}, self.fingerprint)
 
     def save(self, path: str | Path) -> Path:
-        """Atomically write a safetensors file with encoder and fingerprint metadata."""
+        """Atomically write a safetensors file (compact layout) with encoder and fingerprint metadata."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for m in self.modalities:
-            tensors[m] = self.values[m].float().contiguous()
-            tensors[f"{m}_present"] = self.present[m].to(torch.uint8).contiguous()
-        meta = {"encoder": self.encoder, "fingerprint": self.fingerprint, "dims": json.dumps(self.dims)}
+            mask = self.present[m].bool()
+            if bool(mask.any()):  # a modality no item has is stored as dims alone
+                tensors[m] = self.values[m][mask].float().contiguous()
+                tensors[f"{m}_present"] = mask.to(torch.uint8).contiguous()
+        meta = {"encoder": self.encoder, "fingerprint": self.fingerprint, "dims": json.dumps(self.dims),
+                "layout": LAYOUT, "n_items": str(len(self))}
         # A per-process temp name: two extractions of one data set never write the same file.
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         save_file(tensors, str(tmp), metadata=meta)
@@ -85,16 +98,37 @@ class Features:
 
     @classmethod
     def load(cls, path: str | Path) -> "Features":
-        """Read a file written by `save`."""
+        """Read a file written by `save` (either layout)."""
         from safetensors import safe_open
 
         path = Path(path)
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         t = load_file(str(path))
-        mods = [m for m in MODALITIES if m in t]
-        return cls(meta.get("encoder", ""), {m: t[m].float() for m in mods},
-                   {m: t[f"{m}_present"].bool() for m in mods}, meta.get("fingerprint", ""))
+        if meta.get("layout") != LAYOUT:  # the dense layout: every modality stored with one row per item
+            mods = [m for m in MODALITIES if m in t]
+            return cls(meta.get("encoder", ""), {m: t[m].float() for m in mods},
+                       {m: t[f"{m}_present"].bool() for m in mods}, meta.get("fingerprint", ""))
+        dims = {m: int(d) for m, d in json.loads(meta.get("dims", "{}")).items()}
+        n = int(meta["n_items"])
+        values, present = {}, {}
+        for m in (m for m in MODALITIES if m in dims):
+            if m not in t:
+                values[m] = torch.zeros(1, dims[m]).expand(n, dims[m])
+                present[m] = torch.zeros(n, dtype=torch.bool)
+                continue
+            mask = t[f"{m}_present"].bool()
+            rows = t[m].float()
+            if rows.shape != (int(mask.sum()), dims[m]) or mask.shape != (n,):
+                raise ValueError(f"{path.name}: {m} holds {tuple(rows.shape)} rows for {int(mask.sum())} "
+                                 f"present of {n} items")
+            if rows.shape[0] == n:
+                values[m] = rows
+            else:
+                values[m] = rows.new_zeros(n, dims[m])
+                values[m][mask] = rows
+            present[m] = mask
+        return cls(meta.get("encoder", ""), values, present, meta.get("fingerprint", ""))
 
 
 def encoder_slug(name: str) -> str:
@@ -191,54 +225,74 @@ def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", bat
     if callable(getattr(enc, "load", None)):  # lazy encoders: keep loading out of the encoding rate
         enc.load(tuple(mods))
     info["load_s"] = time.perf_counter() - t0
-    values = {m: torch.zeros(n, enc.dims[m], dtype=torch.float32) for m in mods}
+    texts = catalog.texts()
+    # A modality no item can have (a titles-only catalog's images) never gets an (N, D) block of zeros.
+    possible = {"text": any(t.strip() for t in texts), "image": any(it.image for it in catalog)}
+    values = {m: torch.zeros(n, enc.dims[m], dtype=torch.float32) if possible[m]
+              else torch.zeros(1, enc.dims[m]).expand(n, enc.dims[m]) for m in mods}
     present = {m: torch.zeros(n, dtype=torch.bool) for m in mods}
 
     start = 0
     partial = path.with_name(path.name.replace(".safetensors", ".partial.safetensors")) if path else None
     if partial is not None and not force:
-        done = _cached(partial, name, fingerprint, None) if partial.is_file() else None
-        if done is not None and 0 < len(done) < n and done.dims == {m: enc.dims[m] for m in mods}:
-            start = len(done)
+        earlier = _cached(partial, name, fingerprint, None) if partial.is_file() else None
+        if earlier is not None and 0 < len(earlier) < n and earlier.dims == {m: enc.dims[m] for m in mods}:
+            start = len(earlier)
             for m in mods:
-                values[m][:start] = done.values[m]
-                present[m][:start] = done.present[m]
+                if possible[m]:
+                    values[m][:start] = earlier.values[m]
+                present[m][:start] = earlier.present[m]
 
-    texts = catalog.texts()
     t1 = last_save = time.perf_counter()
     bar = tqdm(total=n, initial=start, unit="item", desc=f"extract {name}", disable=not progress)
-    for lo in range(start, n, batch_size):
-        hi = min(lo + batch_size, n)
-        tb = time.perf_counter()
-        if "text" in mods:
-            rows = [i for i in range(lo, hi) if texts[i].strip()]
-            if rows:
-                values["text"][rows] = enc.encode_text([texts[i] for i in rows]).float()
-                present["text"][rows] = True
-        ti = time.perf_counter()
-        info["text_s"] += ti - tb
-        if "image" in mods:
-            paths = [(i, p) for i in range(lo, hi) if (p := catalog.image_path(i)) is not None]
-            # JPEG/PNG decoding releases the GIL: one thread per core the encoder will use next
-            opened = thread_map(_try_open_image, [p for _, p in paths])
-            rows, images = [], []
-            for (i, p), im in zip(paths, opened):
-                if isinstance(im, Exception):  # one bad file must not stop a catalog-wide run
-                    warnings.warn(f"item {catalog[i].id!r}: image {p} is unreadable, "
-                                  f"treated as missing ({type(im).__name__}: {im})", stacklevel=2)
-                else:
-                    images.append(im)
-                    rows.append(i)
-            if rows:
-                values["image"][rows] = enc.encode_image(images).float()
-                present["image"][rows] = True
-        info["image_s"] += time.perf_counter() - ti
-        bar.update(hi - lo)
-        info["encoded"] += hi - lo
-        if partial is not None and hi < n and time.perf_counter() - last_save > checkpoint_seconds:
-            Features(name, {m: v[:hi] for m, v in values.items()}, {m: mask[:hi] for m, mask in present.items()},
-                     fingerprint).save(partial)
-            last_save = time.perf_counter()
+    if start and progress:
+        tqdm.write(f"resuming {name} extraction at item {start:,} of {n:,} ({partial.name})")
+    done = start
+
+    def checkpoint() -> None:
+        Features(name, {m: v[:done] for m, v in values.items()}, {m: mask[:done] for m, mask in present.items()},
+                 fingerprint).save(partial)
+
+    try:
+        for lo in range(start, n, batch_size):
+            hi = min(lo + batch_size, n)
+            tb = time.perf_counter()
+            if "text" in mods and possible["text"]:
+                rows = [i for i in range(lo, hi) if texts[i].strip()]
+                if rows:
+                    values["text"][rows] = enc.encode_text([texts[i] for i in rows]).float()
+                    present["text"][rows] = True
+            ti = time.perf_counter()
+            info["text_s"] += ti - tb
+            if "image" in mods and possible["image"]:
+                paths = [(i, p) for i in range(lo, hi) if (p := catalog.image_path(i)) is not None]
+                # JPEG/PNG decoding releases the GIL: one thread per core the encoder will use next
+                opened = thread_map(_try_open_image, [p for _, p in paths])
+                rows, images = [], []
+                for (i, p), im in zip(paths, opened):
+                    if isinstance(im, Exception):  # one bad file must not stop a catalog-wide run
+                        warnings.warn(f"item {catalog[i].id!r}: image {p} is unreadable, "
+                                      f"treated as missing ({type(im).__name__}: {im})", stacklevel=2)
+                    else:
+                        images.append(im)
+                        rows.append(i)
+                if rows:
+                    values["image"][rows] = enc.encode_image(images).float()
+                    present["image"][rows] = True
+            info["image_s"] += time.perf_counter() - ti
+            bar.update(hi - lo)
+            info["encoded"] += hi - lo
+            done = hi
+            if partial is not None and hi < n and time.perf_counter() - last_save > checkpoint_seconds:
+                checkpoint()
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        # Keep every finished batch: the next run resumes right here instead of at the last checkpoint.
+        bar.close()
+        if partial is not None and start < done < n:
+            checkpoint()
+        info["interrupted_at"] = done
+        raise
     bar.close()
     info["encode_s"] = time.perf_counter() - t1
 
@@ -274,8 +328,15 @@ def extract_command(args: Any) -> int:
     dataset = Dataset.load(args.data)
     stats: dict[str, Any] = {}
     t0 = time.perf_counter()
-    feats = extract(dataset, args.encoder, batch_size=args.batch_size, device=args.device,
-                    force=bool(getattr(args, "force", False)), stats=stats)
+    try:
+        feats = extract(dataset, args.encoder, batch_size=args.batch_size, device=args.device,
+                        force=bool(getattr(args, "force", False)), stats=stats)
+    except KeyboardInterrupt:
+        if "interrupted_at" not in stats:
+            raise
+        print(f"interrupted after {stats['interrupted_at']:,} of {len(dataset.catalog):,} items; "
+              f"run the same command again to resume there", file=sys.stderr)
+        return 130
     total = time.perf_counter() - t0
     counts = ", ".join(f"{int(feats.present[m].sum())} with {m}" for m in feats.modalities)
     if stats["cached"]:

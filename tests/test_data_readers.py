@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dtrec.cli import main
 from dtrec.data.catalog import Dataset
 from dtrec.data.errors import DataFormatError
 from dtrec.data.jsonl import read_jsonl
@@ -268,6 +270,47 @@ def test_jsonl_bad_interactions(jsonl_fixture, tmp_path):
         read_jsonl(d / "items.jsonl", d / "interactions.csv", tmp_path / "out")
     with pytest.raises(DataFormatError, match=r"nothing\.csv: file not found"):
         read_jsonl(d / "items.jsonl", d / "nothing.csv", tmp_path / "out")
+
+
+def _gzip_copy(src: Path, dst: Path) -> Path:
+    with open(src, "rb") as fi, gzip.open(dst, "wb") as fo:
+        fo.write(fi.read())
+    return dst
+
+
+def test_jsonl_reads_gzip_inputs(jsonl_fixture, tmp_path):
+    d = _jsonl_case(tmp_path, jsonl_fixture)
+    items = _gzip_copy(d / "items.jsonl", d / "items.jsonl.gz")
+    inter = _gzip_copy(d / "interactions.csv", d / "events.gz")  # detected by content, not by name
+    plain = read_jsonl(d / "items.jsonl", d / "interactions.csv", tmp_path / "a")
+    packed = read_jsonl(items, inter, tmp_path / "b")
+    assert [it.id for it in packed.catalog] == [it.id for it in plain.catalog]
+    assert [it.image is not None for it in packed.catalog] == [it.image is not None for it in plain.catalog]
+    assert packed.interactions.sequences == plain.interactions.sequences
+    assert packed.interactions.users == plain.interactions.users
+
+
+def test_jsonl_truncated_gzip_is_one_sentence(jsonl_fixture, tmp_path):
+    d = _jsonl_case(tmp_path, jsonl_fixture)
+    data = gzip.compress((d / "interactions.csv").read_bytes())
+    (d / "cut.csv.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataFormatError, match=r"cut\.csv\.gz: cannot be read after line \d+"):
+        read_jsonl(d / "items.jsonl", d / "cut.csv.gz", tmp_path / "out")
+
+
+def test_catalog_without_interactions(jsonl_fixture, tmp_path, capsys):
+    out = tmp_path / "cat"
+    assert main(["prepare", "jsonl", "--items", str(jsonl_fixture / "items.jsonl"), "--out", str(out)]) == 0
+    assert "no interactions (a catalog only" in capsys.readouterr().out
+    ds = Dataset.load(out)
+    assert len(ds.catalog) == 12 and len(ds.interactions) == 0
+    assert ds.counts()["items_with_image"] == 3 and ds.eval_cases("test") == []
+    assert all(ds.catalog.image_path(i).is_file() for i in range(12) if ds.catalog[i].image)
+    for extra, message in ((["--kcore", "5"], "--kcore filters interactions"),
+                           (["--cold-fraction", "0.1"], "--cold-fraction holds out items")):
+        rc = main(["prepare", "jsonl", "--items", str(jsonl_fixture / "items.jsonl"), "--out", str(tmp_path / "x"),
+                   *extra])
+        assert rc == 2 and message in capsys.readouterr().err
 
 
 def test_prepare_refuses_foreign_folder(jsonl_fixture, tmp_path):

@@ -177,3 +177,36 @@ def test_seed_summary_means_and_sample_deviations():
     assert s["sasrec"]["recall@10"] == (0.4, 0.0, 1)
     cold = seed_summary(runs, "cold_start")["dtrec"]["recall@10"]  # runs without the split are left out
     assert cold[2] == 2 and math.isclose(cold[0], 0.25)
+
+
+def test_evaluate_exclude_history_is_the_serving_protocol(tmp_path, capsys):
+    # Item 0 is the most popular and every user's test target, and it is already in each history:
+    # nothing hidden, popularity ranks it first; history hidden, it ranks last.
+    seqs = [[0, 1 + u % 5, 0, 6 + u % 3, 0] for u in range(10)]
+    Dataset(Catalog([Item(f"i{i}", f"item {i}", "") for i in range(12)]),
+            Interactions([f"u{u}" for u in range(10)], seqs), name="repeat").save(tmp_path / "data")
+    assert main(["baseline", "popularity", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "pop")]) == 0
+    capsys.readouterr()
+    runs = {}
+    for flag in ([], ["--exclude-history"]):
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "pop"), "--data", str(tmp_path / "data"), "--json",
+                     *flag]) == 0
+        cap = capsys.readouterr()
+        assert cap.err == "", "nothing but the project's own output on stderr"
+        runs[bool(flag)] = json.loads(cap.out)
+    assert runs[False]["test"]["protocol"] == "reference" and runs[True]["test"]["protocol"] == "serving"
+    assert runs[False]["test"]["recall@10"] == 1.0 and runs[False]["test"]["mrr"] == 1.0
+    assert runs[True]["test"]["recall@10"] == 0.0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "pop"), "--data", str(tmp_path / "data"),
+                 "--exclude-history"]) == 0
+    assert "protocol: serving (history hidden)" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_catalog_without_interactions(tmp_path, capsys):
+    _tiny_dataset(tmp_path / "data", False)
+    main(["baseline", "popularity", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "pop")])
+    Dataset(Catalog([Item(f"i{i}", f"item {i}", "") for i in range(12)]), Interactions([], []),
+            name="catalog").save(tmp_path / "catalog")
+    capsys.readouterr()
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "pop"), "--data", str(tmp_path / "catalog")])
+    assert rc == 2 and "catalog without interactions" in capsys.readouterr().err

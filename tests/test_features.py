@@ -211,3 +211,83 @@ def test_cli_extract_reports_rate_and_cache(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert main(["extract", str(tmp_path), "--encoder", "no-such-encoder"]) == 2
     assert "unknown encoder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- compact cache
+def test_cache_stores_only_rows_that_have_the_modality(tmp_path, tiny):
+    from safetensors import safe_open
+
+    ds = make_dataset(tmp_path)
+    feats, _ = _extract(ds)
+    with safe_open(str(cache_path(tmp_path, "tiny-clip")), framework="pt") as f:
+        assert f.get_slice("text").get_shape() == [5, 32]  # item c has no text
+        assert f.get_slice("image").get_shape() == [3, 32]  # a, c, e: the readable images
+    loaded = load_features(tmp_path, "tiny-clip")
+    for m in ("text", "image"):
+        assert torch.equal(loaded.values[m], feats.values[m]) and torch.equal(loaded.present[m], feats.present[m])
+
+
+def test_titles_only_catalog_stores_no_image_column(tmp_path, counted):
+    from safetensors import safe_open
+
+    n = 300
+    ds = Dataset(Catalog([Item(f"t{i}", f"title number {i}", "") for i in range(n)], root=tmp_path),
+                 Interactions([], []), name="titles")
+    ds.save(tmp_path)
+    feats, _ = _extract(ds, batch_size=64)
+    assert counted[0].image_calls == 0 and counted[0].texts == n
+    path = cache_path(tmp_path, "tiny-clip")
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == {"text", "text_present"}
+    assert path.stat().st_size < n * 32 * 4 + 4096  # the text rows, a mask and a header: no image block
+    loaded = load_features(tmp_path, "tiny-clip")
+    assert loaded.dims == {"text": 32, "image": 32} and len(loaded) == n
+    assert not loaded.present["image"].any()
+    assert loaded.values["image"].shape == (n, 32) and loaded.values["image"].untyped_storage().nbytes() == 32 * 4
+    rows = loaded.subset([3, 7]).values["image"]
+    assert rows.shape == (2, 32) and (rows == 0).all()
+
+
+def test_dense_cache_of_earlier_versions_still_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    ds = make_dataset(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    present = {"text": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool), "image": torch.zeros(6, dtype=torch.bool)}
+    values = {m: torch.randn(6, 8, generator=g) * present[m].unsqueeze(1) for m in present}
+    tensors = {**values, **{f"{m}_present": p.to(torch.uint8) for m, p in present.items()}}
+    cache_path(tmp_path, "old").parent.mkdir(parents=True)
+    save_file(tensors, str(cache_path(tmp_path, "old")), metadata={
+        "encoder": "old", "fingerprint": ds.catalog.fingerprint(), "dims": '{"text": 8, "image": 8}'})
+    got = load_features(tmp_path, "old")
+    for m in present:
+        assert torch.equal(got.values[m], values[m]) and torch.equal(got.present[m], present[m])
+
+
+def test_catalog_features_survive_adding_interactions(tmp_path, counted, fixtures_dir):
+    from dtrec.data.prepare import prepare
+
+    src = fixtures_dir / "jsonl"
+    out = tmp_path / "data"
+    prepare("jsonl", out, items=src / "items.jsonl")
+    _extract(Dataset.load(out))
+    ds = prepare("jsonl", out, items=src / "items.jsonl", interactions=src / "interactions.csv")
+    assert len(ds.interactions) > 0
+    stats: dict = {}
+    _extract(Dataset.load(out), stats=stats)
+    assert stats["cached"] and len(counted) == 1, "the catalog's features must carry over to the full data set"
+
+
+def test_interrupt_keeps_every_finished_batch(tmp_path, monkeypatch, tiny):
+    ds = make_dataset(tmp_path)
+    flaky = CountingEncoder(tiny, fail_after=2)
+    monkeypatch.setattr(dtrec.encoders, "get_encoder", lambda name, device=None: flaky)
+    stats: dict = {}
+    with pytest.raises(KeyboardInterrupt):
+        _extract(ds, batch_size=2, checkpoint_seconds=1e9, stats=stats)  # no timed checkpoint would happen
+    partial = cache_path(tmp_path, "tiny-clip").with_name("tiny-clip.partial.safetensors")
+    assert stats["interrupted_at"] == 4 and len(Features.load(partial)) == 4
+    rest = CountingEncoder(tiny)
+    monkeypatch.setattr(dtrec.encoders, "get_encoder", lambda name, device=None: rest)
+    _extract(ds, batch_size=2)
+    assert rest.texts == 2

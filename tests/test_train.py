@@ -305,3 +305,36 @@ def test_two_process_pretraining_gathers_negatives_like_one_process(tmp_path):
     a = [json.loads(x)["loss"] for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x)["loss"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(a) == 2 and all(abs(x - y) < 1e-4 for x, y in zip(a, b))
+
+
+def test_auto_negatives_follow_catalog_size_and_are_recorded(tmp_path):
+    from dtrec.config import FULL_SOFTMAX_MAX_ITEMS, FinetuneConfig, resolve_negatives
+
+    assert FinetuneConfig().negatives == "auto"
+    assert resolve_negatives("auto", FULL_SOFTMAX_MAX_ITEMS) == "all"
+    assert resolve_negatives("auto", FULL_SOFTMAX_MAX_ITEMS + 1) == "sampled"
+    assert resolve_negatives("in_batch", 10) == "in_batch"
+    ds, f = planted_dataset(n_items=30, n_users=40)
+    cfg = tiny_finetune_config(f, epochs=1, negatives="auto", evaluate_test=False)
+    finetune(ds, f, cfg, tmp_path, progress=False)
+    record = json.loads((tmp_path / "train_config.json").read_text())
+    assert record["config"]["negatives"] == "all"
+
+
+def test_pretraining_domains_with_the_same_item_ids_stay_apart():
+    from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
+    from dtrec.train.pretrain import item_table
+
+    sources = []
+    for k, name in enumerate(("food", "beauty")):
+        cat = Catalog([Item(str(i), f"{name} {i}", "") for i in range(1, 4)])  # ids 1..3 in both domains
+        ds = Dataset(cat, Interactions([], []), name=name, cold_items=[0] if k else [])
+        text = torch.full((3, 4), float(k + 1))
+        # the second domain has no images at all: its column is a broadcast zero row, as the cache loads it
+        image = torch.ones(3, 2) if k == 0 else torch.zeros(1, 2).expand(3, 2)
+        present = {"text": torch.ones(3, dtype=torch.bool), "image": torch.full((3,), k == 0)}
+        sources.append((ds, Features("enc", {"text": text, "image": image}, present)))
+    table, rows = item_table(sources)
+    assert len(table) == 6 and rows == [0, 1, 2, 4, 5]  # beauty's cold item 0 is row 3
+    assert table.values["text"][:3].eq(1).all() and table.values["text"][3:].eq(2).all()
+    assert table.present["image"].tolist() == [True] * 3 + [False] * 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
+import os
 from pathlib import Path
 
 BASELINE_TYPES = ("popularity", "sasrec")
@@ -30,8 +30,9 @@ def load_baseline(path: str | Path):
         from dtrec.baselines.sasrec import SASRec as cls
     else:
         raise ValueError(f"{path} holds a {kind!r} checkpoint, not a baseline")
-    # huggingface_hub prints a progress line on stdout, which would corrupt `--json` output
-    with contextlib.redirect_stdout(sys.stderr):
+    # huggingface_hub prints "Loading weights from local directory" on stdout for a folder: it would
+    # corrupt `--json` output, and on stderr it is noise that is not ours.
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         return cls.from_pretrained(str(path), strict=True).eval()
 
 

@@ -1,4 +1,4 @@
-"""Reader for a user's own catalog: `items.jsonl` + `interactions.csv`.
+"""Reader for a user's own catalog: `items.jsonl` + `interactions.csv` (either may be gzip-compressed).
 
 `items.jsonl`: one JSON object per line, `{"id", "title", "text", "image"}`;
 `id` and `title` are required, `text` and `image` optional. `image` is a path
@@ -10,15 +10,21 @@ given name never becomes a path component of the output.
 `timestamp` is an integer (or a number) ordering each user's events.
 
 Items that no interaction uses stay in the catalog unless a k-core is asked
-for: an ID-free recommender can still retrieve them.
+for: an ID-free recommender can still retrieve them. Without an interactions
+file the result is a catalog alone (no users): enough to extract features,
+serve, and score a model zero-shot once interactions over the same items are
+prepared into the same folder (the feature cache carries over).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import shutil
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
@@ -29,6 +35,25 @@ from dtrec.data.errors import DataFormatError, require_file
 
 IMAGE_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 MAX_TEXT = 20_000
+
+
+def open_text(path: Path) -> IO[str]:
+    """`path` opened for reading text (UTF-8), decompressed on the fly when it is gzip data (by content, not name)."""
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    if gz:
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _lines(path: Path, fh: IO[str]):
+    """Lines of `fh`, with a broken compressed stream or non-UTF-8 text reported as a DataFormatError."""
+    ln = 0
+    try:
+        for ln, line in enumerate(fh, 1):
+            yield line
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataFormatError(path, f"cannot be read after line {ln} ({type(e).__name__}: {e})") from None
 
 
 def _image_format(path: Path) -> str | None:
@@ -46,8 +71,8 @@ def read_items(path: str | Path) -> list[Item]:
     path = require_file(path)
     items: list[Item] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for ln, line in enumerate(fh, 1):
+    with open_text(path) as fh:
+        for ln, line in enumerate(_lines(path, fh), 1):
             if not line.strip():
                 continue
             try:
@@ -91,8 +116,8 @@ def read_events(path: str | Path, catalog: Catalog) -> tuple[list[str], list[int
     """(users, item indices, timestamps) of an `interactions.csv` file, in file order."""
     path = require_file(path)
     users, items, ts = [], [], []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
+    with open_text(path) as fh:
+        reader = csv.reader(_lines(path, fh))
         header = next(reader, None)
         if header is None:
             raise DataFormatError(path, "is empty", 1)
@@ -123,21 +148,31 @@ def read_events(path: str | Path, catalog: Catalog) -> tuple[list[str], list[int
     return users, items, ts
 
 
-def read_jsonl(items_path: str | Path, interactions_path: str | Path, out: str | Path, kcore: int = 0,
+def read_jsonl(items_path: str | Path, interactions_path: str | Path | None, out: str | Path, kcore: int = 0,
                min_len: int = 3) -> Dataset:
-    """Read `items.jsonl` + `interactions.csv`, copy images into `out/images`, return the Dataset."""
+    """Read `items.jsonl` (+ `interactions.csv` when given), copy images into `out/images`, return the Dataset.
+
+    With `interactions_path=None` the Dataset is the catalog alone, with no users.
+    """
     out = Path(out)
-    items_path, interactions_path = require_file(items_path), require_file(interactions_path)
+    items_path = require_file(items_path)
+    if interactions_path is not None:
+        interactions_path = require_file(interactions_path)
+    elif kcore > 1:
+        raise ValueError("--kcore filters interactions: it needs --interactions")
     items = read_items(items_path)
     catalog = Catalog(items, root=out)
-    users, idx, ts = read_events(interactions_path, catalog)
-    mask = preprocess.kcore(users, idx, kcore)
-    inter = Interactions.from_events([u for u, k in zip(users, mask) if k], [i for i, k in zip(idx, mask) if k],
-                                     [t for t, k in zip(ts, mask) if k])
-    inter = preprocess.drop_short(inter, min_len)
-    if not len(inter):
-        hint = f" after the {kcore}-core filter (try a smaller --kcore)" if kcore > 1 else ""
-        raise DataFormatError(interactions_path, f"no user has {min_len} or more interactions{hint}")
+    if interactions_path is None:
+        inter = Interactions([], [], [])
+    else:
+        users, idx, ts = read_events(interactions_path, catalog)
+        mask = preprocess.kcore(users, idx, kcore)
+        inter = Interactions.from_events([u for u, k in zip(users, mask) if k], [i for i, k in zip(idx, mask) if k],
+                                         [t for t, k in zip(ts, mask) if k])
+        inter = preprocess.drop_short(inter, min_len)
+        if not len(inter):
+            hint = f" after the {kcore}-core filter (try a smaller --kcore)" if kcore > 1 else ""
+            raise DataFormatError(interactions_path, f"no user has {min_len} or more interactions{hint}")
     catalog, inter = preprocess.compact(catalog, inter, keep_unused=kcore <= 0)
     # Copy only the images of kept items, named by their final index and their checked format.
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -150,6 +185,7 @@ def read_jsonl(items_path: str | Path, interactions_path: str | Path, out: str |
         final.append(it)
     catalog = Catalog(final, root=out)
     info = {"source": {"kind": "jsonl", "items": str(items_path.resolve()),
-                       "interactions": str(interactions_path.resolve())}, "kcore": kcore}
+                       "interactions": str(interactions_path.resolve()) if interactions_path else None},
+            "kcore": kcore}
     return Dataset(catalog, inter, name=items_path.parent.name or "jsonl", info=info, root=out)
 

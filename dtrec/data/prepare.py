@@ -117,6 +117,8 @@ def _prepare_into(kind: str, out: Path, *, source: str | Path | None, posters: s
     elif kind == "jsonl":
         from dtrec.data.jsonl import read_jsonl
 
+        if interactions is None and cold_fraction:
+            raise ValueError("--cold-fraction holds out items from interactions: it needs --interactions")
         ds = read_jsonl(items, interactions, out, kcore=0 if kcore is None else kcore)
     else:
         raise ValueError(f"unknown source kind {kind!r}; expected movielens, unisrec or jsonl")
@@ -135,7 +137,8 @@ def summary(ds: Dataset, out: Path) -> str:
     """One line: counts, posters and cold items of a prepared data set."""
     c = ds.counts()
     line = (f"prepared {ds.name} -> {out}: {c['items']} items ({c['items_with_image']} with image), "
-            f"{c['users']} users, {c['interactions']} interactions")
+            + (f"{c['users']} users, {c['interactions']} interactions" if c["users"]
+               else "no interactions (a catalog only: ready for extract and serve)"))
     if "posters" in ds.info:
         p = ds.info["posters"]
         line += f", posters matched {p['matched']}/{p['movies']}"

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dtrec.config import FinetuneConfig
+from dtrec.config import FinetuneConfig, resolve_negatives
 from dtrec.data.catalog import Dataset
 from dtrec.features import Features, load_features
 from dtrec.model.losses import candidate_set, item_log_frequency, retrieval_loss
@@ -124,7 +124,8 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     model_cfg = dataclasses.replace(config.model, encoder=features.encoder, modality_dims=features.dims)
     if init is not None:
         model_cfg = merge_init_config(model_cfg, init)
-    config = dataclasses.replace(config, model=model_cfg)
+    # The resolved choice is what train_config.json records, so a rerun does not depend on "auto".
+    config = dataclasses.replace(config, model=model_cfg, negatives=resolve_negatives(config.negatives, len(features)))
     model = DualTower(model_cfg).to(device)
     init_notes = init_from(model, init) if init is not None else []
     model.check_features(features)
