@@ -7,6 +7,13 @@ looks by default) or referenced on the Hub through Space variables that app.py
 reads: DTREC_DEMO (`--demo`, a demo repo from `dtrec publish-demo`) and
 DTREC_MODEL (`--model`, a checkpoint repo overriding the demo's model).
 
+The README's YAML front matter is written here, and only here (the
+repository's own README has none). Its licence follows what the Space ships:
+with a bundled demo trained on MovieLens or Amazon Reviews (posters, derived
+catalog, weights) it is `license: other` with a link to that data's research-use
+terms, as `dtrec.modelcard.default_license` decides for published weights;
+otherwise, the Space holding only code, it is the code's Apache-2.0.
+
 Without HF_TOKEN in the environment this is a dry run: the folder is written
 and its path printed; nothing is uploaded. The token is never printed.
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -25,9 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from huggingface_hub import SpaceCardData  # noqa: E402
+from huggingface_hub import ModelCard, SpaceCardData  # noqa: E402
 
 from dtrec.hub import DEMO_REQUIRED, HubError, split_repo_id, plan_folder, push_plan  # noqa: E402
+from dtrec.modelcard import default_license, find_training_config  # noqa: E402
 
 PYTHON_VERSION = "3.11"
 # Gradio is installed by the Space runtime at `sdk_version`; listing it again can clash.
@@ -55,11 +64,45 @@ def build_space(out: Path, space_id: str, *, assets: Path | None, demo: str | No
             raise HubError(f"{assets} is not a dtrec demo folder (missing {', '.join(missing)}).")
         shutil.copytree(assets, out / "assets" / "demo", ignore=shutil.ignore_patterns(".*", "__pycache__"))
     variables = {k: v for k, v in (("DTREC_DEMO", demo), ("DTREC_MODEL", model)) if v}
-    (out / "README.md").write_text(_readme(space_id, variables, title, bundled=assets is not None))
+    licence = space_license(assets)
+    (out / "README.md").write_text(_readme(space_id, variables, title, bundled=assets is not None,
+                                         licence=licence))
     return variables
 
 
-def _readme(space_id: str, variables: dict[str, str], title: str | None, bundled: bool) -> str:
+def _demo_dataset_names(assets: Path) -> list[str]:
+    """Names of the data a demo folder was built from: its card's `datasets`, its recipe, its training data."""
+    names: list[str] = []
+    readme = assets / "README.md"
+    if readme.is_file():
+        datasets = ModelCard(readme.read_text(encoding="utf-8"), ignore_metadata_errors=True).data.datasets
+        names += [datasets] if isinstance(datasets, str) else list(datasets or [])
+    results = assets / "results.json"
+    if results.is_file():
+        try:
+            meta = json.loads(results.read_text(encoding="utf-8")).get("meta")
+        except (json.JSONDecodeError, AttributeError):
+            meta = None
+        if isinstance(meta, dict) and isinstance(meta.get("recipe"), str):
+            names.append(meta["recipe"])
+    training = find_training_config(assets / "model")
+    if training:
+        names += [v for k in ("dataset", "dataset_name", "data", "data_dir")
+                  if isinstance(v := training[1].get(k), str) and v.strip()]
+    return names
+
+
+def space_license(assets: Path | None) -> tuple[str, str | None, str | None]:
+    """(license, license_name, license_link) of the Space: the bundled demo's data terms, else the code's."""
+    for name in _demo_dataset_names(assets) if assets is not None else []:
+        licence = default_license(name)
+        if licence[0] != "apache-2.0":
+            return licence
+    return "apache-2.0", None, None
+
+
+def _readme(space_id: str, variables: dict[str, str], title: str | None, bundled: bool,
+            licence: tuple[str, str | None, str | None] = ("apache-2.0", None, None)) -> str:
     models, datasets = [], []
     for value in variables.values():
         repo_type, repo_id = split_repo_id(value)
@@ -71,7 +114,8 @@ def _readme(space_id: str, variables: dict[str, str], title: str | None, bundled
         sdk_version = None
     data = SpaceCardData(title=title or "dtrec: multi-modal two-tower recommender", sdk="gradio",
                          sdk_version=sdk_version, app_file="app.py", python_version=PYTHON_VERSION,
-                         license="apache-2.0", models=models or None, datasets=datasets or None,
+                         license=licence[0], license_name=licence[1], license_link=licence[2],
+                         models=models or None, datasets=datasets or None,
                          emoji="🎬", colorFrom="indigo", colorTo="pink", pinned=False,
                          short_description="ID-free sequential recommendation with cold-start items")
     source = ("the demo folder bundled under `assets/demo`" if bundled else
@@ -88,7 +132,21 @@ def _readme(space_id: str, variables: dict[str, str], title: str | None, bundled
             "for a dataset repo); `DTREC_MODEL` is a checkpoint folder or model repo id that replaces the "
             "demo's model. Both are resolved with `dtrec.hub.resolve_demo` / `resolve_model`; with "
             "`HF_HUB_OFFLINE=1` only the local cache is used.\n\n"
+            "## Licence\n\n"
+            f"{_licence_text(licence, bundled)}\n\n"
             f"Space: `{space_id}`.\n")
+
+
+def _licence_text(licence: tuple[str, str | None, str | None], bundled: bool) -> str:
+    if licence[0] == "other" and licence[2]:
+        return ("The dtrec code is Apache-2.0. The bundled demo (catalog, thumbnails, embeddings and model "
+                "weights) is derived from research data and is shared for research use under that data's "
+                f"terms ({licence[2]}); see `assets/demo/NOTICE.md`. Hence `license: other`.")
+    if bundled:
+        return (f"`{licence[0]}`. The bundled demo folder keeps the terms of the data it was built from; "
+                "see `assets/demo/NOTICE.md`.")
+    return (f"The code in this Space is `{licence[0]}`. The demo and model it loads from the Hub keep "
+            "their own licences (see their cards).")
 
 
 def main(argv: list[str] | None = None) -> int:

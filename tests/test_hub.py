@@ -426,6 +426,27 @@ def test_space_script_dry_run(run_dir: Path, tmp_path: Path):
     assert (out / "assets" / "demo" / "model" / "model.safetensors").is_file()
     reqs = (out / "requirements.txt").read_text()
     assert "torch" in reqs and "gradio" not in reqs.lower()
+    assert card.data.license == "apache-2.0"  # the fixture's data is not MovieLens or Amazon
+
+
+def test_space_header_licence_follows_the_bundled_demo(run_dir: Path, tmp_path: Path):
+    """A demo built from MovieLens ships research-use data: the Space says `license: other` and links the terms."""
+    demo = make_demo(run_dir, tmp_path)
+    card = make_model_card(demo / "model", json.loads((run_dir / "results.json").read_text()),
+                           dataset_name="movielens-100k")
+    (demo / "README.md").write_text(str(card))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    out = tmp_path / "space"
+    r = subprocess.run(["bash", str(REPO / "scripts" / "space.sh"), "me/dtrec-space", "--assets", str(demo),
+                        "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    space = SpaceCard(text)
+    assert space.data.license == "other" and space.data.license_name == "movielens-research-terms"
+    assert space.data.license_link.startswith("https://files.grouplens.org/")
+    assert "NOTICE.md" in space.text
+    assert not (REPO / "README.md").read_text().startswith("---")  # the header lives only in the Space
 
 
 

@@ -184,7 +184,7 @@ class Dataset:
     info: dict = field(default_factory=dict)
     root: Path | None = None
 
-    # -- splits (leave-one-out; DESIGN.md "Evaluation protocol") ------------------
+    # -- splits (leave-one-out; docs/design.md "Evaluation protocol") -------------
     def train_sequences(self) -> list[list[int]]:
         """Training part of each history (all but the last two), cold items removed."""
         cold = set(self.cold_items)

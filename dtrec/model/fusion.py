@@ -5,7 +5,7 @@ Each item at each position contributes one token per modality (projected by
 Padding positions and missing modalities are hidden from attention by the key
 padding mask; positions are counted back from the most recent item (`reverse_positions`;
 the reference counts from the oldest). Each position's output is the element-wise max over its present
-modalities after a per-modality output projection (DESIGN.md "The model").
+modalities after a per-modality output projection (docs/design.md "The model").
 """
 
 from __future__ import annotations
