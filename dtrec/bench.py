@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "serving", "api", "cold_start", "features", "scaling")
 TRAIN_VARIANTS = ("fp32", "bf16", "compile")
 
-# The targets the report checks (README's performance claims).
+# The targets the report checks (docs/performance.md).
 TARGET_ANN_P50_MS = 5.0
 TARGET_ANN_RECALL = 0.95
 TARGET_ANN_SIZE = 1_000_000

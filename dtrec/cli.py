@@ -97,12 +97,15 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--exclude-history", action="store_true",
                    help="hide each user's history items from the ranking (the serving protocol; default: "
                         "nothing hidden, the reference protocol of published results)")
+    e.add_argument("--ties", choices=("pessimistic", "expected"), default="pessimistic",
+                   help="a target tied with other items ranks below them all (default) or gets the expected "
+                        "credit of a random tie-break")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--quiet", action="store_true", help="no progress bar (default: one on stderr when a terminal)")
     e.set_defaults(func=_cmd_evaluate)
 
-    b = sub.add_parser("baseline", help="train a baseline (popularity | sasrec) and save it")
-    b.add_argument("kind", choices=["popularity", "sasrec"])
+    b = sub.add_parser("baseline", help="fit a baseline (popularity | sasrec | content-knn) and save it")
+    b.add_argument("kind", choices=["popularity", "sasrec", "content-knn"])
     b.add_argument("--data", required=True, help="prepared data folder")
     b.add_argument("--out", required=True, help="checkpoint folder to write (gets valid.json too)")
     b.add_argument("--seed", type=int, default=None)
@@ -122,6 +125,9 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--attn-dropout", type=float, default=None)
     b.add_argument("--max-len", type=int, default=None)
     b.add_argument("--device", default=None)
+    b.add_argument("--encoder", default=None, help="content-knn: the features to rank by (e.g. offline)")
+    b.add_argument("--query", choices=("last", "mean"), default=None,
+                   help="content-knn: the last history item (default) or the mean of the history")
     b.set_defaults(func=_cmd_baseline)
 
 
@@ -139,17 +145,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     res = evaluate_checkpoint(args.checkpoint, args.data, encoder=args.encoder, batch_size=args.batch_size,
                               device=args.device, progress=False if args.quiet else None,
-                              exclude_history=args.exclude_history)
+                              exclude_history=args.exclude_history, ties=args.ties)
     protocol = "serving (history hidden)" if args.exclude_history else "reference (nothing hidden)"
     for m in res.values():
         m["protocol"] = protocol.split()[0]
+        m["ties"] = args.ties
     if args.json:
         print(json.dumps(_json_safe(res), allow_nan=False))
     else:
-        print(f"protocol: {protocol}")
+        print(f"protocol: {protocol}, ties {args.ties}")
         for split, m in res.items():
             nums = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
-            print(f"{split:>10} (n={m['n']}): {nums}" + (f"  [{m['note']}]" if "note" in m else ""))
+            print(f"{split:>10} (n={m['n']}, {m['n_tied']} tied): {nums}"
+                  + (f"  [{m['note']}]" if "note" in m else ""))
     return 0
 
 
@@ -158,9 +166,11 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
                                           "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "group_by_length",
-                                          "pad_multiple", "device")}
+                                          "pad_multiple", "device", "encoder", "query")}
     if args.kind == "popularity":
         opts = {k: v for k, v in opts.items() if k in ("seed", "device")}
+    elif args.kind == "sasrec":
+        opts = {k: v for k, v in opts.items() if k not in ("encoder", "query")}
     valid = train_baseline(args.kind, args.data, args.out, **opts)
     print(json.dumps(_json_safe(valid)))
     return 0

@@ -38,6 +38,10 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- model / training
 OBJECTIVES = ("cloze", "causal")
+# "fusion": MMSRec's FusionEncoder, one token per (position, modality), the item tower is the same
+# encoder on a one-item sequence. "adaptor": UniSRec's standardise + MoE adaptor as the item tower
+# and a Transformer over one token per item as the user tower (dtrec/model/adaptor.py).
+TOWERS = ("fusion", "adaptor")
 NEGATIVES = ("auto", "all", "in_batch", "sampled")
 # "auto" picks the full softmax over every item ("all", the reference) up to this catalog size and
 # logQ-corrected sampled negatives beyond it: "all" re-encodes the whole catalog every step, so its
@@ -70,10 +74,17 @@ class ModelConfig:
     temperature: float = 0.05
     mask_prob: float = 0.2
     reverse_positions: bool = True
+    tower: str = "fusion"
+    n_experts: int = 8  # adaptor: whitening experts per modality
+    adaptor_dropout: float = 0.2  # adaptor: dropout on the standardised features
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.tower not in TOWERS:
+            raise ValueError(f"tower must be one of {TOWERS}, not {self.tower!r}")
+        if self.tower == "adaptor" and not self.share_towers:
+            raise ValueError("the adaptor towers share their item adaptor by design: use share_towers=True")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.max_len < 1:

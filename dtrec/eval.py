@@ -1,6 +1,6 @@
 """Full-ranking evaluation: every item of the catalog is a candidate, no sampled negatives.
 
-The protocol is DESIGN.md's "Evaluation protocol": leave-one-out cases from
+The protocol is docs/design.md's "Evaluation protocol": leave-one-out cases from
 `Dataset.eval_cases` / `cold_cases`, Recall@k, NDCG@k and MRR averaged over cases,
 ties broken pessimistically so that a constant scorer earns nothing.
 """
@@ -28,8 +28,11 @@ def metric_keys(ks: Sequence[int] = (10, 50)) -> list[str]:
     return [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target: items scoring higher plus other items tying with it."""
+TIES = ("pessimistic", "expected")
+
+
+def rank_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(items scoring higher than each target, other items tying with it), both (B,) int64."""
     if scores.dim() != 2:
         raise ValueError(f"scores must be (batch, items), got shape {tuple(scores.shape)}")
     targets = targets.to(device=scores.device, dtype=torch.long).view(-1)
@@ -42,20 +45,53 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # a NaN target then ties with every other NaN and ranks below all of them.
     s = torch.nan_to_num(scores.float(), nan=float("-inf"))
     t = s.gather(1, targets.view(-1, 1))
-    higher = (s > t).sum(1)
-    ties = (s == t).sum(1) - 1  # the target ties with itself
+    return (s > t).sum(1), (s == t).sum(1) - 1  # the target ties with itself
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target: items scoring higher plus other items tying with it."""
+    higher, ties = rank_counts(scores, targets)
     return higher + ties
 
 
-def rank_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (10, 50)) -> dict[str, torch.Tensor]:
-    """Per-case recall@k, ndcg@k (k in `ks`) and mrr for full-ranking `scores` (B, N)."""
-    rank = target_ranks(scores, targets).double()
+def rank_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (10, 50),
+                 ties: str = "pessimistic") -> dict[str, torch.Tensor]:
+    """Per-case recall@k, ndcg@k (k in `ks`) and mrr for full-ranking `scores` (B, N).
+
+    `ties="pessimistic"`: a target ranks below every item it ties with (a constant scorer earns
+    nothing). `"expected"`: the metric's expectation when ties are broken uniformly at random
+    (the target's rank uniform over its tie group), i.e. fractional credit.
+    """
+    return metrics_from_counts(*rank_counts(scores, targets), ks=ks, ties=ties)
+
+
+def metrics_from_counts(higher: torch.Tensor, tied: torch.Tensor, ks: Sequence[int] = (10, 50),
+                        ties: str = "pessimistic") -> dict[str, torch.Tensor]:
+    """`rank_metrics` from the counts of `rank_counts` (items above each target, items tied with it)."""
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, not {ties!r}")
+    higher, tied = higher.double(), tied.double()
     out: dict[str, torch.Tensor] = {}
+    if ties == "pessimistic":
+        rank = higher + tied
+        for k in ks:
+            out[f"recall@{k}"] = (rank < k).double()
+        for k in ks:
+            out[f"ndcg@{k}"] = torch.where(rank < k, 1.0 / torch.log2(rank + 2.0), torch.zeros_like(rank))
+        out["mrr"] = 1.0 / (rank + 1.0)
+        return out
+    size = tied + 1  # ranks higher .. higher + tied, each with probability 1 / size
     for k in ks:
-        out[f"recall@{k}"] = (rank < k).double()
+        out[f"recall@{k}"] = torch.minimum((k - higher).clamp(min=0.0), size) / size
     for k in ks:
-        out[f"ndcg@{k}"] = torch.where(rank < k, 1.0 / torch.log2(rank + 2.0), torch.zeros_like(rank))
-    out["mrr"] = 1.0 / (rank + 1.0)
+        # gain[j] = sum of 1 / log2(r + 2) over ranks r < j, for j = 0..k
+        gain = torch.cat([torch.zeros(1, dtype=torch.float64),
+                          torch.cumsum(1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2.0), 0)])
+        gain = gain.to(higher.device)
+        lo, hi = higher.clamp(max=k).long(), (higher + size).clamp(max=k).long()
+        out[f"ndcg@{k}"] = (gain[hi] - gain[lo]) / size
+    # sum of 1 / (r + 1) for r in [a, b) = H(b) - H(a), with H(n) = digamma(n + 1) + Euler's gamma
+    out["mrr"] = (torch.special.digamma(higher + size + 1.0) - torch.special.digamma(higher + 1.0)) / size
     return out
 
 
@@ -67,6 +103,7 @@ def evaluate(
     exclude_history: bool = False,
     progress: bool | None = False,
     desc: str = "evaluate",
+    ties: str = "pessimistic",
 ) -> dict[str, float]:
     """Mean full-ranking metrics of `score_fn(histories) -> (B, N)` over `(history, target)` cases.
 
@@ -74,13 +111,18 @@ def evaluate(
     arrays whatever the number of users. With `exclude_history` (the serving protocol),
     items already in a history are scored as worst (a repeat target then ranks last, as
     it would in a recommender that hides seen items). `progress`: a bar on stderr
-    (None: only when stderr is a terminal).
+    (None: only when stderr is a terminal). `ties`: see `rank_metrics`.
+
+    Besides the metrics: `n` cases, `n_tied` cases whose target ties with another item, and
+    `last_item_first`, the share of cases whose last history item scores above every other
+    item (before any hiding): how often a model just echoes what the user had last.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     cases = list(cases)
     keys = metric_keys(ks)
     sums = {k: 0.0 for k in keys}
+    n_tied = echoed = 0
     batches = range(0, len(cases), batch_size)
     if progress is not False:
         from tqdm.auto import tqdm
@@ -96,18 +138,27 @@ def evaluate(
             scores = torch.as_tensor(scores)
         if scores.shape[0] != len(chunk):
             raise ValueError(f"score_fn returned {scores.shape[0]} rows for {len(chunk)} histories")
+        with_history = [b for b, h in enumerate(histories) if h]
+        if with_history:
+            last = torch.tensor([histories[b][-1] for b in with_history], dtype=torch.long)
+            sub = scores[torch.tensor(with_history, device=scores.device)] if len(with_history) < len(chunk) else scores
+            echoed += int((target_ranks(sub, last) == 0).sum())
         if exclude_history:
             scores = scores.float().clone()
             rows = [b for b, h in enumerate(histories) for _ in h]
             cols = [i for h in histories for i in h]
             if cols:
                 scores[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
-        m = rank_metrics(scores, targets, ks)
+        higher, tied = rank_counts(scores, targets)
+        m = metrics_from_counts(higher, tied, ks, ties)
+        n_tied += int((tied > 0).sum())
         for k in keys:
             sums[k] += float(m[k].sum())
     n = len(cases)
-    result = {k: (sums[k] / n if n else math.nan) for k in keys}
+    result: dict = {k: (sums[k] / n if n else math.nan) for k in keys}
+    result["last_item_first"] = echoed / n if n else math.nan
     result["n"] = n
+    result["n_tied"] = n_tied
     return result
 
 
@@ -150,6 +201,12 @@ def load_scorer(checkpoint: str | Path, data_dir: str | Path, encoder: str | Non
     ckpt = resolve_checkpoint(checkpoint)
     kind = checkpoint_type(ckpt)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if kind == "content-knn":
+        from dtrec.baselines.knn import ContentKNN
+        from dtrec.features import load_features
+
+        name = encoder or json.loads((ckpt / "config.json").read_text())["encoder"]
+        return kind, ContentKNN.from_pretrained(ckpt, load_features(data_dir, name)).scores
     if kind != "dtrec":
         model = load_baseline(ckpt).to(device)
         return kind, model.scores
@@ -176,6 +233,7 @@ def evaluate_checkpoint(
     device: str | torch.device | None = None,
     progress: bool | None = False,
     exclude_history: bool = False,
+    ties: str = "pessimistic",
 ) -> dict[str, dict]:
     """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items.
 
@@ -190,7 +248,7 @@ def evaluate_checkpoint(
                          "again with --interactions; its extracted features are kept)")
     kind, score_fn = load_scorer(checkpoint, data_dir, encoder=encoder, device=device)
     out: dict[str, dict] = {}
-    opts = {"batch_size": batch_size, "progress": progress, "exclude_history": exclude_history}
+    opts = {"batch_size": batch_size, "progress": progress, "exclude_history": exclude_history, "ties": ties}
     for split in ("valid", "test"):
         out[split] = evaluate(score_fn, dataset.eval_cases(split), desc=f"evaluate {split}", **opts)
     if dataset.cold_items:

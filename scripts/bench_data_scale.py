@@ -36,8 +36,11 @@ def run(cmd: list[str], interrupt_after: float | None = None) -> dict:
     """Run `python -m dtrec.cli CMD`; wall seconds, peak RSS (MiB), exit code and the output's last lines."""
     t0 = time.perf_counter()
     log = tempfile.TemporaryFile(mode="w+")
+    # A shell's background job starts with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: restore the default so the interrupt below acts as a Ctrl-C.
     proc = subprocess.Popen([sys.executable, "-m", "dtrec.cli", *cmd], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if interrupt_after is not None:
         try:
             proc.wait(timeout=interrupt_after)
@@ -46,9 +49,13 @@ def run(cmd: list[str], interrupt_after: float | None = None) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     log.seek(0)
-    tail = [ln for ln in log.read().replace("\r", "\n").splitlines() if ln.strip()][-3:]
+    lines = [ln for ln in log.read().replace("\r", "\n").splitlines() if ln.strip()]
     out = {"command": "dtrec " + " ".join(cmd), "seconds": round(time.perf_counter() - t0, 1),
-           "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "exit_code": proc.returncode, "last_lines": tail}
+           "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "exit_code": proc.returncode,
+           "last_lines": lines[-3:]}
+    notes = [ln for ln in lines if ln.startswith(("resuming", "interrupted"))]
+    if notes:
+        out["notes"] = notes
     print(json.dumps(out), flush=True)
     return out
 
@@ -142,6 +149,8 @@ def main() -> int:
         res["extract_interrupted"] = run(["extract", str(d), "--encoder", args.encoder],
                                          interrupt_after=args.interrupt_after)
         res["extract_resumed"] = run(["extract", str(d), "--encoder", args.encoder])
+        if res["extract_interrupted"]["exit_code"] != 130 or not res["extract_resumed"].get("notes"):
+            print("warning: the extraction was not interrupted and resumed as planned", file=sys.stderr)
         res["cache"] = cache_sizes_and_load(d, args.encoder)
         res["baseline_popularity"] = run([*pop_args, "--data", str(d), "--out", str(work / "pop")])
         untrained_checkpoint(d, args.encoder, work / "untrained")

@@ -107,3 +107,36 @@ def test_baseline_command_writes_checkpoint_and_valid_json(tmp_path, capsys):
 def test_baseline_command_rejects_unknown_model(tmp_path):
     with pytest.raises(SystemExit):
         main(["baseline", "bpr", "--data", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_content_knn_ranks_by_the_frozen_features(tmp_path, capsys):
+    from dtrec.features import Features, cache_path
+
+    # items 2k and 2k+1 are near-duplicates in text: the next item is always the last one's twin
+    n = 12
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(n // 2, 8, generator=g)
+    text = torch.repeat_interleave(base, 2, 0) + 0.01 * torch.randn(n, 8, generator=g)
+    seqs = [[(2 * u) % n, (2 * u + 5) % n, (2 * u + 6) % n, (2 * u + 7) % n] for u in range(n // 2)]
+    ds = Dataset(Catalog([Item(f"i{i}", f"item {i}", "") for i in range(n)]),
+                 Interactions([f"u{u}" for u in range(n // 2)], seqs), name="twins")
+    ds.save(tmp_path / "data")
+    Features("toy", {"text": text, "image": torch.randn(n, 4, generator=g)},
+             {"text": torch.ones(n, dtype=torch.bool), "image": torch.zeros(n, dtype=torch.bool)},
+             ds.catalog.fingerprint()).save(cache_path(tmp_path / "data", "toy"))
+    assert main(["baseline", "content-knn", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "knn"),
+                 "--encoder", "toy"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "knn"), "--data", str(tmp_path / "data"), "--json",
+                 "--exclude-history"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    # with the history (and so the last item itself) hidden, the twin is the nearest item
+    assert res["test"]["recall@10"] == 1.0 and res["test"]["mrr"] == 1.0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "knn"), "--data", str(tmp_path / "data"), "--json"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert ref["test"]["last_item_first"] == 1.0  # nothing hidden: an item is its own nearest neighbour
+    assert main(["baseline", "content-knn", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "k2")]) == 2
+    assert "needs --encoder" in capsys.readouterr().err
+    assert main(["baseline", "content-knn", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "k3"),
+                 "--encoder", "toy", "--epochs", "3"]) == 2
+    assert "no option(s) epochs" in capsys.readouterr().err

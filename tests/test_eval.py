@@ -210,3 +210,45 @@ def test_evaluate_refuses_a_catalog_without_interactions(tmp_path, capsys):
     capsys.readouterr()
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "pop"), "--data", str(tmp_path / "catalog")])
     assert rc == 2 and "catalog without interactions" in capsys.readouterr().err
+
+
+def test_expected_ties_give_fractional_credit():
+    from dtrec.eval import rank_metrics
+
+    # target 0 ties with 3 other items, one item scores higher: rank uniform over 1..4
+    scores = torch.tensor([[0.5, 0.5, 0.5, 0.9, 0.5, 0.1]])
+    got = rank_metrics(scores, torch.tensor([0]), ks=(2, 10), ties="expected")
+    ranks = [1, 2, 3, 4]
+    assert got["recall@2"].item() == pytest.approx(sum(r < 2 for r in ranks) / 4)
+    assert got["recall@10"].item() == pytest.approx(1.0)
+    assert got["ndcg@2"].item() == pytest.approx(sum(1 / math.log2(r + 2) for r in ranks if r < 2) / 4)
+    assert got["ndcg@10"].item() == pytest.approx(sum(1 / math.log2(r + 2) for r in ranks) / 4)
+    assert got["mrr"].item() == pytest.approx(sum(1 / (r + 1) for r in ranks) / 4)
+    # without ties both rules agree; a constant scorer earns chance, not nothing
+    distinct = torch.tensor([[0.3, 0.9, 0.1, 0.5]])
+    a = rank_metrics(distinct, torch.tensor([3]), ties="expected")
+    b = rank_metrics(distinct, torch.tensor([3]))
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+    const = rank_metrics(torch.zeros(1, 100), torch.tensor([7]), ks=(10,), ties="expected")
+    assert const["recall@10"].item() == pytest.approx(0.1)
+    assert rank_metrics(torch.zeros(1, 100), torch.tensor([7]), ks=(10,))["recall@10"].item() == 0.0
+    with pytest.raises(ValueError, match="ties"):
+        rank_metrics(distinct, torch.tensor([3]), ties="optimistic")
+
+
+def test_evaluate_counts_ties_and_last_item_echoes():
+    # items 0..4; the scorer puts the last history item first for histories ending in 0 or 1
+    def score(histories):
+        out = torch.zeros(len(histories), 5)
+        for b, h in enumerate(histories):
+            out[b] = torch.tensor([0.1, 0.2, 0.3, 0.3, 0.0])
+            if h[-1] in (0, 1):
+                out[b, h[-1]] = 1.0
+        return out
+
+    cases = [([2, 0], 1), ([1], 3), ([4], 2), ([3, 4], 4)]
+    res = evaluate(score, cases, batch_size=3)
+    assert res["last_item_first"] == pytest.approx(2 / 4)
+    assert res["n_tied"] == 2  # targets 3 and 2 tie with each other (0.3)
+    hidden = evaluate(score, cases, batch_size=3, exclude_history=True)
+    assert hidden["last_item_first"] == pytest.approx(2 / 4), "measured before the history is hidden"

@@ -1,4 +1,4 @@
-"""Baselines run through the same data and metrics as dtrec: popularity and SASRec (ID-based)."""
+"""Baselines run through the same data and metrics as dtrec: popularity, SASRec (ID-based) and content kNN."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-BASELINE_TYPES = ("popularity", "sasrec")
+BASELINE_TYPES = ("popularity", "sasrec", "content-knn")
 
 
 def checkpoint_type(path: str | Path) -> str:
@@ -22,8 +22,10 @@ def checkpoint_type(path: str | Path) -> str:
 
 
 def load_baseline(path: str | Path):
-    """Load a baseline checkpoint (strict weights) written by `dtrec baseline`."""
+    """Load a popularity or SASRec checkpoint (strict weights) written by `dtrec baseline`."""
     kind = checkpoint_type(path)
+    if kind == "content-knn":
+        raise ValueError(f"{path} holds a content-knn baseline: it is built over features (load_scorer does)")
     if kind == "popularity":
         from dtrec.baselines.popularity import PopularityModel as cls
     elif kind == "sasrec":
@@ -40,7 +42,7 @@ def train_baseline(kind: str, data_dir: str | Path, out: str | Path, progress: b
     """Fit a baseline on a prepared data set, save it to `out`, write `out/valid.json`; returns valid metrics.
 
     `options` are SASRecConfig / SASRecTrainConfig fields (unknown keys are an error);
-    popularity ignores `seed` and `device`.
+    popularity ignores `seed` and `device`; content-knn takes `encoder` (required) and `query`.
     """
     from dataclasses import fields
 
@@ -52,7 +54,20 @@ def train_baseline(kind: str, data_dir: str | Path, out: str | Path, progress: b
     dataset = Dataset.load(data_dir)
     out = Path(out)
     options = {k: v for k, v in options.items() if v is not None}
-    if kind == "popularity":
+    if kind == "content-knn":
+        from dtrec.baselines.knn import ContentKNN, ContentKNNConfig
+        from dtrec.features import load_features
+
+        unknown = sorted(set(options) - {"seed", "device", "encoder", "query"})
+        if unknown:
+            raise ValueError(f"the content-knn baseline takes no option(s) {', '.join(unknown)}")
+        if not options.get("encoder"):
+            raise ValueError("the content-knn baseline needs --encoder (the features it ranks by)")
+        features = load_features(data_dir, options["encoder"], dataset.catalog)
+        model = ContentKNN(ContentKNNConfig(options["encoder"], options.get("query", "last")), features)
+        model.save_pretrained(out)
+        valid = evaluate(model.scores, dataset.eval_cases("valid"), batch_size=1024)
+    elif kind == "popularity":
         from dtrec.baselines.popularity import PopularityModel
 
         unknown = sorted(set(options) - {"seed", "device"})

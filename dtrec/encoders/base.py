@@ -122,8 +122,8 @@ def one_thread_per_core(fn: Callable[[T], R], shards: list[T]) -> list[R]:
 
     Rows split across cores where an op splits poorly within: MiniLM's small matrix products on
     chunks of 8 texts use a second thread less well inside each product than on a chunk of its
-    own, so two one-thread workers on disjoint chunks encode text 1.24x faster (README,
-    Performance: `python scripts/bench_extract.py --rev 7f56a39~1`). Lite0's convolutions already
+    own, so two one-thread workers on disjoint chunks encode text faster (docs/performance.md,
+    `python scripts/bench_extract.py`). Lite0's convolutions already
     scale across threads, so images gain nothing and are not split. Up to torch.get_num_threads()
     workers; inline when that is 1 or there is one shard. Each worker runs under inference mode
     (grad mode is per thread).

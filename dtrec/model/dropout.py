@@ -7,7 +7,7 @@ numbers, one per element: an element is kept when its number is at least the p-q
 is kept independently with probability 1 - p (p rounded to 1/65,536) and scaled by 1 / (1 - p), as
 `nn.Dropout` does. It uses the same global generator (so `torch.manual_seed` reproduces a run) but
 a different random stream. `python scripts/bench_dropout.py` times whole epochs with and without it
-(README, Performance). On a GPU, in eval mode and in place it is plain `F.dropout`.
+(docs/performance.md). On a GPU, in eval mode and in place it is plain `F.dropout`.
 """
 
 from __future__ import annotations

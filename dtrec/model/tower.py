@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from dtrec.config import ModelConfig
 from dtrec.features import Features
-from dtrec.model.fusion import FusionEncoder
+from dtrec.model.adaptor import AdaptorItemEncoder, SequenceEncoder
+from dtrec.model.fusion import FusionEncoder, canonical_order
 
 # Names under which the same frozen features are known (precomputed files vs live encoder).
 _ENCODER_ALIASES = {"clip-vit-b-32": "clip:ViT-B-32:openai"}
@@ -64,6 +65,13 @@ class DualTower(
             raise ValueError("ModelConfig.modality_dims is empty: set it from the features (Features.dims)")
         self.config = config
         self._hub_mixin_config = config
+        c = config
+        if c.tower == "adaptor":
+            self.item_adaptor = AdaptorItemEncoder(c.modality_dims, canonical_order(c.modality_dims), c.d_model,
+                                                   c.n_experts, c.adaptor_dropout)
+            self.sequence_encoder = SequenceEncoder(c.d_model, c.n_layers, c.n_heads, c.d_ff, c.dropout,
+                                                    c.emb_dropout, max_positions=c.max_len + 1)
+            return
         self.user_encoder = self._make_encoder()
         # Registered only when separate, so a shared checkpoint holds each weight once.
         self.separate_item_encoder = None if config.share_towers else self._make_encoder()
@@ -81,15 +89,36 @@ class DualTower(
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return self.user_encoder.modalities
+        return canonical_order(self.config.modality_dims)
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def fit_feature_norm(self, features: Features) -> None:
+        """Fit the adaptor's feature standardisation on a training catalog (no-op for the fusion tower)."""
+        if self.config.tower == "adaptor":
+            self.item_adaptor.fit_norm({m: features.values[m].to(self.device) for m in self.modalities},
+                                       {m: features.present[m].to(self.device) for m in self.modalities})
+
+    def _encode_history(self, idx: Tensor, padding: Tensor, table: Features, masked: Tensor | None) -> Tensor:
+        """User-encoder outputs (B, L, d) for item rows `idx` (B, L) of `table`, gathered on the table's device."""
+        causal = self.config.objective == "causal"
+        if self.config.tower == "adaptor":
+            # Each distinct item goes through the adaptor once, however often the batch holds it.
+            uniq, inverse = torch.unique(idx, return_inverse=True)
+            emb = self.item_adaptor({m: table.values[m][uniq].to(self.device) for m in self.modalities},
+                                    {m: table.present[m][uniq].to(self.device) for m in self.modalities})
+            return self.sequence_encoder(emb[inverse.to(self.device)], padding, masked=masked, causal=causal)
+        values = {m: table.values[m][idx].to(self.device) for m in self.modalities}
+        present = {m: table.present[m][idx].to(self.device) & ~padding for m in self.modalities}
+        return self.user_encoder(values, present, padding, masked=masked, causal=causal)
+
     # ------------------------------------------------------------------ training-side forward passes
     def encode_items(self, values: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         """Item-tower outputs (N, d), not normalised, for per-item `values[m]` (N, D_m)."""
+        if self.config.tower == "adaptor":
+            return self.item_adaptor(values, present)
         n = next(iter(values.values())).shape[0]
         pad = torch.zeros(n, 1, dtype=torch.bool, device=self.device)
         out = self.item_encoder(
@@ -107,11 +136,7 @@ class DualTower(
         `table` gives the features of every index; the attention is causal for the
         causal objective and bidirectional for Cloze.
         """
-        idx = items.clamp(min=0)
-        values = {m: table.values[m][idx] for m in self.modalities}
-        present = {m: table.present[m][idx] & ~padding for m in self.modalities}
-        return self.user_encoder(values, present, padding, masked=masked,
-                                 causal=self.config.objective == "causal")
+        return self._encode_history(items.clamp(min=0), padding, table, masked)
 
     # ------------------------------------------------------------------ serving API (docs/architecture.md)
     def check_features(self, features: Features) -> None:
@@ -147,12 +172,9 @@ class DualTower(
         if idx.numel() and int(idx.max()) >= n:
             raise ValueError(f"a history holds item index {int(idx.max())}, but the features have {n} rows")
         # Gather on the features' device, so a large table never has to move.
-        values = {m: features.values[m][idx].to(self.device) for m in self.modalities}
-        present = {m: features.present[m][idx].to(self.device) for m in self.modalities}
         padding = batch["padding"].to(self.device)
-        present = {m: p & ~padding for m, p in present.items()}
         masked = batch["masked"].to(self.device) if batch["masked"] is not None else None
-        h = self.user_encoder(values, present, padding, masked=masked, causal=self.config.objective == "causal")
+        h = self._encode_history(idx.to(features.values[self.modalities[0]].device), padding, features, masked)
         read = batch["read"].to(self.device)
         out = h[torch.arange(h.shape[0], device=self.device), read]
         return F.normalize(out.float(), dim=-1)

@@ -1,4 +1,4 @@
-"""Self-supervised multi-modal pretraining of the item tower (DESIGN.md "The model").
+"""Self-supervised multi-modal pretraining of the item tower (docs/design.md "The model").
 
 Items only, from one or more catalogs that share an encoder (cold items left
 out). Each item is seen in three views, image-only (v), text-only (t) and
@@ -159,6 +159,7 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
     model_cfg = dataclasses.replace(config.model, encoder=table.encoder, modality_dims=table.dims)
     config = dataclasses.replace(config, model=model_cfg)
     model = DualTower(model_cfg).to(device)
+    model.fit_feature_norm(table.subset(rows))
     table = table.to(device)
     objective = PretrainObjective(model, info)
     trainer: nn.Module = objective
