@@ -83,8 +83,6 @@ class ModelConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.tower not in TOWERS:
             raise ValueError(f"tower must be one of {TOWERS}, not {self.tower!r}")
-        if self.tower == "adaptor" and not self.share_towers:
-            raise ValueError("the adaptor towers share their item adaptor by design: use share_towers=True")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.max_len < 1:

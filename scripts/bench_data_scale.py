@@ -11,8 +11,9 @@ Each stage runs the real `dtrec` command in a child process, so its peak RSS is 
    (past the extractor's first checkpoint) and run again: the second run must resume, not restart.
 3. The cache on disk against the dense layout of earlier versions (one row per item and modality),
    and the load time of both, alternating in this process (a ratio, since the machine is shared).
-4. `dtrec evaluate` of popularity and of an untrained DualTower (zero-shot scoring cost), both
-   protocols, on the domain; then popularity on a synthetic 10^5-item, 5*10^4-user data set.
+4. `dtrec evaluate` of popularity (both protocols) and of an untrained DualTower of the recipes'
+   CPU size (its scoring cost) on the domain; then popularity with the history hidden on a
+   synthetic 10^5-item, 5*10^4-user data set.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def synthetic_dataset(out: Path, n_items: int, n_users: int, seed: int = 0) -> N
 
 
 def untrained_checkpoint(data_dir: Path, encoder: str, out: Path) -> None:
-    """A randomly initialised DualTower of the default architecture for `encoder`'s features (scoring cost only)."""
+    """A randomly initialised DualTower of the recipes' CPU size for `encoder`'s features (scoring cost only)."""
     import torch
 
     from dtrec.config import ModelConfig
@@ -113,7 +114,8 @@ def untrained_checkpoint(data_dir: Path, encoder: str, out: Path) -> None:
 
     torch.manual_seed(0)
     feats = load_features(data_dir, encoder)
-    DualTower(ModelConfig(encoder=encoder, modality_dims=feats.dims)).save_pretrained(out)
+    DualTower(ModelConfig(encoder=encoder, modality_dims=feats.dims, d_model=128, d_ff=256, n_heads=4)
+              ).save_pretrained(out)
 
 
 def provenance() -> dict:
@@ -154,8 +156,9 @@ def main() -> int:
         res["cache"] = cache_sizes_and_load(d, args.encoder)
         res["baseline_popularity"] = run([*pop_args, "--data", str(d), "--out", str(work / "pop")])
         untrained_checkpoint(d, args.encoder, work / "untrained")
-        for name, ckpt in (("popularity", work / "pop"), ("dtrec_untrained", work / "untrained")):
-            for flag in ([], ["--exclude-history"]):
+        for name, ckpt, flags in (("popularity", work / "pop", ([], ["--exclude-history"])),
+                                  ("dtrec_untrained", work / "untrained", ([],))):
+            for flag in flags:
                 key = f"evaluate_{name}" + ("_serving" if flag else "")
                 res[key] = run(["evaluate", "--checkpoint", str(ckpt), "--data", str(d), "--json", *flag])
     s = work / "synthetic"

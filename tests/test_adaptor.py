@@ -92,8 +92,23 @@ def test_adaptor_dual_tower_serves_and_round_trips(tmp_path, objective):
 def test_adaptor_config_is_checked():
     with pytest.raises(ValueError, match="tower must be one of"):
         ModelConfig(modality_dims={"text": 4}, tower="mlp")
-    with pytest.raises(ValueError, match="share their item adaptor"):
-        ModelConfig(modality_dims={"text": 4}, tower="adaptor", share_towers=False)
+
+
+
+def test_separate_adaptor_towers_read_history_with_their_own_adaptor(tmp_path):
+    _, f = planted_dataset(n_items=30, n_users=4)
+    m = DualTower(tiny_model_config(f, tower="adaptor", share_towers=False, n_experts=2)).eval()
+    assert m.history_adaptor is not None and m.history_adaptor is not m.item_adaptor
+    items = m.item_embeddings(f)
+    users = m.user_embeddings([[1, 2]], f)
+    with torch.no_grad():  # the history adaptor feeds the user tower only
+        for p in m.history_adaptor.parameters():
+            p.add_(0.5)
+    torch.testing.assert_close(m.item_embeddings(f), items)
+    assert not torch.allclose(m.user_embeddings([[1, 2]], f), users)
+    m.save_pretrained(tmp_path / "c")
+    back = DualTower.from_pretrained(str(tmp_path / "c"))
+    torch.testing.assert_close(back.user_embeddings([[1, 2]], f), m.user_embeddings([[1, 2]], f))
 
 
 def test_adaptor_towers_learn_the_planted_pattern(tmp_path):
