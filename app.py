@@ -8,6 +8,10 @@ Named API endpoints (callable with `gradio_client`):
   /recommend (history, k) -> list of items     history: JSON list or "id1, id2, ..."
   /search    (text, k)    -> list of items
   /add_item  (image, title, text) -> {"id", "latency_ms"}
+
+Files clients send land in Gradio's upload cache: at most MAX_FILE_SIZE a request, the cache
+trimmed to CACHE_MAX_BYTES (oldest first) after every upload and swept of files older than an
+hour; a file the app refuses, and every /add_item file once handled, is deleted at once.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ NEW_BADGE = "new — never interacted with"
 ALL_GENRES = "All genres"
 BROWSE_LIMIT = 60
 MAX_K = 100
+# Gradio's upload cache (see the module docstring): a poster is well under 5 MB; the cache keeps what
+# visitors are about to add, not an archive.
+MAX_FILE_SIZE = 5 * 1024 * 1024
+CACHE_MAX_BYTES = int(float(os.environ.get("DTREC_UPLOAD_CACHE_MB", "100")) * 1024 * 1024)
+DELETE_CACHE = (600, 3600)  # every 10 minutes, delete cached files older than an hour
 
 log = logging.getLogger("dtrec.app")
 
@@ -78,6 +87,41 @@ def md_text(text: str) -> str:
 _REQUEST = "_dtrec_request"
 
 
+class BadInput(ValueError):
+    """A request the app itself refuses; the message is one sentence shown to the user as is."""
+
+
+def request_session(request: Any) -> str | None:
+    """The browser session of a request (Gradio's session hash), or None when the client sent none."""
+    session = getattr(request, "session_hash", None)
+    if session is None:
+        return None
+    from gradio.context import LocalContext
+
+    # Gradio gives an event whose request carried no session hash its own event id as one: a
+    # "session" minted per request, which must count as none (issue 18, item 1).
+    return None if session == LocalContext.event_id.get(None) else str(session)
+
+
+def client_address(request: Any) -> str | None:
+    """The network address a request came from (the key of the per-client upload limit)."""
+    if request is None:
+        return None
+    if os.environ.get("SPACE_ID"):
+        # Behind the Space's proxy every socket peer is the proxy: the client is in X-Forwarded-For.
+        # Its first entry is taken; were a client able to prepend its own, the limit would be
+        # evaded, never turned against every visitor at once (as one shared proxy address would).
+        try:
+            forwarded = dict(request.headers).get("x-forwarded-for", "")
+        except Exception:
+            forwarded = ""
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or None
+
+
 def _user_errors(fn: Callable) -> Callable:
     """Wrap a handler: it runs in its browser session's scope, and bad input becomes one gr.Error sentence.
 
@@ -85,7 +129,7 @@ def _user_errors(fn: Callable) -> Callable:
     with the event's request (its documented way to hand a handler the session); the handler never
     sees it. Anything unexpected is logged, never shown as a traceback.
     """
-    from dtrec.service import session_scope
+    from dtrec.service import InputError, session_scope
 
     sig = inspect.signature(fn)
     n_params = len(sig.parameters)
@@ -97,11 +141,11 @@ def _user_errors(fn: Callable) -> Callable:
         if len(args) > n_params or (args and isinstance(args[-1], gr.Request)):
             request, args = args[-1], args[:-1]
         try:
-            with session_scope(getattr(request, "session_hash", None)):
+            with session_scope(request_session(request), client_address(request)):
                 return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (ValueError, KeyError) as e:  # InputError is a ValueError
+        except (InputError, BadInput) as e:  # our own one-sentence refusals; any other error may name internals
             msg = e.args[0] if e.args else str(e)
             # gr.Error renders HTML, and messages may quote user input (an unknown id)
             raise gr.Error(html.escape(str(msg), quote=False), print_exception=False) from None
@@ -115,6 +159,103 @@ def _user_errors(fn: Callable) -> Callable:
     # a new dict: functools.wraps shares the handler's; Gradio finds the request by this type hint
     wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), _REQUEST: gr.Request}
     return wrapper
+
+
+# --------------------------------------------------------------------------- Gradio's upload cache
+def upload_folder() -> Path:
+    """Gradio's upload cache ($GRADIO_TEMP_DIR, else <tmp>/gradio): where client files land."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
+
+
+def upload_path(value: Any) -> str | None:
+    """The server path of a client's upload (a Gradio FileData dict, or a path), which must lie in the
+    upload cache; None when there is no file."""
+    if value is None:
+        return None
+    path = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise BadInput("The image must be a file uploaded with this request.")
+    p = Path(path).resolve()
+    if not p.is_relative_to(upload_folder()):  # Gradio checks this for HTTP calls; callers in-process too
+        raise BadInput("The image must be a file uploaded with this request.")
+    return str(p)
+
+
+def discard_upload(path: str | None, blocks: Any = None) -> None:
+    """Delete a client's file from the upload cache now (and its folder when empty), so it is no longer served."""
+    if not path:
+        return
+    p = Path(path).resolve()
+    root = upload_folder()
+    if not p.is_relative_to(root) or p == root:
+        return
+    p.unlink(missing_ok=True)
+    if blocks is not None:
+        blocks.upload_file_set.discard(str(p))
+        blocks.upload_file_set.discard(path)
+    if p.parent != root:
+        try:
+            p.parent.rmdir()  # Gradio keeps each file in a folder named by its hash
+        except OSError:
+            pass
+
+
+def trim_upload_cache(blocks: Any, max_bytes: int) -> int:
+    """Delete the oldest files clients uploaded until those left hold at most `max_bytes`; returns bytes left."""
+    files = []
+    for f in list(blocks.upload_file_set):
+        try:
+            st = os.stat(f)
+        except OSError:  # deleted already, or still being moved into place
+            continue
+        files.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in files)
+    for _, size, f in sorted(files):
+        if total <= max_bytes:
+            break
+        discard_upload(f, blocks)
+        total -= size
+    return total
+
+
+class UploadCacheGuard:
+    """ASGI middleware on Gradio's file-receiving routes: refuses a request body over `max_request_bytes`
+    (413, before anything is written) and trims the upload cache to `max_bytes` after each upload."""
+
+    ROUTES = ("/gradio_api/upload", "/gradio_api/process_recording")
+
+    def __init__(self, app: Any, max_request_bytes: int, max_bytes: int):
+        self.app, self.max_request_bytes, self.max_bytes = app, max_request_bytes, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "").rstrip("/")
+        if scope.get("type") != "http" or scope.get("method") != "POST" or not path.endswith(self.ROUTES):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is None or not length.isdigit() or int(length) > self.max_request_bytes:
+            # Gradio's own cap is per file, and one request may carry a thousand files
+            from starlette.responses import PlainTextResponse
+
+            msg = f"The upload is larger than {MAX_FILE_SIZE // (1024 * 1024)} MB, the most a poster may be."
+            await PlainTextResponse(msg, status_code=413)(scope, receive, send)
+            return
+        blocks = getattr(scope.get("app"), "get_blocks", lambda: None)()
+        if blocks is None or not path.endswith("/upload"):
+            await self.app(scope, receive, send)
+            return
+        import anyio
+
+        async def send_after_trim(message: dict) -> None:
+            if message.get("type") == "http.response.start":  # the bound holds by the time the client hears back
+                await anyio.to_thread.run_sync(trim_upload_cache, blocks, self.max_bytes)
+            await send(message)
+
+        await self.app(scope, receive, send_after_trim)
+        # again for files Gradio moves into place after answering (when its temp folder is on another disk)
+        await anyio.to_thread.run_sync(trim_upload_cache, blocks, self.max_bytes)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -156,11 +297,11 @@ def parse_history(history: Any) -> list[str]:
             try:
                 history = json.loads(s)
             except json.JSONDecodeError:
-                raise ValueError("The history is not valid JSON; send a list of item ids or 'id1, id2'.") from None
+                raise BadInput("The history is not valid JSON; send a list of item ids or 'id1, id2'.") from None
         else:
             return [p for p in s.replace(",", " ").split() if p]
     if not isinstance(history, (list, tuple)):
-        raise ValueError("The history must be a list of item ids or a comma-separated string.")
+        raise BadInput("The history must be a list of item ids or a comma-separated string.")
     return [str(h).strip() for h in history if str(h).strip()]
 
 
@@ -169,9 +310,9 @@ def parse_k(k: Any) -> int:
     try:
         k = int(k)
     except (TypeError, ValueError):
-        raise ValueError(f"k must be a whole number between 1 and {MAX_K}.") from None
+        raise BadInput(f"k must be a whole number between 1 and {MAX_K}.") from None
     if not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be between 1 and {MAX_K}, not {k}.")
+        raise BadInput(f"k must be between 1 and {MAX_K}, not {k}.")
     return k
 
 
@@ -210,10 +351,36 @@ def _y_lim(df: pd.DataFrame, metric: str) -> list[float]:
     return [0.0, round(top * 1.15, 4) if top > 0 else 1.0]
 
 
+def about_facts(about: dict) -> list[tuple[str, Any]]:
+    """The facts of `Recommender.about()` a visitor may see: names, never server paths, and sizes in human units."""
+    from dtrec.service import human_bytes
+
+    about = dict(about)
+    hidden = {"results", "eval", "evaluation", "metrics", "model_card", "store_dir", "recovery"}
+    if "n_uploads" in about and "max_uploads" in about:
+        about["uploads"] = f"{int(about['n_uploads']):,} of {int(about['max_uploads']):,}"
+        hidden |= {"n_uploads", "max_uploads"}
+    if "upload_bytes" in about and "max_upload_total_bytes" in about:
+        used, cap = human_bytes(about["upload_bytes"]), human_bytes(about["max_upload_total_bytes"])
+        about["upload storage"] = f"{used} of {cap}"
+        hidden |= {"upload_bytes", "max_upload_total_bytes"}
+    out = []
+    for k, v in about.items():
+        if k in hidden or isinstance(v, (dict, list)):
+            continue
+        if k.endswith("_bytes") and isinstance(v, (int, float)):
+            v = human_bytes(v)
+        elif isinstance(v, str) and (os.path.isabs(v) or v.startswith("~")):
+            v = Path(v).name  # a server folder or file (the weights, a model folder): its name only
+        elif isinstance(v, int) and not isinstance(v, bool):
+            v = f"{v:,}"
+        out.append((k.replace("_", " "), v))
+    return out
+
+
 def about_markdown(about: dict) -> str:
     """A short description of the served model and a table of its facts."""
-    skip = {"results", "eval", "evaluation", "metrics", "model_card"}
-    facts = [(k.replace("_", " "), v) for k, v in about.items() if k not in skip and not isinstance(v, (dict, list))]
+    facts = about_facts(about)
     lines = ["dtrec is an ID-free two-tower sequential recommender: an **item tower** encodes each "
              "item's content (poster and/or text), a **user tower** reads your history and predicts the "
              "next item's embedding, and FAISS retrieves the nearest items. Because items are known only "
@@ -311,11 +478,26 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
     def on_refresh(history: list[str], k: int, new_id: str | None):
         return recommendations(history, k, new_id)
 
+    def add_upload(image: Any, title: str, text: str, *, keep: bool) -> tuple[str, float]:
+        """`rec.add_item` on a client's file; a refused file is deleted from Gradio's cache at once, and
+        unless `keep` (the page still shows it) so is an accepted one: the store keeps its own re-encoding."""
+        from dtrec.service import ImageError
+
+        path = upload_path(image)
+        try:
+            out = rec.add_item(title=title or "", text=text or "", image=path, require_session=True)
+        except ImageError:
+            discard_upload(path, demo)
+            raise
+        if not keep:
+            discard_upload(path, demo)
+        return out
+
     @_user_errors
-    def on_add(image: str | None, title: str, text: str, history: list[str], genre: str | None):
+    def on_add(image: Any, title: str, text: str, history: list[str], genre: str | None):
         if image is None and not (title or "").strip():
             raise gr.Error("Upload a poster and give it a title first.", print_exception=False)
-        new_id, ms = rec.add_item(title=title or "", text=text or "", image=image, require_session=True)
+        new_id, ms = add_upload(image, title, text, keep=True)
         view = rec.get(new_id)
         sim = rec.similar(new_id, k=8)
         status = (f"Added **{md_text(view.title)}** as id `{new_id}` in {ms:.0f} ms — *{NEW_BADGE}*. "
@@ -336,17 +518,26 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
         return [_rec_json(r) for r in rec.search(text or "", k=parse_k(k)).items]
 
     @_user_errors
-    def api_add_item(image: str | None, title: str, text: str) -> dict:
+    def api_add_item(image: Any, title: str, text: str) -> dict:
         """Add a new item (poster image file, title, text); it is recommendable at once."""
-        new_id, ms = rec.add_item(title=title or "", text=text or "", image=image, require_session=True)
+        path = None
+        try:
+            path = upload_path(image)
+            new_id, ms = add_upload(path, title, text, keep=False)
+        finally:  # an API client's file is of no further use, whatever the outcome
+            discard_upload(path, demo)
         return {"id": new_id, "latency_ms": round(float(ms), 2), "is_new": True}
+
+    @_user_errors
+    def on_unload():
+        rec.end_session()  # the tab closed: its private uploads are the first to make room
 
     about = rec.about()
     df = eval_frame(about)
     metrics = [c for c in df.columns if c not in ("model", "split", "n")]
     metric0 = next((m for m in ("ndcg@10", "recall@10") if m in metrics), metrics[0] if metrics else None)
 
-    with gr.Blocks(title=title, fill_width=True) as demo:
+    with gr.Blocks(title=title, fill_width=True, delete_cache=DELETE_CACHE) as demo:
         history = gr.State([])
         cat_ids = gr.State([])
         rec_ids = gr.State([])
@@ -439,20 +630,31 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
         clear_btn.click(on_clear, None, [history, hist_sel, hist_gal, hist_note], **priv).success(**refresh)
         sample_btn.click(on_sample, None, [history, hist_sel, hist_gal, hist_note], **priv).success(**refresh)
         k.release(**refresh)
+        # preprocess=False: the service, not Gradio's decoder, is the first to read a client's file
         add_btn.click(on_add, [up_image, up_title, up_text, history, genre],
-                      [new_id, add_status, similar, catalog, cat_ids], **priv).success(**refresh)
+                      [new_id, add_status, similar, catalog, cat_ids], preprocess=False, **priv).success(**refresh)
+        demo.unload(on_unload)
 
         gr.api(api_recommend, api_name="recommend", queue=False)
         gr.api(api_search, api_name="search", queue=False)
-        api_btn.click(api_add_item, [api_image, api_title, api_text], api_out, api_name="add_item",
+        api_btn.click(api_add_item, [api_image, api_title, api_text], api_out, api_name="add_item", preprocess=False,
                       api_description="Add a new item (poster image file, title, text); returns its id.")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_MAX)
     return demo
 
 
-def launch_kwargs(allowed: list[str | Path]) -> dict:
-    """Arguments shared by `main` and the tests: errors as messages, upload cap, served folders, look."""
-    return {"show_error": True, "max_file_size": "10mb", "allowed_paths": [str(p) for p in allowed],
+def launch_kwargs(allowed: list[str | Path], cache_max_bytes: int | None = None) -> dict:
+    """Arguments shared by `main` and the tests: upload caps and cache bound, served folders, look.
+
+    show_error is off: a visitor sees the app's own one-sentence gr.Error messages only, never the
+    text of Gradio's exceptions, which name server paths ("Cannot move /… to the gradio cache dir").
+    """
+    from starlette.middleware import Middleware
+
+    guard = Middleware(UploadCacheGuard, max_request_bytes=MAX_FILE_SIZE + 64 * 1024,  # + multipart framing
+                       max_bytes=CACHE_MAX_BYTES if cache_max_bytes is None else cache_max_bytes)
+    return {"show_error": False, "max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(p) for p in allowed],
+            "app_kwargs": {"middleware": [guard]},
             "theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": CSS,
             "footer_links": ["api"]}
 
@@ -504,9 +706,9 @@ def load_recommender(demo: str | None, model: str | None, catalog: str | None,
 
 def _warm_up(rec: Any) -> None:
     try:
-        rec.search("warm up", k=1)
-    except Exception:  # a model without text, say: nothing to warm
-        log.debug("encoder warm-up skipped", exc_info=True)
+        rec.warm_up()  # requests that need the encoder meanwhile wait for it (Recommender._encoder_obj)
+    except Exception:  # logged; the first upload or search tries again and answers for itself
+        log.warning("encoder warm-up failed", exc_info=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,6 +173,13 @@ class ServeConfig:
     # "public": every visitor sees every upload | "session": only the session that made it |
     # "auto": session on a Hugging Face Space ($SPACE_ID set), public elsewhere
     upload_visibility: str = "auto"
+    # Per-visitor limits under session visibility (a public demo), so that no one visitor can crowd
+    # out the others: live uploads one browser session may hold, uploads one client address may make
+    # per `client_window_s`, and how long a session may stay idle before its private uploads expire.
+    max_uploads_per_session: int = 20
+    max_uploads_per_client: int = 30
+    client_window_s: float = 600.0
+    session_ttl_s: float = 3600.0
     max_k: int = 100
     thumbnail_px: int = 256
     ef_search: int = 64  # hnsw
@@ -186,12 +193,15 @@ class ServeConfig:
         if self.index not in INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, not {self.index!r}")
         for name in ("max_upload_bytes", "max_pixels", "max_title_chars", "max_text_chars", "max_history",
-                     "max_uploads", "max_upload_total_bytes", "max_k", "thumbnail_px"):
+                     "max_uploads", "max_upload_total_bytes", "max_k", "thumbnail_px",
+                     "max_uploads_per_session", "max_uploads_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeConfig.{name} must be at least 1")
         if self.refine not in ("none", "sq8", "flat") or self.k_factor < 1:
             raise ValueError(f"refine must be 'none', 'sq8' or 'flat' and k_factor at least 1, "
                              f"not {self.refine!r} and {self.k_factor}")
+        if self.client_window_s <= 0 or self.session_ttl_s <= 0:
+            raise ValueError("ServeConfig.client_window_s and session_ttl_s must be positive")
         if self.upload_overflow not in ("refuse", "evict"):
             raise ValueError(f"upload_overflow must be 'refuse' or 'evict', not {self.upload_overflow!r}")
         if self.upload_visibility not in ("auto", "public", "session"):

@@ -26,9 +26,15 @@ bytes (`max_upload_total_bytes`); past a cap an upload is refused with one sente
 (or, with `upload_overflow="evict"`, the oldest uploads make room). With
 `upload_visibility="session"` an upload is seen only by the session that made it
 (`add_item(session=...)`, or calls made inside `session_scope(session)`); uploads
-without a session and catalog items are seen by everyone. On start, what the store
-had to repair (corrupt database, interrupted writes, missing images, a rebuilt index)
-is logged and listed in `about()["recovery"]`.
+without a session and catalog items are seen by everyone. Under session visibility no
+visitor can lock the others out: a session holds at most `max_uploads_per_session`
+uploads, a client address (`session_scope(session, client)`) makes at most
+`max_uploads_per_client` per `client_window_s`, a session's private uploads expire once
+it has been idle for `session_ttl_s`, and when a cap is reached the private uploads of
+*other* sessions make room (ended sessions' first, then the oldest of whichever client
+holds the most) before anyone is refused; public uploads are never evicted for them.
+On start, what the store had to repair (corrupt database, interrupted writes, missing
+images, a rebuilt index) is logged and listed in `about()["recovery"]`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import contextlib
 import contextvars
 import dataclasses
 import hashlib
+import heapq
 import io
 import json
 import logging
@@ -70,22 +77,51 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u
 
 log = logging.getLogger("dtrec.service")
 
-# The caller's session for calls that do not pass `session=` (the app sets it per event).
+# The caller's session and client address for calls that do not pass them (the app sets both per event).
 _SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("dtrec_session", default=None)
+_CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("dtrec_client", default=None)
 
 
 class InputError(ValueError):
     """Bad user input; the message is one sentence that can be shown to the user as is."""
 
 
+class ImageError(InputError):
+    """The uploaded file itself was refused (not a readable, safe image of an allowed size)."""
+
+
 @contextlib.contextmanager
-def session_scope(session: str | None) -> Iterator[None]:
-    """Recommender calls inside this block act for `session` (its private uploads are visible)."""
+def session_scope(session: str | None, client: str | None = None) -> Iterator[None]:
+    """Recommender calls inside this block act for `session` (its private uploads are visible),
+    and their uploads count against `client` (a network address) for the per-client rate limit."""
     token = _SESSION.set(session)
+    ctoken = _CLIENT.set(client)
     try:
         yield
     finally:
+        _CLIENT.reset(ctoken)
         _SESSION.reset(token)
+
+
+def human_bytes(n: float) -> str:
+    """A byte count in human units, base 1024 as the limits are set: 209715200 -> '200 MB'."""
+    n = float(n)
+    if abs(n) < 1024:
+        return f"{int(n)} bytes"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "GB":
+            break
+    return f"{n:.0f} {unit}" if abs(n) >= 100 else f"{n:.3g} {unit}"
+
+
+def _human_seconds(s: float) -> str:
+    """'10 minutes', '1 hour', '45 seconds'."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if s >= size:
+            v = s / size
+            return f"{v:g} {unit}" + ("" if v == 1 else "s")
+    return f"{s:g} seconds"
 
 
 @dataclass
@@ -184,6 +220,11 @@ class Recommender:
         self.demo_dir = Path(demo_dir) if demo_dir is not None else None
         self._lock = threading.RLock()
         self._encoder = None
+        # the frozen encoder is built and warmed under its own lock: concurrent first calls race lazy
+        # imports and a tokenizer's first configuration (the first /search next to the warm-up failed)
+        self._encoder_lock = threading.Lock()
+        self._encoder_ready = False
+        self._client_log: dict[str, list[float]] = {}  # client address -> times of its recent uploads
         self.device = resolve_device(config.device)
         self.model = DualTower.from_pretrained(config.model).to(self.device).eval()
         self.encoder_name = self.model.config.encoder
@@ -322,6 +363,10 @@ class Recommender:
         self._row_of: dict[str, int] = {}
         self._session_of: dict[int, str] = {}  # upload row -> the session that made it
         self._per_session: dict[str, int] = {}  # session -> number of its uploads
+        self._last_seen: dict[str, float] = {}  # session with uploads -> time of its last call (or upload)
+        self._ended: set[str] = set()  # sessions whose browser tab closed: their uploads are evicted first
+        self._owner_of: dict[int, str] = {}  # private upload row -> who made it (client address, else session)
+        self._size_of: dict[int, int] = {}  # upload row -> its stored bytes (image file + title + text)
         for it in self.store.items():
             self._put_view(it)
 
@@ -332,24 +377,39 @@ class Recommender:
         p = self.catalog.image_path(self.catalog.index_of(it.id))
         return p.read_bytes() if p is not None and p.is_file() else None
 
-    def _put_view(self, it: StoredItem) -> None:
+    def _put_view(self, it: StoredItem, client: str | None = None) -> None:
         image = it.image if it.image and os.path.isfile(it.image) else None  # lost file: served without image
         self._views[it.row] = ItemView(it.id, it.title, it.text, image, dict(it.meta), it.is_upload)
         self._row_of[it.id] = it.row
+        if it.is_upload:
+            self._size_of[it.row] = (os.path.getsize(image) if image else 0) + len(it.title.encode()) \
+                + len(it.text.encode())
         if it.is_upload and it.session is not None:
             self._session_of[it.row] = it.session
             self._per_session[it.session] = self._per_session.get(it.session, 0) + 1
+            # after a restart a session's last activity is its newest upload; the client is not stored
+            self._last_seen[it.session] = max(self._last_seen.get(it.session, 0.0), it.created)
+            self._owner_of[it.row] = f"client:{client}" if client else f"session:{it.session}"
 
     def _drop_view(self, row: int, item_id: str) -> None:
         self._views.pop(row, None)
         self._row_of.pop(item_id, None)
+        self._size_of.pop(row, None)
+        self._owner_of.pop(row, None)
         sess = self._session_of.pop(row, None)
         if sess is not None:
             self._per_session[sess] -= 1
+            if not self._per_session[sess]:  # forget sessions that hold nothing (minted ones cost no memory)
+                del self._per_session[sess]
+                self._last_seen.pop(sess, None)
+                self._ended.discard(sess)
 
     # ------------------------------------------------------------------ helpers
     def _session(self, session: str | None) -> str | None:
-        return session if session is not None else _SESSION.get()
+        session = session if session is not None else _SESSION.get()
+        if session is not None and session in self._last_seen:  # activity keeps private uploads alive
+            self._last_seen[session] = time.time()
+        return session
 
     def _visible(self, row: int, session: str | None) -> bool:
         """Whether `session` may see the item at `row` (another session's private upload: no)."""
@@ -396,12 +456,33 @@ class Recommender:
         return out
 
     def _encoder_obj(self) -> Any:
-        with self._lock:  # built once, on first use: only uploads and text search need it
+        """The frozen encoder, built and warmed once, on first use (only uploads and text search need it).
+
+        Callers that arrive while it loads wait for it: the first call of an encoder loads its
+        weights lazily (transformers' lazy imports) and configures its tokenizer, neither of which
+        is safe to run from two threads at once.
+        """
+        if self._encoder_ready:
+            return self._encoder
+        with self._encoder_lock:
             if self._encoder is None:
                 from dtrec.encoders import get_encoder
 
                 self._encoder = get_encoder(self.encoder_name, device=self.config.encoder_device or self.device)
-            return self._encoder
+            if not self._encoder_ready:
+                enc = self._encoder
+                if callable(getattr(enc, "load", None)):
+                    enc.load(tuple(m for m in ("text", "image") if m in self.dims))
+                if "text" in self.dims:
+                    enc.encode_text(["warm up"])
+                if "image" in self.dims:
+                    enc.encode_image([Image.new("RGB", (32, 32), (127, 127, 127))])
+                self._encoder_ready = True
+        return self._encoder
+
+    def warm_up(self) -> None:
+        """Load and warm the frozen encoder now, so that the first upload or search does not wait for it."""
+        self._encoder_obj()
 
     def _encode_and_embed_impl(self, title: str, text: str, image: Image.Image | None,
                                text_only: bool = False) -> tuple[dict[str, np.ndarray | None], np.ndarray]:
@@ -463,11 +544,13 @@ class Recommender:
         return Result(recs, (time.perf_counter() - t0) * 1000)
 
     def add_item(self, title: str, text: str = "", image: Image.Image | bytes | str | Path | None = None,
-                 *, session: str | None = None, require_session: bool = False) -> tuple[str, float]:
+                 *, session: str | None = None, client: str | None = None,
+                 require_session: bool = False) -> tuple[str, float]:
         """Validate, encode, store and index a new item; returns (new id, latency_ms).
 
         Under session visibility an upload without a session is public (an operator's); the app
         passes `require_session`, so that a visitor's request without one is refused instead.
+        A private upload counts against its session's quota and its `client`'s rate limit.
         """
         t0 = time.perf_counter()
         if require_session and self.upload_visibility == "session" and self._session(session) is None:
@@ -482,7 +565,11 @@ class Recommender:
         if len(text) > self.config.max_text_chars:
             raise InputError(f"The description is longer than {self.config.max_text_chars} characters.")
         session = self._session(session)
-        self._check_caps(0)  # before any decoding: a full demo answers at once
+        client = client if client is not None else _CLIENT.get()
+        private = self.upload_visibility == "session" and session is not None
+        if private:
+            self._check_visitor(session, client)
+        self._check_caps(0, session)  # before any decoding: a full demo answers at once
         thumb = self._read_image(image) if image is not None else None
         if "text" not in self.dims and thumb is None:
             raise InputError("This model recommends by picture: add an image.")
@@ -494,9 +581,11 @@ class Recommender:
         size = len(jpeg or b"") + len(title.encode()) + len(text.encode())
         feats, emb = self._encode_and_embed(title, text, thumb)
         with self._lock:
-            if self.config.upload_overflow == "evict":
-                self._evict_uploads(self.config.max_uploads - 1, self.config.max_upload_total_bytes - size)
-            self._check_caps(size)  # again under the lock: concurrent uploads passed the first check together
+            # again under the lock: concurrent uploads passed the first checks together
+            if private:
+                self._check_visitor(session, client)
+            self._make_room(size, session)
+            self._check_caps(size, session)
             while True:
                 new_id = f"new-{uuid.uuid4().hex[:8]}"
                 if new_id not in self._row_of:
@@ -504,23 +593,119 @@ class Recommender:
             stored = self.store.add(NewItem(id=new_id, title=title, text=text, meta={}, image=jpeg,
                                             features=feats, embedding=emb, is_upload=True, session=session))
             self._set_row(stored.row, feats, emb)
-            self._put_view(stored)
+            self._put_view(stored, client if private else None)
             self.index.add([stored.row], emb[None])
             self._upload_bytes += size
             self.store.save_index(self.index)
+            if private and client is not None:
+                self._client_log.setdefault(client, []).append(time.time())
         return new_id, (time.perf_counter() - t0) * 1000
 
-    def _check_caps(self, size: int) -> None:
-        """InputError when one more upload of `size` bytes would pass `max_uploads` or the byte cap."""
+    def _check_visitor(self, session: str, client: str | None) -> None:
+        """InputError when `session` holds its quota of uploads or `client` made its quota in the window."""
+        c = self.config
+        if self._per_session.get(session, 0) >= c.max_uploads_per_session:
+            raise InputError(f"This browser session already holds {c.max_uploads_per_session} uploaded items, "
+                             "the most one session may keep.")
+        if client is None:
+            return
+        now = time.time()
+        with self._lock:
+            if len(self._client_log) > 10_000:  # forget idle clients (a flood of addresses costs no memory)
+                self._client_log = {k: v for k, v in self._client_log.items() if v and now - v[-1] < c.client_window_s}
+            recent = [t for t in self._client_log.get(client, []) if now - t < c.client_window_s]
+            if recent:
+                self._client_log[client] = recent
+            else:
+                self._client_log.pop(client, None)
+        if len(recent) >= c.max_uploads_per_client:
+            raise InputError(f"You have added {c.max_uploads_per_client} items in the last "
+                             f"{_human_seconds(c.client_window_s)}, the most allowed; try again later.")
+
+    def _check_caps(self, size: int, session: str | None = None) -> None:
+        """InputError when one more upload of `size` bytes would pass `max_uploads` or the byte cap
+        even after what `_make_room` may evict for `session`."""
         c = self.config
         if c.upload_overflow == "evict" and size <= c.max_upload_total_bytes:
             return
-        if self.store.count(uploads=True) >= c.max_uploads:
+        n, used = self.store.count(uploads=True), self._upload_bytes
+        if self.upload_visibility == "session":  # other sessions' private uploads make room first
+            with self._lock:
+                others = [r for r, s in self._session_of.items() if s != session]
+                n -= len(others)
+                used -= sum(self._size_of.get(r, 0) for r in others)
+        if n >= c.max_uploads:
             raise InputError(f"This demo already holds its limit of {c.max_uploads} uploaded items, "
                              "so no more can be added.")
-        if self._upload_bytes + size > c.max_upload_total_bytes:
-            raise InputError(f"This demo's storage for uploads ({c.max_upload_total_bytes / 1e6:g} MB) is full, "
+        if used + size > c.max_upload_total_bytes:
+            raise InputError(f"This demo's storage for uploads ({human_bytes(c.max_upload_total_bytes)}) is full, "
                              "so no more items can be added.")
+
+    def _make_room(self, size: int, session: str | None) -> None:
+        """Under the lock, before storing an upload of `size` bytes for `session`: expire idle sessions'
+        uploads, evict other sessions' private uploads while a cap is reached, then apply `upload_overflow`."""
+        c = self.config
+        if self.upload_visibility == "session":
+            self._expire_sessions()
+            n, used = self.store.count(uploads=True), self._upload_bytes
+            drop = []
+            if n >= c.max_uploads or used + size > c.max_upload_total_bytes:
+                for it in self._eviction_order(exclude=session):
+                    if n < c.max_uploads and used + size <= c.max_upload_total_bytes:
+                        break
+                    drop.append(it)
+                    n, used = n - 1, used - self._size_of.get(it.row, 0)
+            self._delete_uploads(drop)
+        if c.upload_overflow == "evict":
+            self._evict_uploads(c.max_uploads - 1, c.max_upload_total_bytes - size)
+
+    def _eviction_order(self, exclude: str | None) -> list[StoredItem]:
+        """Other sessions' private uploads in the order they make room: those of ended sessions (oldest
+        first), then, one at a time, the oldest upload of whichever client (or session) holds the most."""
+        ups = [it for it in self.store.uploads_oldest_first()
+               if it.session is not None and it.session != exclude and it.row in self._session_of]
+        first = [it for it in ups if it.session in self._ended]
+        groups: dict[str, list[StoredItem]] = {}
+        for it in ups:
+            if it.session not in self._ended:
+                groups.setdefault(self._owner_of.get(it.row, f"session:{it.session}"), []).append(it)
+        # heap of (-remaining, created of the group's oldest, owner): the biggest holder gives up its oldest
+        heap = [(-len(g), g[0].created, owner) for owner, g in groups.items()]
+        heapq.heapify(heap)
+        pos = dict.fromkeys(groups, 0)
+        order = list(first)
+        while heap:
+            _, _, owner = heapq.heappop(heap)
+            g = groups[owner]
+            order.append(g[pos[owner]])
+            pos[owner] += 1
+            if pos[owner] < len(g):
+                heapq.heappush(heap, (-(len(g) - pos[owner]), g[pos[owner]].created, owner))
+        return order
+
+    def _expire_sessions(self) -> None:
+        """Delete the private uploads of sessions idle for longer than `session_ttl_s` (under the lock)."""
+        cutoff = time.time() - self.config.session_ttl_s
+        idle = {s for s, t in self._last_seen.items() if t < cutoff}
+        if idle:
+            self._delete_uploads([it for it in self.store.uploads_oldest_first() if it.session in idle])
+
+    def expire_sessions(self) -> int:
+        """Delete the private uploads of sessions idle for longer than `session_ttl_s`; returns how many."""
+        with self._lock:
+            n = self.store.count(uploads=True)
+            self._expire_sessions()
+            gone = n - self.store.count(uploads=True)
+            if gone:
+                self.store.save_index(self.index)
+        return gone
+
+    def end_session(self, session: str | None = None) -> None:
+        """The browser tab of `session` closed: its private uploads are the first to make room."""
+        session = session if session is not None else _SESSION.get()
+        with self._lock:
+            if session is not None and session in self._per_session:
+                self._ended.add(session)
 
     def _set_row(self, row: int, feats: dict[str, np.ndarray | None], emb: np.ndarray) -> None:
         n = self._emb.shape[0]
@@ -551,9 +736,12 @@ class Recommender:
             while n_drop < len(ups) and total > max_bytes:
                 total -= size_of(ups[n_drop])
                 n_drop += 1
-        if not n_drop:
+        self._delete_uploads(ups[:n_drop])
+
+    def _delete_uploads(self, drop: list[StoredItem]) -> None:
+        """Delete uploads from the store, the index and the in-memory state (under the lock)."""
+        if not drop:
             return
-        drop = ups[:n_drop]
         rows = self.store.delete([it.id for it in drop])
         self.index.remove(rows)
         self._upload_bytes = self.store.upload_bytes()
@@ -564,7 +752,7 @@ class Recommender:
                 self._features.present[m][it.row] = False
 
     def _read_image(self, image: Image.Image | bytes | str | Path) -> Image.Image:
-        """A validated RGB thumbnail of an upload; InputError for anything that is not a safe image."""
+        """A validated RGB thumbnail of an upload; ImageError for anything that is not a safe image."""
         limit = self.config.max_upload_bytes
         if isinstance(image, Image.Image):
             w, h = image.size
@@ -574,28 +762,28 @@ class Recommender:
                     image.seek(0)
                 image.load()
                 return self._thumbnail(image)
-            except InputError:
+            except ImageError:
                 raise
             except Exception:
-                raise InputError("The image could not be read.") from None
+                raise ImageError("The image could not be read.") from None
         if isinstance(image, (str, Path)):
             p = Path(image)
             try:
                 if not p.is_file():
-                    raise InputError("The image file could not be found.")
+                    raise ImageError("The image file could not be found.")
                 if p.stat().st_size > limit:
-                    raise InputError(f"The image is larger than {limit / 1e6:g} MB.")
+                    raise ImageError(f"The image is larger than {human_bytes(limit)}.")
                 data = p.read_bytes()
             except OSError:
-                raise InputError("The image file could not be read.") from None
+                raise ImageError("The image file could not be read.") from None
         elif isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
         else:
-            raise InputError("The image must be an image file, its bytes or a PIL image.")
+            raise ImageError("The image must be an image file, its bytes or a PIL image.")
         if not data:
-            raise InputError("The image file is empty.")
+            raise ImageError("The image file is empty.")
         if len(data) > limit:
-            raise InputError(f"The image is larger than {limit / 1e6:g} MB.")
+            raise ImageError(f"The image is larger than {human_bytes(limit)}.")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -607,18 +795,18 @@ class Recommender:
                     im.seek(0)
                     im.load()
                     return self._thumbnail(im)
-        except InputError:
+        except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise InputError("The image has too many pixels.") from None
+            raise ImageError("The image has too many pixels.") from None
         except Exception:  # PIL raises many types for malformed files (OSError, SyntaxError, ValueError, ...)
-            raise InputError("The file is not a readable JPEG, PNG, GIF, WebP or BMP image.") from None
+            raise ImageError("The file is not a readable JPEG, PNG, GIF, WebP or BMP image.") from None
 
     def _check_pixels(self, w: int, h: int) -> None:
         if w <= 0 or h <= 0:
-            raise InputError("The image has no pixels.")
+            raise ImageError("The image has no pixels.")
         if w * h > self.config.max_pixels:
-            raise InputError(f"The image has too many pixels (more than {self.config.max_pixels / 1e6:g} megapixels).")
+            raise ImageError(f"The image has too many pixels (more than {self.config.max_pixels / 1e6:g} megapixels).")
 
     def _thumbnail(self, im: Image.Image) -> Image.Image:
         from dtrec.encoders.base import to_rgb

@@ -203,3 +203,107 @@ def test_uploads_are_private_to_the_browser_session_that_made_them(tiny_demo, tm
     finally:
         demo.close()
         rec.close()
+
+
+def test_refused_files_leave_the_upload_cache_at_once_and_the_cache_is_bounded(tiny_demo, tmp_path, monkeypatch):
+    """Issue 18, item 2: a file the app refuses is deleted (no longer served) and the cache has a size bound."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from dtrec.service import Recommender
+
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # this app's own upload cache, measured alone
+    store = tmp_path / "store"
+    rec = Recommender.from_folder(tiny_demo, store_dir=store)
+    demo = app.build_app(rec)
+    port, limit = free_port(), 3 * 1024 * 1024
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER],
+                                    cache_max_bytes=limit))
+
+    def cache_bytes() -> int:
+        return sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/", timeout=30) as http:
+            def upload(name: str, data: bytes) -> str:
+                r = http.post("gradio_api/upload", files={"files": (name, data, "image/jpeg")})
+                assert r.status_code == 200, r.text
+                return r.json()[0]
+
+            def add(path: str, title: str) -> str:
+                body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, title, ""]}
+                r = http.post("gradio_api/call/add_item", json=body)
+                return http.get(f"gradio_api/call/add_item/{r.json()['event_id']}").text
+
+            for name, data in [("program.jpg", b"\x7fELF\x02\x01\x01" + os.urandom(500_000)),
+                               ("page.jpg", b"<html><script>alert(1)</script></html>" + b" " * 500_000)]:
+                path = upload(name, data)
+                assert http.get(f"gradio_api/file={path}").status_code == 200  # served while it waits
+                grown = cache_bytes()
+                events = add(path, "Junk")
+                assert "event: error" in events and "image" in events, events
+                assert http.get(f"gradio_api/file={path}").status_code in (403, 404)
+                assert not os.path.exists(path) and cache_bytes() <= grown - 500_000
+            # an accepted API upload is not kept either: the store holds its own re-encoded thumbnail
+            buf = io.BytesIO()
+            Image.new("RGB", (20, 30), (9, 9, 9)).save(buf, "PNG")
+            path = upload("poster.png", buf.getvalue())
+            assert "event: complete" in add(path, "Kept poster") and not os.path.exists(path)
+            # files uploaded and never added: the oldest go once the cache passes its bound
+            paths = [upload(f"junk{i}.jpg", os.urandom(1024 * 1024)) for i in range(6)]
+            assert cache_bytes() <= limit
+            assert http.get(f"gradio_api/file={paths[0]}").status_code in (403, 404)
+            assert http.get(f"gradio_api/file={paths[-1]}").status_code == 200
+            # a request past the poster cap is refused before anything is written
+            r = http.post("gradio_api/upload", files={"files": ("big.jpg", os.urandom(6 * 1024 * 1024), "image/jpeg")})
+            assert r.status_code == 413 and "5 MB" in r.text and cache_bytes() <= limit
+        assert demo.delete_cache == app.DELETE_CACHE  # what is left is swept once an hour old
+    finally:
+        demo.close()
+        rec.close()
+
+
+def test_visitors_see_names_and_human_units_never_server_paths(served, tiny_demo):
+    """Issue 18, item 3: "About the model" and error messages name no server path and no raw byte count."""
+    import httpx
+
+    client, rec = served
+    about = rec.about()
+    shown = app.about_markdown(about)
+    for secret in (str(tiny_demo), about["store_dir"], about["weights"], str(REPO)):
+        assert secret not in shown
+    assert "209715200" not in shown and "200 MB" in shown and "model.safetensors" in shown
+    with httpx.Client(base_url=client.src, timeout=30) as http:
+        for path in (str(REPO / "app.py"), "/etc/passwd", str(Path(about["store_dir"]) / "items.db")):
+            body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, "Server file", ""]}
+            r = http.post("gradio_api/call/add_item", json=body)
+            events = http.get(f"gradio_api/call/add_item/{r.json()['event_id']}").text
+            assert "event: error" in events and "new-" not in events
+            assert path not in events and "Cannot move" not in events and str(REPO) not in events, events
+        page = http.get("config").text
+        assert about["store_dir"] not in page and str(tiny_demo) not in page and "209715200" not in page
+
+
+def test_a_request_s_session_and_client(monkeypatch):
+    """A request that sent no session hash has none (Gradio substitutes its event id); on a Space the
+    client is the first X-Forwarded-For entry, since every socket peer is the Space's proxy."""
+    from types import SimpleNamespace
+
+    from gradio.context import LocalContext
+
+    req = SimpleNamespace(session_hash="abc", headers={"x-forwarded-for": "198.51.100.7, 10.0.0.1"},
+                          client=SimpleNamespace(host="10.16.3.80"))
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert app.client_address(req) == "10.16.3.80" and app.request_session(req) == "abc"
+    monkeypatch.setenv("SPACE_ID", "someone/dtrec")
+    assert app.client_address(req) == "198.51.100.7"
+    token = LocalContext.event_id.set("abc")
+    try:
+        assert app.request_session(req) is None
+    finally:
+        LocalContext.event_id.reset(token)
+    assert app.request_session(None) is None and app.client_address(None) is None

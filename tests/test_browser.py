@@ -108,3 +108,43 @@ def test_click_posters_then_upload(url, page, tmp_path):
         dest = Path(os.environ["DTREC_SCREENSHOT"])
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, dest)
+
+
+@pytest.mark.slow
+def test_a_fresh_browser_session_uploads_after_a_scripted_flood(tiny_demo, page, tmp_path):
+    """Issue 18, item 1, as a visitor: 1,010 scripted uploads (a new session and address each) fill the
+    cap of 1,000 private uploads; a fresh tab still uploads its poster and sees it."""
+    import app
+    from PIL import Image
+
+    from dtrec.config import ServeConfig
+    from dtrec.service import InputError, Recommender
+
+    store = tmp_path / "store"
+    rec = Recommender.from_folder(tiny_demo, store_dir=store, config=ServeConfig(upload_visibility="session"))
+    for i in range(1010):
+        try:  # whether the flood is accepted is not the point
+            rec.add_item(f"Flood {i}", session=f"bot-{i}", client=f"10.0.{i // 256}.{i % 256}")
+        except InputError:
+            pass
+    assert rec.about()["n_uploads"] == 1000
+    demo = app.build_app(rec)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("#catalog .thumbnail-item").first.wait_for()
+        poster = tmp_path / "visitor.png"
+        Image.new("RGB", (80, 120), (200, 40, 90)).save(poster)
+        page.locator("#upload-image input[type=file]").set_input_files(str(poster))
+        page.locator("#upload-image img").first.wait_for()
+        page.locator("#upload-title textarea, #upload-title input").first.fill("Visitor After The Flood (2026)")
+        page.locator("#add-item").click()
+        page.locator("#add-status", has_text="Added").wait_for()
+        page.wait_for_function("() => (document.querySelector('#catalog .thumbnail-item')?.innerText || '')"
+                               ".includes('Visitor After The Flood')")
+        assert rec.about()["n_uploads"] == 1000  # the oldest scripted upload made room
+    finally:
+        demo.close()
+        rec.close()

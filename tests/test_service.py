@@ -1,9 +1,12 @@
 """Recommender end to end on a tiny synthetic demo folder (untrained DualTower, tiny-clip encoder)."""
 
+import contextlib
 import io
 import json
 import shutil
 import struct
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -268,3 +271,143 @@ def test_browsing_history_samples_and_about(demo, tmp_path):
     about = rec.about()
     assert about["encoder"] == "tiny-clip" and about["index"] == "hnsw" and about["n_items"] == N_ITEMS
     assert about["results"] == {"dtrec": {"test": {"ndcg@10": 0.1}}} and about["device"] in ("cpu", "cuda")
+
+
+# --------------------------------------------------------------------------- visitors on a public demo (issue 18)
+def test_a_flood_of_uploads_cannot_lock_out_a_new_visitor(demo, tmp_path):
+    """Scripted uploads that fill the cap (a new session and address each, so no per-visitor limit
+    applies) cannot stop a fresh session from uploading and seeing its item; public ones are kept."""
+    cap = 30  # the 1,000-upload flood over HTTP is test_reliability's (slow)
+    rec = _open(demo, tmp_path, upload_visibility="session", max_uploads=cap)
+    operator, _ = rec.add_item("Operator's public upload")
+    for i in range(cap + 5):
+        with contextlib.suppress(InputError):  # whether the flood is accepted is not the point
+            rec.add_item(f"Flood {i}", session=f"bot-{i}", client=f"10.0.0.{i}")
+    assert rec.about()["n_uploads"] == cap
+    mine, _ = rec.add_item("My own poster", image=_png(30, 45), session="visitor", client="192.0.2.7")
+    assert rec.about()["n_uploads"] == cap
+    assert rec.get(mine, session="visitor").title == "My own poster"
+    assert mine in {v.id for v in rec.list_items(limit=10**6, session="visitor")}
+    assert mine in {r.item.id for r in rec.search("My own poster", k=100, session="visitor").items}
+    for i in range(5):  # the flood goes on: its own oldest uploads make room, not the visitor's
+        rec.add_item(f"More flood {i}", session=f"bot2-{i}", client=f"10.0.1.{i}")
+    assert rec.get(mine, session="visitor").id == mine
+    assert rec.get(operator, session="anyone").id == operator  # public uploads are never evicted for visitors
+    with pytest.raises(InputError):
+        rec.get(mine, session="bot-0")  # and private stays private
+
+
+def test_one_client_cannot_flood_with_sessions_it_mints(demo, tmp_path):
+    rec = _open(demo, tmp_path, upload_visibility="session", max_uploads=8, max_uploads_per_client=3,
+                max_uploads_per_session=2)
+    for i in range(3):  # a new session per request, one address
+        rec.add_item(f"Scripted {i}", session=f"minted-{i}", client="203.0.113.9")
+    with pytest.raises(InputError, match="You have added 3 items in the last 10 minutes") as e:
+        rec.add_item("Scripted 3", session="minted-3", client="203.0.113.9")
+    assert str(e.value).endswith(".") and "\n" not in str(e.value)
+    rec.add_item("Another visitor", session="other", client="198.51.100.1")  # others are not affected
+    rec.add_item("Again", session="other", client="198.51.100.1")
+    with pytest.raises(InputError, match="already holds 2 uploaded items"):
+        rec.add_item("Third from one session", session="other", client="198.51.100.2")
+    assert rec.about()["n_uploads"] == 5
+    # a public (local) demo keeps no per-visitor limits: its visitors see each other's uploads anyway
+    public = _open(demo, tmp_path / "public", upload_visibility="public", max_uploads_per_client=1)
+    for i in range(3):
+        public.add_item(f"Local {i}", session="s", client="127.0.0.1")
+
+
+def test_the_biggest_holder_gives_up_its_oldest_upload_first(demo, tmp_path):
+    rec = _open(demo, tmp_path, upload_visibility="session", max_uploads=4, max_uploads_per_client=100)
+    early, _ = rec.add_item("Early visitor", session="early", client="192.0.2.1")
+    for i in range(10):  # one address, many sessions: its own uploads make room for its next ones
+        rec.add_item(f"Bot {i}", session=f"bot-{i}", client="203.0.113.9")
+    assert rec.get(early, session="early").id == early
+    kept = {v.id for v in rec.list_items(limit=10**6) if v.is_new}  # no session: public ones only
+    assert not kept and rec.about()["n_uploads"] == 4
+
+
+def test_idle_sessions_expire_and_closed_tabs_make_room_first(demo, tmp_path):
+    rec = _open(demo, tmp_path, upload_visibility="session", session_ttl_s=1.0, max_uploads=3)
+    gone, _ = rec.add_item("Idle session's upload", session="idle")
+    kept, _ = rec.add_item("Active session's upload", session="active")
+    time.sleep(1.2)
+    rec.list_items(limit=1, session="active")  # any call keeps a session alive
+    assert rec.expire_sessions() == 1
+    with pytest.raises(InputError):
+        rec.get(gone, session="idle")
+    assert rec.get(kept, session="active").id == kept
+
+    rec = _open(demo, tmp_path / "tabs", upload_visibility="session", max_uploads=3)
+    oldest, _ = rec.add_item("Oldest, tab open", session="a")
+    closed, _ = rec.add_item("Tab closed", session="b")
+    rec.add_item("Tab open", session="c")
+    rec.end_session("b")
+    rec.add_item("A new visitor", session="d")
+    assert rec.get(oldest, session="a").id == oldest
+    with pytest.raises(InputError):
+        rec.get(closed, session="b")
+
+
+class _LazyEncoder:
+    """An encoder that loads on its first call, and whose loading is not safe from two threads at once
+    (as the offline encoder's: transformers' lazy imports raced, 'cannot import name AutoModel')."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.loaded = False
+        self._loading = threading.Lock()
+
+    def _first_use(self):
+        if self.loaded:
+            return
+        if not self._loading.acquire(blocking=False):
+            raise ImportError("cannot import name 'AutoModel' from 'transformers'")
+        try:
+            time.sleep(0.3)
+            self.loaded = True
+        finally:
+            self._loading.release()
+
+    def encode_text(self, texts):
+        self._first_use()
+        return self.inner.encode_text(texts)
+
+    def encode_image(self, images):
+        self._first_use()
+        return self.inner.encode_image(images)
+
+
+def test_requests_racing_the_encoder_warm_up_wait_for_it(demo, tmp_path, monkeypatch):
+    """Issue 18, item 14: the first /search next to the background warm-up must not fail."""
+    import dtrec.encoders
+
+    real, built = dtrec.encoders.get_encoder, []
+
+    def get_encoder(name, device=None):
+        built.append(name)
+        return _LazyEncoder(real(name, device=device))
+
+    monkeypatch.setattr(dtrec.encoders, "get_encoder", get_encoder)
+    rec = _open(demo, tmp_path)
+    start, errors = threading.Barrier(3), []
+
+    def search(q):
+        start.wait()
+        try:
+            assert len(rec.search(q, k=3).items) == 3
+        except Exception as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=search, args=(q,)) for q in ("warm up", "space adventure", "comedy")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(built) == 1
+
+
+def test_human_bytes():
+    from dtrec.service import human_bytes
+
+    assert human_bytes(209715200) == "200 MB" and human_bytes(10 * 1024 * 1024) == "10 MB"
+    assert human_bytes(0) == "0 bytes" and human_bytes(1536) == "1.5 KB"
