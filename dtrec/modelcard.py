@@ -20,7 +20,7 @@ METRIC_NAMES = {"recall@10": "Recall@10", "recall@50": "Recall@50", "ndcg@10": "
                 "ndcg@50": "NDCG@50", "mrr": "MRR"}
 SPLITS = ("test", "cold_start", "valid")
 # Names baselines are written under in results.json; the model being published is any other entry.
-BASELINE_NAMES = ("popularity", "pop", "sasrec", "random", "most_popular")
+BASELINE_NAMES = ("popularity", "pop", "sasrec", "content-knn", "random", "most_popular")
 # Where the training loop may leave its resolved config, in order of preference.
 TRAINING_CONFIG_NAMES = ("train_config.json", "finetune_config.json", "training_config.json",
                          "resolved_config.json", "pretrain_config.json")

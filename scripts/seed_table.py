@@ -24,12 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     args = p.parse_args(argv)
     runs = [json.loads(Path(f).read_text()) for f in args.results]
-    summary = seed_summary(runs, args.split)
-    print("| model (runs) | " + " | ".join(METRIC_NAMES[k] for k in METRIC_KEYS) + " |")
-    print("| --- |" + " ---: |" * len(METRIC_KEYS))
+    # the share of users whose last item ranks first, where the runs report it
+    echo = any("last_item_first" in split for r in runs for m, v in r.items() if m != "meta"
+               for split in v.values() if isinstance(split, dict))
+    keys = list(METRIC_KEYS) + (["last_item_first"] if echo else [])
+    names = {**METRIC_NAMES, "last_item_first": "last item first"}
+    summary = seed_summary(runs, args.split, keys)
+    print("| model (runs) | " + " | ".join(names[k] for k in keys) + " |")
+    print("| --- |" + " ---: |" * len(keys))
     for model, stats in summary.items():
         n = max((s[2] for s in stats.values()), default=0)
-        cells = [f"{stats[k][0]:.4f} ± {stats[k][1]:.4f}" if k in stats else "–" for k in METRIC_KEYS]
+        cells = [f"{stats[k][0]:.4f} ± {stats[k][1]:.4f}" if k in stats else "–" for k in keys]
         print(f"| {model} ({n}) | " + " | ".join(cells) + " |")
     return 0
 

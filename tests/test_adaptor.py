@@ -95,15 +95,20 @@ def test_adaptor_config_is_checked():
 
 
 
-def test_separate_adaptor_towers_read_history_with_their_own_adaptor(tmp_path):
+def test_separate_adaptor_towers_start_shared_and_correct_only_the_history(tmp_path):
     _, f = planted_dataset(n_items=30, n_users=4)
-    m = DualTower(tiny_model_config(f, tower="adaptor", share_towers=False, n_experts=2)).eval()
-    assert m.history_adaptor is not None and m.history_adaptor is not m.item_adaptor
+    kw = dict(tower="adaptor", n_experts=2)
+    torch.manual_seed(0)
+    shared = DualTower(tiny_model_config(f, **kw)).eval()
+    torch.manual_seed(0)
+    m = DualTower(tiny_model_config(f, share_towers=False, **kw)).eval()
     items = m.item_embeddings(f)
     users = m.user_embeddings([[1, 2]], f)
-    with torch.no_grad():  # the history adaptor feeds the user tower only
-        for p in m.history_adaptor.parameters():
-            p.add_(0.5)
+    # zero at initialisation: the same model as the shared towers
+    torch.testing.assert_close(users, shared.user_embeddings([[1, 2]], f))
+    with torch.no_grad():  # the correction feeds the user tower only
+        for p in m.history_correction.parameters():
+            p.normal_()
     torch.testing.assert_close(m.item_embeddings(f), items)
     assert not torch.allclose(m.user_embeddings([[1, 2]], f), users)
     m.save_pretrained(tmp_path / "c")

@@ -159,6 +159,34 @@ def test_scientific_recipe_smoke_run(tmp_path):
     assert res["meta"]["seed"] == 42 and any(c.startswith("dtrec finetune") for c in res["meta"]["commands"])
 
 
+@pytest.mark.slow
+def test_scientific_adaptor_recipe_smoke_run(tmp_path):
+    """The adaptor recipe at toy sizes writes both protocols' results with every model, the echo share included."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    data = Path(os.environ.get("DTREC_DATA", repo.parent / "shared" / "data"))
+    if not (data / "amazon-scientific" / "Scientific.item2index").exists():
+        pytest.skip(f"Amazon Scientific data not found under {data} (set DTREC_DATA)")
+    env = dict(os.environ, DTREC_DATA=str(data), DTREC_DEVICE="cpu", DTREC_SEED="1", HF_HUB_OFFLINE="1",
+               DTREC_FINETUNE_ARGS="--max-steps 1 --epochs 1", DTREC_SASREC_EPOCHS="1",
+               DTREC_SASREC_ARGS="--hidden 16")
+    out = tmp_path / "run"
+    subprocess.run(["bash", str(repo / "scripts" / "scientific_adaptor.sh"), str(out)], env=env, check=True,
+                   timeout=1200)
+    for name, protocol in (("results.json", "reference"), ("results-serving.json", "serving")):
+        res = json.loads((out / name).read_text())
+        assert {"popularity", "content-knn", "sasrec", "dtrec-adaptor", "meta"} <= set(res)
+        for model in ("popularity", "content-knn", "sasrec", "dtrec-adaptor"):
+            assert res[model]["test"]["n"] == 2928 and res[model]["test"]["protocol"] == protocol
+            assert 0.0 <= res[model]["test"]["last_item_first"] <= 1.0
+        assert res["meta"]["seed"] == 1
+    train = json.loads((out / "dtrec" / "train_config.json").read_text())["config"]
+    assert train["model"]["tower"] == "adaptor" and train["negatives"] == "all"
+
+
 def test_seed_summary_means_and_sample_deviations():
     from dtrec.eval import seed_summary
 

@@ -73,6 +73,10 @@ class AdaptorItemEncoder(nn.Module):
                                       for m in modalities})
         use_fast_dropout(self)
 
+    def standardise(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each modality's features after the fitted standardisation."""
+        return {m: self.norm[m](values[m].to(self.norm[m].mean.dtype)) for m in self.modalities}
+
     def fit_norm(self, values: dict[str, Tensor], present: dict[str, Tensor]) -> None:
         """Fit every modality's standardisation on a training catalog's features."""
         for m in self.modalities:
@@ -84,6 +88,32 @@ class AdaptorItemEncoder(nn.Module):
         for m in self.modalities:
             p = present[m].unsqueeze(-1).to(self.norm[m].mean.dtype)
             e = self.adaptor[m](self.norm[m](values[m].to(self.norm[m].mean.dtype))) * p
+            total = e if total is None else total + e
+            count = p if count is None else count + p
+        return total / count.clamp(min=1.0)
+
+
+class HistoryCorrection(nn.Module):
+    """What separate towers add to a history item's embedding: a linear map of its standardised
+    features, zero at initialisation, averaged over the modalities the item has.
+
+    Starting from zero, the user tower first reads history items exactly as the item tower
+    embeds candidates (the shared towers' similarity signal) and learns only the difference it
+    needs, e.g. to stop echoing the last item.
+    """
+
+    def __init__(self, modality_dims: dict[str, int], modalities: tuple[str, ...], d_model: int):
+        super().__init__()
+        self.modalities = modalities
+        self.proj = nn.ModuleDict({m: nn.Linear(modality_dims[m], d_model, bias=False) for m in modalities})
+        for lin in self.proj.values():
+            nn.init.zeros_(lin.weight)
+
+    def forward(self, standardised: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        total, count = None, None
+        for m in self.modalities:
+            p = present[m].unsqueeze(-1).to(standardised[m].dtype)
+            e = self.proj[m](standardised[m]) * p
             total = e if total is None else total + e
             count = p if count is None else count + p
         return total / count.clamp(min=1.0)

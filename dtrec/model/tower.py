@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from dtrec.config import ModelConfig
 from dtrec.features import Features
-from dtrec.model.adaptor import AdaptorItemEncoder, SequenceEncoder
+from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
 from dtrec.model.fusion import FusionEncoder, canonical_order
 
 # Names under which the same frozen features are known (precomputed files vs live encoder).
@@ -71,10 +71,10 @@ class DualTower(
                                                    c.n_experts, c.adaptor_dropout)
             self.sequence_encoder = SequenceEncoder(c.d_model, c.n_layers, c.n_heads, c.d_ff, c.dropout,
                                                     c.emb_dropout, max_positions=c.max_len + 1)
-            # Separate towers: history items get an adaptor of their own, so the user vector is free
-            # to leave the neighbourhood of the last item's candidate embedding.
-            self.history_adaptor = None if c.share_towers else AdaptorItemEncoder(
-                c.modality_dims, canonical_order(c.modality_dims), c.d_model, c.n_experts, c.adaptor_dropout)
+            # Separate towers: history items get a learned correction on top of the shared adaptor, so
+            # the user vector is free to leave the neighbourhood of the last item's candidate embedding.
+            self.history_correction = None if c.share_towers else HistoryCorrection(
+                c.modality_dims, canonical_order(c.modality_dims), c.d_model)
             return
         self.user_encoder = self._make_encoder()
         # Registered only when separate, so a shared checkpoint holds each weight once.
@@ -102,10 +102,8 @@ class DualTower(
     def fit_feature_norm(self, features: Features) -> None:
         """Fit the adaptor's feature standardisation on a training catalog (no-op for the fusion tower)."""
         if self.config.tower == "adaptor":
-            for adaptor in (self.item_adaptor, self.history_adaptor):
-                if adaptor is not None:
-                    adaptor.fit_norm({m: features.values[m].to(self.device) for m in self.modalities},
-                                     {m: features.present[m].to(self.device) for m in self.modalities})
+            self.item_adaptor.fit_norm({m: features.values[m].to(self.device) for m in self.modalities},
+                                       {m: features.present[m].to(self.device) for m in self.modalities})
 
     def _encode_history(self, idx: Tensor, padding: Tensor, table: Features, masked: Tensor | None) -> Tensor:
         """User-encoder outputs (B, L, d) for item rows `idx` (B, L) of `table`, gathered on the table's device."""
@@ -113,9 +111,11 @@ class DualTower(
         if self.config.tower == "adaptor":
             # Each distinct item goes through the adaptor once, however often the batch holds it.
             uniq, inverse = torch.unique(idx, return_inverse=True)
-            adaptor = self.history_adaptor if self.history_adaptor is not None else self.item_adaptor
-            emb = adaptor({m: table.values[m][uniq].to(self.device) for m in self.modalities},
-                                    {m: table.present[m][uniq].to(self.device) for m in self.modalities})
+            values = {m: table.values[m][uniq].to(self.device) for m in self.modalities}
+            present = {m: table.present[m][uniq].to(self.device) for m in self.modalities}
+            emb = self.item_adaptor(values, present)
+            if self.history_correction is not None:
+                emb = emb + self.history_correction(self.item_adaptor.standardise(values), present)
             return self.sequence_encoder(emb[inverse.to(self.device)], padding, masked=masked, causal=causal)
         values = {m: table.values[m][idx].to(self.device) for m in self.modalities}
         present = {m: table.present[m][idx].to(self.device) & ~padding for m in self.modalities}
