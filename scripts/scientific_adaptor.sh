@@ -30,7 +30,7 @@ for m in popularity content-knn sasrec dtrec; do
     > "$OUT/eval-serving/$m.json"
 done
 for p in "" -serving; do
-  "$DTREC_PYTHON" "$ROOT/scripts/_results.py" "$OUT/results$p.json" --recipe scientific-adaptor$p \
+  "$DTREC_PYTHON" "$ROOT/scripts/_results.py" "$OUT/results$p.json" --recipe scientific_adaptor \
     --data "$DATA" --seed "$SEED" --commands "$OUT/commands.txt" \
     popularity="$OUT/eval$p/popularity.json" content-knn="$OUT/eval$p/content-knn.json" \
     sasrec="$OUT/eval$p/sasrec.json" dtrec-adaptor="$OUT/eval$p/dtrec.json"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,22 +139,23 @@ def test_evaluate_rejects_a_folder_without_checkpoint(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_scientific_recipe_smoke_run(tmp_path):
-    """The whole Scientific recipe at toy sizes writes results.json with every model and the meta record."""
-    import os
-    import subprocess
-    from pathlib import Path
-
+def _run_recipe(script: str, out, **env: str) -> None:
+    """Run `scripts/<script>` on the real Scientific data into `out` (skips when the data is absent)."""
     repo = Path(__file__).resolve().parent.parent
     data = Path(os.environ.get("DTREC_DATA", repo.parent / "shared" / "data"))
     if not (data / "amazon-scientific" / "Scientific.item2index").exists():
         pytest.skip(f"Amazon Scientific data not found under {data} (set DTREC_DATA)")
-    env = dict(os.environ, DTREC_DATA=str(data), DTREC_COLD="0", DTREC_EPOCHS="1", DTREC_DEVICE="cpu",
-               DTREC_PRETRAIN_ARGS="--max-steps 1 --d-model 32 --d-ff 64 --n-heads 2 --quiet",
-               DTREC_FINETUNE_ARGS="--max-steps 1 --quiet", DTREC_SASREC_ARGS="--hidden 16", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, DTREC_DATA=str(data), DTREC_DEVICE="cpu", HF_HUB_OFFLINE="1", **env)
+    subprocess.run(["bash", str(repo / "scripts" / script), str(out)], env=env, check=True, timeout=1200)
+
+
+@pytest.mark.slow
+def test_scientific_recipe_smoke_run(tmp_path):
+    """The whole Scientific recipe at toy sizes writes results.json with every model and the meta record."""
     out = tmp_path / "run"
-    subprocess.run(["bash", str(repo / "scripts" / "scientific.sh"), str(out)], env=env, check=True, timeout=1200)
+    _run_recipe("scientific.sh", out, DTREC_COLD="0", DTREC_EPOCHS="1",
+                DTREC_PRETRAIN_ARGS="--max-steps 1 --d-model 32 --d-ff 64 --n-heads 2 --quiet",
+                DTREC_FINETUNE_ARGS="--max-steps 1 --quiet", DTREC_SASREC_ARGS="--hidden 16")
     res = json.loads((out / "results.json").read_text())
     assert {"popularity", "sasrec", "dtrec", "meta"} <= set(res)
     for name in ("popularity", "sasrec", "dtrec"):
@@ -162,20 +166,9 @@ def test_scientific_recipe_smoke_run(tmp_path):
 @pytest.mark.slow
 def test_scientific_adaptor_recipe_smoke_run(tmp_path):
     """The adaptor recipe at toy sizes writes both protocols' results with every model, the echo share included."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
-    data = Path(os.environ.get("DTREC_DATA", repo.parent / "shared" / "data"))
-    if not (data / "amazon-scientific" / "Scientific.item2index").exists():
-        pytest.skip(f"Amazon Scientific data not found under {data} (set DTREC_DATA)")
-    env = dict(os.environ, DTREC_DATA=str(data), DTREC_DEVICE="cpu", DTREC_SEED="1", HF_HUB_OFFLINE="1",
-               DTREC_FINETUNE_ARGS="--max-steps 1 --epochs 1", DTREC_SASREC_EPOCHS="1",
-               DTREC_SASREC_ARGS="--hidden 16")
     out = tmp_path / "run"
-    subprocess.run(["bash", str(repo / "scripts" / "scientific_adaptor.sh"), str(out)], env=env, check=True,
-                   timeout=1200)
+    _run_recipe("scientific_adaptor.sh", out, DTREC_SEED="1", DTREC_FINETUNE_ARGS="--max-steps 1 --epochs 1",
+                DTREC_SASREC_EPOCHS="1", DTREC_SASREC_ARGS="--hidden 16")
     for name, protocol in (("results.json", "reference"), ("results-serving.json", "serving")):
         res = json.loads((out / name).read_text())
         assert {"popularity", "content-knn", "sasrec", "dtrec-adaptor", "meta"} <= set(res)
@@ -241,8 +234,6 @@ def test_evaluate_refuses_a_catalog_without_interactions(tmp_path, capsys):
 
 
 def test_expected_ties_give_fractional_credit():
-    from dtrec.eval import rank_metrics
-
     # target 0 ties with 3 other items, one item scores higher: rank uniform over 1..4
     scores = torch.tensor([[0.5, 0.5, 0.5, 0.9, 0.5, 0.1]])
     got = rank_metrics(scores, torch.tensor([0]), ks=(2, 10), ties="expected")
@@ -280,3 +271,17 @@ def test_evaluate_counts_ties_and_last_item_echoes():
     assert res["n_tied"] == 2  # targets 3 and 2 tie with each other (0.3)
     hidden = evaluate(score, cases, batch_size=3, exclude_history=True)
     assert hidden["last_item_first"] == pytest.approx(2 / 4), "measured before the history is hidden"
+
+
+@pytest.mark.slow
+def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, shared_data):
+    """assets/models/scientific + `dtrec evaluate` give the seed-42 row of docs/results exactly."""
+    repo = Path(__file__).resolve().parent.parent
+    if not (shared_data / "amazon-scientific" / "Scientific.item2index").exists():
+        pytest.skip(f"Amazon Scientific data not found under {shared_data}")
+    assert main(["prepare", "unisrec", "--source", str(shared_data / "amazon-scientific"), "--name", "Scientific",
+                 "--out", str(tmp_path / "sci")]) == 0
+    published = json.loads((repo / "docs" / "results" / "scientific-adaptor-seed42.json").read_text())
+    got = evaluate_checkpoint(repo / "assets" / "models" / "scientific", tmp_path / "sci", device="cpu")
+    for key in METRIC_KEYS:
+        assert got["test"][key] == pytest.approx(published["dtrec-adaptor"]["test"][key], abs=1e-6)
