@@ -711,10 +711,18 @@ def _warm_up(rec: Any) -> None:
         log.warning("encoder warm-up failed", exc_info=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Load the Recommender named by the flags and serve the app."""
+def configure_logging() -> None:
+    """The app's log: its own lines at INFO; libraries' routine chatter that reads like an error, off."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # FAISS tries its AVX-512 and AVX2 builds first and logs each miss at INFO ("Could not load
+    # library with AVX512 support") before loading the build that works: harmless, but it alarms.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the Recommender named by the flags and serve the app."""
+    configure_logging()
     args = parse_args(argv)
     t0 = _T0 if __name__ == "__main__" else time.perf_counter()
     if not args.catalog and Path(args.demo) == DEFAULT_DEMO and not (DEFAULT_DEMO / "model").is_dir():

@@ -307,3 +307,15 @@ def test_a_request_s_session_and_client(monkeypatch):
     finally:
         LocalContext.event_id.reset(token)
     assert app.request_session(None) is None and app.client_address(None) is None
+
+
+def test_start_up_log_has_no_faiss_loader_misses():
+    """FAISS logs each CPU build it cannot load ("Could not load library with AVX512 support"); the app's log doesn't."""
+    import subprocess
+
+    code = "import app; app.configure_logging(); import faiss; print('loaded', faiss.__version__)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(app.__file__).parent, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "loaded" in r.stdout
+    assert "Could not load library" not in r.stderr and "faiss.loader" not in r.stderr
