@@ -147,9 +147,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                               device=args.device, progress=False if args.quiet else None,
                               exclude_history=args.exclude_history, ties=args.ties)
     protocol = "serving (history hidden)" if args.exclude_history else "reference (nothing hidden)"
-    for m in res.values():
-        m["protocol"] = protocol.split()[0]
-        m["ties"] = args.ties
     if args.json:
         print(json.dumps(_json_safe(res), allow_nan=False))
     else:

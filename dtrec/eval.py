@@ -238,7 +238,8 @@ def evaluate_checkpoint(
     """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items.
 
     `exclude_history` scores with each user's history hidden (the serving protocol); the
-    default hides nothing (the reference protocol of published sequential results).
+    default hides nothing (the reference protocol of published sequential results). Each split
+    names its `protocol` ("reference" | "serving") and `ties` rule.
     """
     from dtrec.data.catalog import Dataset
 
@@ -256,6 +257,9 @@ def evaluate_checkpoint(
         if kind in COLD_NOTES:
             cold["note"] = COLD_NOTES[kind]
         out["cold_start"] = cold
+    for metrics in out.values():  # what the numbers mean travels with them
+        metrics["protocol"] = "serving" if exclude_history else "reference"
+        metrics["ties"] = ties
     return out
 
 
