@@ -285,3 +285,17 @@ def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, sh
     got = evaluate_checkpoint(repo / "assets" / "models" / "scientific", tmp_path / "sci", device="cpu")
     for key in METRIC_KEYS:
         assert got["test"][key] == pytest.approx(published["dtrec-adaptor"]["test"][key], abs=1e-6)
+
+
+def test_ranked_first_agrees_with_the_rank():
+    from dtrec.eval import ranked_first
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (64, 9), generator=g).float()  # many ties, at the top too
+    scores[3, 2] = NAN
+    scores[5] = NAN
+    scores[7, :] = 1.0
+    items = torch.randint(0, 9, (64,), generator=g)
+    items[:10] = scores[:10].nan_to_num(-1).argmax(1)
+    assert torch.equal(ranked_first(scores, items), target_ranks(scores, items) == 0)
+    assert ranked_first(scores, items)[:10].any() and not ranked_first(scores, items)[7]

@@ -33,7 +33,7 @@ class FeatureNorm(nn.Module):
     @torch.no_grad()
     def fit(self, values: Tensor, present: Tensor) -> None:
         """Mean and standard deviation over the rows that have this modality (unchanged when none has)."""
-        rows = values[present.bool()].float()
+        rows = values[present.bool().to(values.device)].float().to(self.mean.device)
         if rows.shape[0] < 2:
             return
         self.mean.copy_(rows.mean(0))
@@ -61,6 +61,16 @@ class MoEAdaptor(nn.Module):
         return (gates.unsqueeze(-1) * outs).sum(-2)
 
 
+def mean_over_present(parts: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    """Per-item mean of `parts[m]` (..., d) over the modalities the item has; zeros when it has none."""
+    total = count = None
+    for m, e in parts.items():
+        p = present[m].unsqueeze(-1).to(e.dtype)
+        total = e * p if total is None else total + e * p
+        count = p if count is None else count + p
+    return total / count.clamp(min=1.0)
+
+
 class AdaptorItemEncoder(nn.Module):
     """Item embeddings (N, d) from per-modality features: standardise, adapt, mean over present modalities."""
 
@@ -84,13 +94,7 @@ class AdaptorItemEncoder(nn.Module):
 
     def forward(self, values: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         """`values[m]` (..., D_m), `present[m]` (...) -> (..., d); an item with no modality gets zeros."""
-        total, count = None, None
-        for m in self.modalities:
-            p = present[m].unsqueeze(-1).to(self.norm[m].mean.dtype)
-            e = self.adaptor[m](self.norm[m](values[m].to(self.norm[m].mean.dtype))) * p
-            total = e if total is None else total + e
-            count = p if count is None else count + p
-        return total / count.clamp(min=1.0)
+        return mean_over_present({m: self.adaptor[m](x) for m, x in self.standardise(values).items()}, present)
 
 
 class HistoryCorrection(nn.Module):
@@ -110,13 +114,8 @@ class HistoryCorrection(nn.Module):
             nn.init.zeros_(lin.weight)
 
     def forward(self, standardised: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
-        total, count = None, None
-        for m in self.modalities:
-            p = present[m].unsqueeze(-1).to(standardised[m].dtype)
-            e = self.proj[m](standardised[m]) * p
-            total = e if total is None else total + e
-            count = p if count is None else count + p
-        return total / count.clamp(min=1.0)
+        """Standardised `values[m]` (..., D_m), `present[m]` (...) -> the correction (..., d)."""
+        return mean_over_present({m: self.proj[m](standardised[m]) for m in self.modalities}, present)
 
 
 class SequenceEncoder(nn.Module):

@@ -99,11 +99,16 @@ class DualTower(
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def fit_feature_norm(self, features: Features) -> None:
-        """Fit the adaptor's feature standardisation on a training catalog (no-op for the fusion tower)."""
-        if self.config.tower == "adaptor":
-            self.item_adaptor.fit_norm({m: features.values[m].to(self.device) for m in self.modalities},
-                                       {m: features.present[m].to(self.device) for m in self.modalities})
+    def fit_feature_norm(self, features: Features, exclude: list[int] | None = None) -> None:
+        """Fit the adaptor's feature standardisation on a training catalog, rows `exclude` (cold items)
+        left out; a no-op for the fusion tower."""
+        if self.config.tower != "adaptor":
+            return
+        keep = torch.ones(len(features), dtype=torch.bool)
+        if exclude:
+            keep[torch.as_tensor(exclude, dtype=torch.long)] = False
+        present = {m: features.present[m].cpu() & keep for m in self.modalities}
+        self.item_adaptor.fit_norm({m: features.values[m] for m in self.modalities}, present)
 
     def _encode_history(self, idx: Tensor, padding: Tensor, table: Features, masked: Tensor | None) -> Tensor:
         """User-encoder outputs (B, L, d) for item rows `idx` (B, L) of `table`, gathered on the table's device."""

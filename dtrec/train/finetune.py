@@ -86,12 +86,6 @@ def evaluate_model(model: DualTower, features: Features, cases: list, batch_size
     return out
 
 
-def _non_cold_rows(dataset: Dataset, n: int) -> list[int]:
-    """Rows of the catalog that training may look at: every item but the held-out cold ones."""
-    cold = set(dataset.cold_items)
-    return [i for i in range(n) if i not in cold]
-
-
 def _append_jsonl(path: Path, row: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -134,7 +128,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     config = dataclasses.replace(config, model=model_cfg, negatives=resolve_negatives(config.negatives, len(features)))
     model = DualTower(model_cfg).to(device)
     if init is None:  # a pretrained model brings the statistics it was trained with
-        model.fit_feature_norm(features.subset(_non_cold_rows(dataset, len(features))))
+        model.fit_feature_norm(features, exclude=dataset.cold_items)
     init_notes = init_from(model, init) if init is not None else []
     model.check_features(features)
     table = features.to(device)

@@ -159,7 +159,8 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
     model_cfg = dataclasses.replace(config.model, encoder=table.encoder, modality_dims=table.dims)
     config = dataclasses.replace(config, model=model_cfg)
     model = DualTower(model_cfg).to(device)
-    model.fit_feature_norm(table.subset(rows))
+    kept = set(rows)
+    model.fit_feature_norm(table, exclude=[i for i in range(len(table)) if i not in kept])
     table = table.to(device)
     objective = PretrainObjective(model, info)
     trainer: nn.Module = objective
