@@ -79,7 +79,8 @@ def test_read_movielens_fixture(ml_fixture, tmp_path):
     source, posters = ml_fixture
     ds = read_movielens(source, posters, tmp_path, kcore=0)
     cat = ds.catalog
-    assert len(cat) == 36
+    assert len(cat) == 35  # 36 listed, "Chasing Amy (1997)" twice (246 and 268): merged into 246
+    assert ds.info["duplicates_merged"] == {"268": 246}
     star = cat[cat.index_of("50")]
     assert star.title == "Star Wars (1977)"
     assert star.text.startswith("Star Wars (1977). Genres: Action, Adventure")
@@ -92,12 +93,13 @@ def test_read_movielens_fixture(ml_fixture, tmp_path):
     assert cat[cat.index_of("75")].image is None and cat[cat.index_of("267")].image is None
     unmatched = (tmp_path / "unmatched_posters.txt").read_text().splitlines()
     assert {ln.split("\t")[0] for ln in unmatched} == {"75", "267"}
-    assert ds.info["posters"]["matched"] == 34
+    assert ds.info["posters"]["matched"] == 33  # of the 35 movies left after the merge
     # Histories are in time order with file order breaking ties.
     raw = [ln.split() for ln in (source / "u.data").read_text().splitlines()]
     u0 = ds.interactions.users[0]
     events = [(int(t), i) for n, (u, i, _, t) in enumerate(raw) if u == u0]
-    expect = [i for _, i in sorted(events, key=lambda e: e[0])]
+    expect = [{"268": "246"}.get(i, i) for _, i in sorted(events, key=lambda e: e[0])]
+    expect = [i for n, i in enumerate(expect) if i not in expect[:n]]
     assert [cat[j].id for j in ds.interactions.sequences[0]] == expect
     assert ds.interactions.timestamps[0] == sorted(ds.interactions.timestamps[0])
 
@@ -110,6 +112,28 @@ def test_read_movielens_kcore(ml_fixture, tmp_path):
     ic = Counter(i for s in ds.interactions.sequences for i in s)
     assert min(ic.values()) >= 10 and min(len(s) for s in ds.interactions.sequences) >= 10
     assert len(ic) == len(ds.catalog) < 36  # items below the core are gone from the catalog
+
+
+def test_movielens_merges_a_movie_listed_twice(ml_fixture, tmp_path):
+    source, posters = ml_fixture
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    star = next(ln for ln in (src / "u.item").read_text(encoding="latin-1").splitlines() if ln.startswith("50|"))
+    with open(src / "u.item", "a", encoding="latin-1") as fh:  # Star Wars again, under id 9000
+        fh.write("9000|" + star.split("|", 1)[1] + "\n")
+    raw = [ln.split() for ln in (src / "u.data").read_text().splitlines()]
+    fan = next(u for u, i, _, _ in raw if i == "50")  # rated 50: their later rating of 9000 is dropped
+    t50 = max(int(t) for u, i, _, t in raw if u == fan and i == "50")
+    other = "999"  # a new user whose first rating is of the copy
+    with open(src / "u.data", "a") as fh:
+        fh.write(f"{fan}\t9000\t5\t{t50 + 1}\n{other}\t9000\t4\t1\n{other}\t1\t4\t2\n{other}\t7\t4\t3\n")
+    ds = read_movielens(src, posters, tmp_path / "out", kcore=0)
+    cat = ds.catalog
+    assert len(cat) == 35 and "9000" not in {it.id for it in cat}
+    assert ds.info["duplicates_merged"] == {"268": 246, "9000": 50}
+    seq = {u: [cat[j].id for j in s] for u, s in zip(ds.interactions.users, ds.interactions.sequences)}
+    assert seq[fan].count("50") == 1
+    assert seq[other][0] == "50"  # time 1: the first event of that user
 
 
 def test_movielens_malformed(ml_fixture, tmp_path):
@@ -326,13 +350,17 @@ def test_real_movielens_posters(shared_data, tmp_path):
     if not (src / "u.data").exists() or not (posters / "movies.dat").exists():
         pytest.skip(f"MovieLens files not found under {shared_data}")
     ds = prepare("movielens", tmp_path / "ml", source=src, posters=posters)
-    assert ds.info["posters"]["movies"] == 1682
+    assert ds.info["posters"]["movies"] == 1682 - 18  # 18 movies listed twice, merged
+    assert len(ds.info["duplicates_merged"]) == 18
     assert ds.info["posters"]["matched"] >= 1400
     loaded = Dataset.load(tmp_path / "ml")
     assert loaded.counts()["users"] == 943
     assert loaded.counts()["items_with_image"] >= 1250
     star = loaded.catalog.index_of("50")
     assert loaded.catalog[star].meta["ml1m_id"] == 260
+    titles = [it.title for it in loaded.catalog]
+    assert len(titles) == len(set(titles)), "a movie is listed twice"
+    assert "500" not in {it.id for it in loaded.catalog}  # Fly Away Home is 304
 
 
 def test_real_unisrec_scientific(shared_data, tmp_path):

@@ -1,5 +1,8 @@
 """MovieLens-100K reader, with posters joined from MovieLens-1M by normalised title and year.
 
+Movies listed twice (same title, release date and genres under two ids) are merged into the
+smaller id at reading (`duplicate_movies`, `merge_duplicates`).
+
 MovieLens-100K (`u.data`, `u.item`, `u.genre`) has no images; the posters are
 keyed by MovieLens-1M ids, whose titles differ in details ("Boot, Das (1981)"
 vs "Boat, The (Das Boot) (1981)", "Star Wars (1977)" vs "Star Wars: Episode IV
@@ -38,6 +41,7 @@ class Movie:
     year: int | None
     names: list[str] = field(default_factory=list)  # normalised; names[0] is the main title
     genres: list[str] = field(default_factory=list)
+    released: str = ""  # release date as the source writes it ("13-Sep-1996"); "" when not given
 
 
 def strip_accents(s: str) -> str:
@@ -194,8 +198,43 @@ def read_items(path: Path, genre_names: list[str]) -> list[Movie]:
         if any(f not in ("0", "1") for f in flags):
             raise DataFormatError(path, "genre flags must be 0 or 1", ln)
         genres = [g for g, f in zip(genre_names, flags) if f == "1" and g != "unknown"]
-        movies.append(parse_movie(int(parts[0]), parts[1], genres))
+        movie = parse_movie(int(parts[0]), parts[1], genres)
+        movie.released = parts[2].strip()
+        movies.append(movie)
     return movies
+
+
+def duplicate_movies(movies: list[Movie]) -> dict[int, int]:
+    """Map each duplicate id to the smallest id of its movie: same title, release date and genres.
+
+    MovieLens-100K lists 18 movies twice under two ids ("Fly Away Home (1996)" is 304 and 500).
+    """
+    first: dict[tuple, int] = {}
+    dup: dict[int, int] = {}
+    for m in sorted(movies, key=lambda m: m.id):
+        key = (m.title.strip(), m.released, tuple(m.genres))
+        if key in first:
+            dup[m.id] = first[key]
+        else:
+            first[key] = m.id
+    return dup
+
+
+def merge_duplicates(users: list[int], items: list[int], ts: list[int],
+                     dup: dict[int, int]) -> tuple[list[int], list[int], list[int]]:
+    """Events with duplicate ids renamed to their movie's first id; a user's later events on the same movie dropped.
+
+    A user who rated both copies of a movie keeps the earlier rating only, so no history names a movie twice.
+    """
+    renamed = [dup.get(i, i) for i in items]
+    seen: set[tuple[int, int]] = set()
+    keep = [False] * len(users)
+    for e in sorted(range(len(users)), key=lambda e: (users[e], ts[e], e)):
+        if (users[e], renamed[e]) not in seen:
+            seen.add((users[e], renamed[e]))
+            keep[e] = True
+    return ([u for u, k in zip(users, keep) if k], [i for i, k in zip(renamed, keep) if k],
+            [t for t, k in zip(ts, keep) if k])
 
 
 def read_ml1m_movies(path: Path) -> list[Movie]:
@@ -260,6 +299,10 @@ def read_movielens(source: str | Path, posters: str | Path | None, out: str | Pa
     if len(by_id) != len(movies):
         raise DataFormatError(source / "u.item", "duplicate movie ids")
     users, item_ids, ts = read_ratings(require_file(source / "u.data"), set(by_id))
+    dup = duplicate_movies(movies)
+    if dup:
+        users, item_ids, ts = merge_duplicates(users, item_ids, ts, dup)
+        movies = [m for m in movies if m.id not in dup]
 
     matches: dict[int, int] = {}
     poster_dir = None
@@ -303,6 +346,7 @@ def read_movielens(source: str | Path, posters: str | Path | None, out: str | Pa
         "source": {"kind": "movielens", "ratings": str(source.resolve()),
                    "posters": str(Path(posters).resolve()) if posters is not None else None},
         "kcore": kcore,
+        "duplicates_merged": {str(k): v for k, v in sorted(dup.items())},
     }
     if posters is not None:
         info["posters"] = {"matched": len(matches), "movies": len(movies), "unmatched_list": "unmatched_posters.txt"}
