@@ -43,6 +43,9 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_DEMO = ROOT / "assets" / "demo"
 PLACEHOLDER = ROOT / "assets" / "placeholder.png"
 NEW_BADGE = "new — never interacted with"
+START_NOTE = ("No history yet, so here are the **most popular movies** among the demo's sample users. "
+              "Click any poster to start your history, or press *Load a real user's history*.")
+EMPTY_BROWSE = "No movie in this genre matches the search; try another genre or other words."
 ALL_GENRES = "All genres"
 BROWSE_LIMIT = 60
 MAX_K = 100
@@ -64,6 +67,15 @@ CSS = """
   border: none !important; padding: 4px 3px 2px !important; margin: 0 !important; font-size: 0.76rem; line-height: 1.25;
   overflow: hidden; text-overflow: ellipsis; }
 .poster-grid .grid-container { grid-auto-rows: auto !important; align-items: start; }
+/* Gradio's columns are at least 100px wide: five of them overflow a narrow panel (the History at 1400px) */
+.poster-grid .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; }
+/* the gallery's label floats over its first row of posters: put it above the grid instead */
+.poster-grid.block { display: flex !important; flex-direction: column; }
+.poster-grid > label[data-testid="block-label"] { position: static !important; align-self: flex-start;
+  margin: 0 0 var(--spacing-md) 0 !important; }
+.poster-grid > .gallery-container { flex: 1 1 auto; min-height: 0; }
+.poster-grid .grid-wrap { height: 100% !important; }
+.poster-grid .grid-container.pt-6 { padding-top: var(--spacing-lg) !important; }
 #recs .grid-wrap { height: auto !important; max-height: none !important; overflow: visible !important; }
 #recs .caption-label { font-size: 0.78rem; }
 .hint { color: var(--body-text-color-subdued); font-size: 0.85rem; }
@@ -89,6 +101,20 @@ _REQUEST = "_dtrec_request"
 
 class BadInput(ValueError):
     """A request the app itself refuses; the message is one sentence shown to the user as is."""
+
+
+def warn(message: str) -> None:
+    """Show a visitor's mistake as a warning toast.
+
+    A UI handler warns and returns normal values instead of raising gr.Error, which would mark every
+    output component errored: a white box with an "Error" pill that stays and swallows clicks.
+    """
+    gr.Warning(html.escape(message, quote=False))  # toasts render HTML, and messages may quote input
+
+
+def refused(message: str) -> str:
+    """The cold-start status line for an upload the service refused: its one sentence, as plain text."""
+    return f"⚠️ **Not added.** {md_text(message)}"
 
 
 def request_session(request: Any) -> str | None:
@@ -400,15 +426,10 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
     def browse(query: str, genre: str | None, first: list[str] | None = None) -> tuple[list, list[str]]:
         genre = None if not genre or genre == ALL_GENRES else genre
         query = (query or "").strip()
-        views = list(rec.list_items(query=query, genre=genre, limit=BROWSE_LIMIT))
-        if query and len(views) < BROWSE_LIMIT:
-            # Title matches first, then the text tower's semantic matches ("space adventure").
-            seen = {v.id for v in views}
-            for r in rec.search(query, k=BROWSE_LIMIT).items:
-                v = r.item
-                if v.id not in seen and (genre is None or genre in (v.meta or {}).get("genres", [])):
-                    views.append(v)
-                    seen.add(v.id)
+        if query:  # the same ranking as /search: titles the query names, then items by meaning
+            views = [r.item for r in rec.search(query, k=BROWSE_LIMIT, genre=genre).items]
+        else:
+            views = list(rec.list_items(genre=genre, limit=BROWSE_LIMIT))
         if first:
             head = [rec.get(i) for i in first]
             views = head + [v for v in views if v.id not in set(first)]
@@ -423,7 +444,12 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
     def recommendations(history: list[str], k: int, new_id: str | None) -> tuple[list, list[str], str, str]:
         rank_text = _rank_text(new_id, history)
         if not history:
-            return [], [], "Add a few movies to your history to get recommendations.", rank_text
+            # a starting point rather than an empty box: what the demo's sample users watched most
+            start = rec.popular(k=parse_k(k)).items
+            gal = [(_image(r.item), f"#{r.rank} {_short(r.item.title)}\n{_short(r.reason, 60)}") for r in start]
+            note = (START_NOTE if start else
+                    "Click posters above, or press *Load a real user's history*, to get recommendations.")
+            return gal, [r.item.id for r in start], note, rank_text
         res = rec.recommend(history, k=parse_k(k))
         gal = [(_image(r.item), _rec_caption(r)) for r in res.items]
         return gal, [r.item.id for r in res.items], f"{len(res.items)} recommendations in **{res.latency_ms:.1f} ms**.", rank_text
@@ -450,9 +476,14 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
             return history, *history_gallery(history)
         cap = getattr(getattr(rec, "config", None), "max_history", None)
         if cap and len(history) >= cap:
-            raise gr.Error(f"The history holds at most {cap} items; remove one first.", print_exception=False)
+            warn(f"The history holds at most {cap} items; remove one first.")
+            return history, *history_gallery(history)
         history = history + [item_id]
         return history, *history_gallery(history)
+
+    @_user_errors
+    def on_catalog_change(ids: list[str]):
+        return gr.Markdown(EMPTY_BROWSE, visible=not ids)
 
     @_user_errors
     def on_history_select(evt: gr.SelectData):
@@ -461,7 +492,8 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
     @_user_errors
     def on_remove(history: list[str], sel: int | None):
         if sel is None or not 0 <= sel < len(history):
-            raise gr.Error("Select a poster in your history first, then press Remove.", print_exception=False)
+            warn("Select a poster in your history first, then press Remove.")
+            return history, None, *history_gallery(history)
         history = history[:sel] + history[sel + 1:]
         return history, None, *history_gallery(history)
 
@@ -495,16 +527,25 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
 
     @_user_errors
     def on_add(image: Any, title: str, text: str, history: list[str], genre: str | None):
+        from dtrec.service import ImageError, InputError
+
+        keep = gr.skip()
         if image is None and not (title or "").strip():
-            raise gr.Error("Upload a poster and give it a title first.", print_exception=False)
-        new_id, ms = add_upload(image, title, text, keep=True)
+            return keep, refused("Upload a poster and give it a title first."), keep, keep, keep, keep
+        try:
+            new_id, ms = add_upload(image, title, text, keep=True)
+        except (InputError, BadInput) as e:
+            # a refused file is gone from the cache (add_upload): the field lets go of it too, so the
+            # next try starts clean; a refused title or a full store keeps the poster for another try
+            bad_file = isinstance(e, (ImageError, BadInput))
+            return keep, refused(e.args[0] if e.args else str(e)), keep, keep, keep, None if bad_file else keep
         view = rec.get(new_id)
         sim = rec.similar(new_id, k=8)
         status = (f"Added **{md_text(view.title)}** as id `{new_id}` in {ms:.0f} ms — *{NEW_BADGE}*. "
                   "It is in the index now and can be recommended right away.")
         sim_gal = [(_image(r.item), f"#{r.rank} {_short(r.item.title)} · {r.score:.2f}") for r in sim.items]
         cat_gal, cat_ids = browse("", genre, first=[new_id])
-        return new_id, status, sim_gal, cat_gal, cat_ids
+        return new_id, status, sim_gal, cat_gal, cat_ids, gr.skip()
 
     # -- API endpoints (JSON in, JSON out) ------------------------------------------
     @_user_errors
@@ -514,7 +555,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
 
     @_user_errors
     def api_search(text: str, k: int = 10) -> list[dict]:
-        """Items whose content best matches a text query."""
+        """Items for a title or a description: titles the text names first, then items by meaning."""
         return [_rec_json(r) for r in rec.search(text or "", k=parse_k(k)).items]
 
     @_user_errors
@@ -558,6 +599,7 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
                 catalog = gr.Gallery(label="Catalog — click a poster to add it to your history", columns=6,
                                      height=560, allow_preview=False, object_fit="cover",
                                      elem_classes="poster-grid", elem_id="catalog", buttons=[])
+                catalog_note = gr.Markdown(visible=False, elem_id="catalog-note")
             with gr.Column(scale=2):
                 gr.Markdown("### Your history")
                 hist_gal = gr.Gallery(label="History (select one, then Remove)", columns=5, height=400,
@@ -600,8 +642,12 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
             if metric0:
                 with gr.Row(equal_height=False):
                     metric = gr.Dropdown(metrics, value=metric0, label="Metric (test split)", scale=1)
-                    plot = gr.BarPlot(metric_frame(df, metric0), x="model", y=metric0, color="model",
-                                      y_lim=_y_lim(df, metric0), label="Test split by model", height=260, scale=3)
+                    # no color="model": its legend would title the bars "model" a second time; the title
+                    # inside the chart, not a label: Gradio sizes the chart to the block, label or not,
+                    # and a label pushed the axis titles out of sight
+                    plot = gr.BarPlot(metric_frame(df, metric0), x="model", y=metric0, title="Test split by model",
+                                      y_lim=_y_lim(df, metric0), show_label=False, height=260, scale=3,
+                                      elem_id="about-plot")
                 metric.change(lambda m: gr.BarPlot(metric_frame(df, m), y=m, y_lim=_y_lim(df, m)), metric, plot,
                               api_visibility="private")
 
@@ -632,7 +678,11 @@ def build_app(rec: Any, *, title: str = "dtrec — movies by content") -> gr.Blo
         k.release(**refresh)
         # preprocess=False: the service, not Gradio's decoder, is the first to read a client's file
         add_btn.click(on_add, [up_image, up_title, up_text, history, genre],
-                      [new_id, add_status, similar, catalog, cat_ids], preprocess=False, **priv).success(**refresh)
+                      [new_id, add_status, similar, catalog, cat_ids, up_image], preprocess=False,
+                      **priv).success(**refresh)
+        # whatever the search handlers return, an empty result says so (the ids change with every result)
+        cat_ids.change(on_catalog_change, cat_ids, catalog_note, **priv)
+        demo.load(**refresh)  # the starting point, before any click
         demo.unload(on_unload)
 
         gr.api(api_recommend, api_name="recommend", queue=False)

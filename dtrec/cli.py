@@ -7,12 +7,77 @@ Each handler imports its library module lazily so that `dtrec --help` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dtrec.config import DEFAULT_TIES, TIES, ModelConfig
 
 
 class CLIError(Exception):
     """An error reported to the user as one line, without a traceback."""
+
+
+# --------------------------------------------------------------------------- config flags
+# One `--field-name` flag per field of a training config. Precedence, lowest first: dataclass
+# defaults, a base config (the saved one on `--resume`), `--config FILE`, then explicit flags.
+# Model fields live under the config's `model` key; `encoder` and `modality_dims` always come
+# from the features.
+T = TypeVar("T")
+_FROM_FEATURES = ("encoder", "modality_dims")
+
+
+def _flag_type(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def _fields(cls: type) -> list[tuple[str, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f.name, _flag_type(hints[f.name])) for f in dataclasses.fields(cls)]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--field-name` flag per field of `cls` and of its ModelConfig (default: not given)."""
+    groups = [(cls, f"{cls.__name__} fields"), (ModelConfig, "model fields")]
+    for c, title in groups:
+        g = parser.add_argument_group(title)
+        for name, tp in _fields(c):
+            if name == "model" or (c is ModelConfig and name in _FROM_FEATURES):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if tp is bool:
+                g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            elif tp in (int, float, str):
+                g.add_argument(flag, dest=name, type=tp, default=None)
+
+
+def resolve_config(cls: type[T], args: argparse.Namespace, base: dict | None = None) -> T:
+    """Build `cls` from `base`, then `args.config` (a JSON file), then explicit flags."""
+    data: dict[str, Any] = json.loads(json.dumps(base or {}))
+    data.setdefault("model", {})
+    if getattr(args, "config", None):
+        file_data = json.loads(Path(args.config).read_text())
+        data["model"].update(file_data.pop("model", {}) or {})
+        data.update(file_data)
+    train_names = {n for n, _ in _fields(cls)} - {"model"}
+    model_names = {n for n, _ in _fields(ModelConfig)} - set(_FROM_FEATURES)
+    for name in train_names | model_names:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name in train_names:
+            data[name] = value
+        else:
+            data["model"][name] = value
+    unknown = sorted(set(data) - train_names - {"model"})
+    unknown += sorted(f"model.{k}" for k in set(data["model"]) - model_names - set(_FROM_FEATURES))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**data)
 
 
 # --------------------------------------------------------------------------- prepare / info
@@ -52,9 +117,16 @@ def _add_prep_flags(p: argparse.ArgumentParser, kcore_default: int = 5) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from dtrec.data.prepare import prepare_command
 
-    return prepare_command(args)
+    from dtrec.data.prepare import prepare, summary
+
+    out = Path(args.out)
+    ds = prepare(args.source_kind, out, source=getattr(args, "source", None), posters=getattr(args, "posters", None),
+                 name=getattr(args, "name", None), items=getattr(args, "items", None),
+                 interactions=getattr(args, "interactions", None), kcore=args.kcore,
+                 cold_fraction=args.cold_fraction, seed=args.seed)
+    print(summary(ds, out))
+    return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -81,9 +153,34 @@ def _add_extract_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from dtrec.features import extract_command
+    import time
 
-    return extract_command(args)
+    from dtrec.data.catalog import Dataset
+    from dtrec.features import extract
+
+    dataset = Dataset.load(args.data)
+    stats: dict = {}
+    t0 = time.perf_counter()
+    try:
+        feats = extract(dataset, args.encoder, batch_size=args.batch_size, device=args.device, force=args.force,
+                        stats=stats)
+    except KeyboardInterrupt:
+        if "interrupted_at" not in stats:
+            raise
+        print(f"interrupted after {stats['interrupted_at']:,} of {len(dataset.catalog):,} items; "
+              f"run the same command again to resume there", file=sys.stderr)
+        return 130
+    total = time.perf_counter() - t0
+    counts = ", ".join(f"{int(feats.present[m].sum())} with {m}" for m in feats.modalities)
+    if stats["cached"]:
+        print(f"{len(feats)} items ({counts}): features are up to date in {stats['path']} (--force recomputes)")
+        return 0
+    rate = stats["encoded"] / stats["encode_s"] if stats["encode_s"] > 0 else float("inf")
+    print(f"{len(feats)} items ({counts}) encoded with {feats.encoder} in {stats['encode_s']:.1f} s "
+          f"({rate:.1f} items/s; text {stats['text_s']:.1f} s, images {stats['image_s']:.1f} s, "
+          f"model load {stats['load_s']:.1f} s, total {total:.1f} s)")
+    print(f"features: {stats['path']}")
+    return 0
 
 
 # --------------------------------------------------------------------------- evaluate / baseline
@@ -97,9 +194,9 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--exclude-history", action="store_true",
                    help="hide each user's history items from the ranking (the serving protocol; default: "
                         "nothing hidden, the reference protocol of published results)")
-    e.add_argument("--ties", choices=("pessimistic", "expected"), default="pessimistic",
-                   help="a target tied with other items ranks below them all (default) or gets the expected "
-                        "credit of a random tie-break")
+    e.add_argument("--ties", choices=TIES, default=DEFAULT_TIES,
+                   help="a target tied with other items gets the expected credit of a random tie-break "
+                        "(default) or ranks below them all (pessimistic)")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--quiet", action="store_true", help="no progress bar (default: one on stderr when a terminal)")
     e.set_defaults(func=_cmd_evaluate)
@@ -176,7 +273,6 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- pretrain / finetune
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     from dtrec.config import FinetuneConfig, PretrainConfig
-    from dtrec.train.cli_config import add_config_flags
 
     p = sub.add_parser("pretrain", help="self-supervised multi-modal pretraining over items (torchrun-aware)")
     p.add_argument("--data", required=True, action="append", help="prepared data folder (repeat for several)")
@@ -202,15 +298,41 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from dtrec.train.pretrain import pretrain_command
+    import os
 
-    return _push_after(args, pretrain_command(args), args.out)
+    from dtrec.config import PretrainConfig
+    from dtrec.train.finetune import load_dataset_features
+    from dtrec.train.pretrain import pretrain
+
+    config = resolve_config(PretrainConfig, args)
+    sources = [load_dataset_features(d, args.encoder) for d in args.data]
+    row = pretrain(sources, config, args.out, progress=not args.quiet,
+                   record={"data": [str(d) for d in args.data], "encoder": args.encoder})
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(row))
+    return _push_after(args, 0, args.out)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from dtrec.train.finetune import finetune_command
+    import os
 
-    return _push_after(args, finetune_command(args), args.out)
+    from dtrec.config import FinetuneConfig
+    from dtrec.train.finetune import finetune, load_dataset_features
+
+    out = Path(args.out)
+    base = None
+    if args.resume:
+        rec = out / "train_config.json"
+        if not rec.exists():
+            raise FileNotFoundError(f"{rec} is missing: nothing to resume in {out}")
+        base = json.loads(rec.read_text())["config"]
+    config = resolve_config(FinetuneConfig, args, base)
+    dataset, features = load_dataset_features(args.data, args.encoder)
+    result = finetune(dataset, features, config, out, init=args.init, resume=args.resume,
+                      progress=not args.quiet, record={"data": str(args.data), "encoder": args.encoder})
+    if os.environ.get("RANK", "0") == "0" and result.get("valid"):
+        print(json.dumps({k: result[k] for k in ("best_epoch", "valid", "test") if k in result}))
+    return _push_after(args, 0, args.out)
 
 
 # --------------------------------------------------------------------------- publish / publish-demo
@@ -312,9 +434,22 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_build_demo(args: argparse.Namespace) -> int:
-    from dtrec.demo import build_demo_command
+    from dtrec.demo import DemoBuildConfig, build_demo, find_results, folder_mb
+    from dtrec.modelcard import metric_table
 
-    return _push_after(args, build_demo_command(args), args.out)
+    cfg = DemoBuildConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, results=args.results,
+                          thumb_size=args.thumb_size, n_histories=args.histories, seed=args.seed,
+                          half=not args.full_precision)
+    out = build_demo(cfg)
+    mb = folder_mb(out)
+    with open(out / "histories.json") as fh:
+        n_hist = len(json.load(fh))
+    res = find_results(cfg.checkpoint, cfg.results)
+    print(f"wrote {out}: {mb:.1f} MB, {n_hist} histories, results for {', '.join(metric_table(res)) or 'no model'}")
+    if mb > cfg.max_mb:
+        print(f"warning: {out} is {mb:.1f} MB, over the {cfg.max_mb:g} MB budget for assets/; "
+              f"lower --thumb-size", flush=True)
+    return _push_after(args, 0, args.out)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -323,7 +458,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # own and no orphan is left behind; elsewhere it runs as a child and we wait for it.
     import os
     import subprocess
-    from pathlib import Path
 
     candidates = [Path(args.app)] if args.app else [Path(__file__).resolve().parents[1] / "app.py", Path("app.py")]
     app = next((p for p in candidates if p.is_file()), None)
@@ -347,44 +481,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return proc.wait()
 
 
-# --------------------------------------------------------------------------- bench
-def _add_bench_command(sub: argparse._SubParsersAction) -> None:
-    b = sub.add_parser("bench", help="speed, memory and scale of training and serving, beside the baselines")
-    b.add_argument("--quick", action="store_true", help="small sizes (catalogs up to 10^5); about a minute or two")
-    b.add_argument("--out", default="docs/bench", help="folder for bench.json, bench.md and bench.png")
-    b.add_argument("--only", default=None,
-                   help="comma-separated sections: training,serving,api,cold_start,features,scaling (default: all)")
-    b.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    b.add_argument("--data", default=None,
-                   help="prepared data with clip-vit-b-32 features for training (default: data/scientific), "
-                        "or synthetic:<histories>x<items> for random data of that size")
-    b.add_argument("--demo", default=None, help="demo folder for the API and cold-start runs (default: assets/demo)")
-    b.add_argument("--sizes", default=None, help="serving catalog sizes, e.g. 1e3,1e4,1e5,1e6")
-    b.add_argument("--variants", default=None, help="training variants fp32,bf16,compile (default: fp32; all on CUDA)")
-    b.add_argument("--batch-size", type=int, default=None,
-                   help="training batch size, the same for dtrec and SASRec (default: 256; 16 with --quick)")
-    b.add_argument("--epochs", type=int, default=1, help="training epochs timed per model (within --train-seconds)")
-    b.add_argument("--pad-multiple", type=int, default=1,
-                   help="round training batch widths up to a multiple, for dtrec and SASRec alike (default 1)")
-    b.add_argument("--train-seconds", type=float, default=None,
-                   help="time budget per training run; seconds/epoch are extrapolated beyond it")
-    b.add_argument("--encoders", default=None,
-                   help="encoders for the feature-extraction section, comma-separated (default: offline,tiny-clip; "
-                        "clip:<model>:random times a CLIP architecture without its weights)")
-    b.add_argument("--threads", type=int, default=None,
-                   help="torch and FAISS CPU threads (default: one per core; 1 can be faster on a busy machine)")
-    b.add_argument("--merge", action="store_true",
-                   help="keep the sections of an earlier OUT/bench.json that this run (--only) does not measure")
-    b.add_argument("--seed", type=int, default=0)
-    b.set_defaults(func=_cmd_bench)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from dtrec.bench import bench_command
-
-    return bench_command(args)
-
-
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
@@ -397,7 +493,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_commands(sub)
     _add_publish_command(sub)
     _add_demo_commands(sub)
-    _add_bench_command(sub)
     return parser
 
 

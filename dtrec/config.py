@@ -1,40 +1,12 @@
 """Dataclass configs, saved as JSON beside every checkpoint and result.
 
-Each config loads from a JSON file and/or `--key value` flags (`from_sources`),
-and `asdict` gives what is written as `config.json`.
+The CLI builds each training config from a JSON file and/or `--key value` flags
+(`dtrec.cli`), and `asdict` gives what is written as `config.json`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
-
-
-def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
-    """Build `cls` from an optional JSON file, then non-None keyword overrides."""
-    data: dict[str, Any] = {}
-    if path:
-        data.update(json.loads(Path(path).read_text()))
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    return cls(**data)
-
-
-def save_config(cfg: Any, path: str | Path) -> Path:
-    """Write a dataclass config as indented JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True))
-    return path
-
 
 # --------------------------------------------------------------------------- model / training
 OBJECTIVES = ("cloze", "causal")
@@ -43,6 +15,12 @@ OBJECTIVES = ("cloze", "causal")
 # and a Transformer over one token per item as the user tower (dtrec/model/adaptor.py).
 TOWERS = ("fusion", "adaptor")
 NEGATIVES = ("auto", "all", "in_batch", "sampled")
+# How evaluation credits a target whose score ties with other items' (dtrec.eval.metrics_from_counts).
+# "expected": fractional credit, the metric's expectation over a random order of the tied items;
+# identical features give identical scores, and neither first nor last place among them is what a
+# deployed ranking would give. "pessimistic": below all of them (a constant scorer earns nothing).
+TIES = ("expected", "pessimistic")
+DEFAULT_TIES = "expected"
 # "auto" picks the full softmax over every item ("all", the reference) up to this catalog size and
 # logQ-corrected sampled negatives beyond it: "all" re-encodes the whole catalog every step, so its
 # step time grows with the catalog (docs/data.md, "Negatives").
@@ -127,6 +105,7 @@ class FinetuneConfig(TrainConfig):
     negatives: str = "auto"  # resolved by catalog size (resolve_negatives) before the run record is written
     num_negatives: int = 1024
     evaluate_test: bool = True
+    modalities: str = ""  # comma-separated subset of the features' modalities to train on ("text"); "" = all
 
     def __post_init__(self):
         super().__post_init__()

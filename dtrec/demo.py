@@ -224,20 +224,3 @@ def build_demo(cfg: DemoBuildConfig) -> Path:
 def folder_mb(path: str | Path) -> float:
     """Total size of the files under `path` in MB."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
-
-
-def build_demo_command(args) -> int:
-    """`dtrec build-demo` handler: build, then report the size against the budget."""
-    cfg = DemoBuildConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, results=args.results,
-                          thumb_size=args.thumb_size, n_histories=args.histories, seed=args.seed,
-                          half=not args.full_precision)
-    out = build_demo(cfg)
-    mb = folder_mb(out)
-    with open(out / "histories.json") as fh:
-        n_hist = len(json.load(fh))
-    res = find_results(cfg.checkpoint, cfg.results)
-    print(f"wrote {out}: {mb:.1f} MB, {n_hist} histories, results for {', '.join(metric_table(res)) or 'no model'}")
-    if mb > cfg.max_mb:
-        print(f"warning: {out} is {mb:.1f} MB, over the {cfg.max_mb:g} MB budget for assets/; "
-              f"lower --thumb-size", flush=True)
-    return 0

@@ -2,7 +2,8 @@
 
 The protocol is docs/design.md's "Evaluation protocol": leave-one-out cases from
 `Dataset.eval_cases` / `cold_cases`, Recall@k, NDCG@k and MRR averaged over cases,
-ties broken pessimistically so that a constant scorer earns nothing.
+a target that ties with other items credited with the metric's expectation over a random order of the
+tied items (`ties="expected"`, the default); `"pessimistic"` ranks it below all of them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from dtrec.config import DEFAULT_TIES, TIES
+
 ScoreFn = Callable[[list[list[int]]], torch.Tensor]
 Case = tuple[Sequence[int], int]
 
@@ -26,9 +29,6 @@ METRIC_KEYS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr")
 def metric_keys(ks: Sequence[int] = (10, 50)) -> list[str]:
     """Names of the metrics `rank_metrics` returns for cutoffs `ks`, in report order."""
     return [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
-
-
-TIES = ("pessimistic", "expected")
 
 
 def rank_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +72,7 @@ def ranked_first(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
 
 
 def rank_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (10, 50),
-                 ties: str = "pessimistic") -> dict[str, torch.Tensor]:
+                 ties: str = DEFAULT_TIES) -> dict[str, torch.Tensor]:
     """Per-case recall@k, ndcg@k (k in `ks`) and mrr for full-ranking `scores` (B, N).
 
     `ties="pessimistic"`: a target ranks below every item it ties with (a constant scorer earns
@@ -83,7 +83,7 @@ def rank_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] 
 
 
 def metrics_from_counts(higher: torch.Tensor, tied: torch.Tensor, ks: Sequence[int] = (10, 50),
-                        ties: str = "pessimistic") -> dict[str, torch.Tensor]:
+                        ties: str = DEFAULT_TIES) -> dict[str, torch.Tensor]:
     """`rank_metrics` from the counts of `rank_counts` (items above each target, items tied with it)."""
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, not {ties!r}")
@@ -98,6 +98,9 @@ def metrics_from_counts(higher: torch.Tensor, tied: torch.Tensor, ks: Sequence[i
         out["mrr"] = 1.0 / (rank + 1.0)
         return out
     size = tied + 1  # ranks higher .. higher + tied, each with probability 1 / size
+    # An untied target gets the exact value (the sums below round: 1 - 1e-16 is not 1).
+    exact = metrics_from_counts(higher, torch.zeros_like(tied), ks=ks, ties="pessimistic")
+    untied = tied == 0
     for k in ks:
         out[f"recall@{k}"] = torch.minimum((k - higher).clamp(min=0.0), size) / size
     for k in ks:
@@ -106,9 +109,10 @@ def metrics_from_counts(higher: torch.Tensor, tied: torch.Tensor, ks: Sequence[i
                           torch.cumsum(1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2.0), 0)])
         gain = gain.to(higher.device)
         lo, hi = higher.clamp(max=k).long(), (higher + size).clamp(max=k).long()
-        out[f"ndcg@{k}"] = (gain[hi] - gain[lo]) / size
+        out[f"ndcg@{k}"] = torch.where(untied, exact[f"ndcg@{k}"], (gain[hi] - gain[lo]) / size)
     # sum of 1 / (r + 1) for r in [a, b) = H(b) - H(a), with H(n) = digamma(n + 1) + Euler's gamma
-    out["mrr"] = (torch.special.digamma(higher + size + 1.0) - torch.special.digamma(higher + 1.0)) / size
+    mrr = (torch.special.digamma(higher + size + 1.0) - torch.special.digamma(higher + 1.0)) / size
+    out["mrr"] = torch.where(untied, exact["mrr"], mrr)
     return out
 
 
@@ -120,7 +124,7 @@ def evaluate(
     exclude_history: bool = False,
     progress: bool | None = False,
     desc: str = "evaluate",
-    ties: str = "pessimistic",
+    ties: str = DEFAULT_TIES,
 ) -> dict[str, float]:
     """Mean full-ranking metrics of `score_fn(histories) -> (B, N)` over `(history, target)` cases.
 
@@ -250,7 +254,7 @@ def evaluate_checkpoint(
     device: str | torch.device | None = None,
     progress: bool | None = False,
     exclude_history: bool = False,
-    ties: str = "pessimistic",
+    ties: str = DEFAULT_TIES,
 ) -> dict[str, dict]:
     """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items.
 

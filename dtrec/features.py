@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -72,6 +72,16 @@ class Features:
         idx = torch.as_tensor(index, dtype=torch.long)
         return Features(self.encoder, {m: v[idx] for m, v in self.values.items()},
                         {m: p[idx] for m, p in self.present.items()}, self.fingerprint)
+
+    def select(self, modalities: Iterable[str]) -> "Features":
+        """The same items with only `modalities` (a model trained on text alone, over a catalog with images)."""
+        wanted = list(dict.fromkeys(modalities))
+        missing = [m for m in wanted if m not in self.values]
+        if missing or not wanted:
+            raise ValueError(f"modalities {', '.join(missing) or '(none)'} not among the features' "
+                             f"{', '.join(self.modalities)}")
+        return Features(self.encoder, {m: self.values[m] for m in wanted},
+                        {m: self.present[m] for m in wanted}, self.fingerprint)
 
     def to(self, device: torch.device | str) -> "Features":
         """The same features on `device`."""
@@ -319,32 +329,3 @@ def load_features(data_dir: str | Path, encoder: str, catalog: "Catalog | None" 
     if feats is None:
         raise FileNotFoundError(f"the {encoder!r} features in {path} are stale (the catalog or encoder changed): {fix}")
     return feats
-
-
-def extract_command(args: Any) -> int:
-    """`dtrec extract DIR --encoder NAME [--batch-size N --device D --force]`: print items/s and the cache path."""
-    from dtrec.data.catalog import Dataset
-
-    dataset = Dataset.load(args.data)
-    stats: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    try:
-        feats = extract(dataset, args.encoder, batch_size=args.batch_size, device=args.device,
-                        force=bool(getattr(args, "force", False)), stats=stats)
-    except KeyboardInterrupt:
-        if "interrupted_at" not in stats:
-            raise
-        print(f"interrupted after {stats['interrupted_at']:,} of {len(dataset.catalog):,} items; "
-              f"run the same command again to resume there", file=sys.stderr)
-        return 130
-    total = time.perf_counter() - t0
-    counts = ", ".join(f"{int(feats.present[m].sum())} with {m}" for m in feats.modalities)
-    if stats["cached"]:
-        print(f"{len(feats)} items ({counts}): features are up to date in {stats['path']} (--force recomputes)")
-        return 0
-    rate = stats["encoded"] / stats["encode_s"] if stats["encode_s"] > 0 else float("inf")
-    print(f"{len(feats)} items ({counts}) encoded with {feats.encoder} in {stats['encode_s']:.1f} s "
-          f"({rate:.1f} items/s; text {stats['text_s']:.1f} s, images {stats['image_s']:.1f} s, "
-          f"model load {stats['load_s']:.1f} s, total {total:.1f} s)")
-    print(f"features: {stats['path']}")
-    return 0

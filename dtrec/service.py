@@ -68,6 +68,7 @@ from dtrec.config import ServeConfig
 from dtrec.data.catalog import Catalog, Dataset, Item, item_text
 from dtrec.features import Features, cache_path, load_features
 from dtrec.store import ItemStore, NewItem, StoredItem
+from dtrec.textsearch import TitleIndex
 
 # Formats an upload may have. Deliberately short: every decoder is attack surface, and
 # some (EPS) would run external programs.
@@ -235,6 +236,7 @@ class Recommender:
         self._item_tower = _item_tower
         # encoder + item tower in one GPU call (ZeroGPU grants the GPU per decorated call)
         self._encode_and_embed = _zero_gpu(self._encode_and_embed_impl)
+        self._text_scores = _zero_gpu(self._text_scores_impl)
 
         catalog_dir = Path(config.catalog)
         items_file = catalog_dir / "items.parquet"
@@ -243,6 +245,7 @@ class Recommender:
         self.catalog = Catalog.from_frame(pd.read_parquet(items_file), root=catalog_dir)
         catalog_features = load_features(catalog_dir, self.encoder_name, self.catalog)
         self.model.check_features(catalog_features)
+        catalog_features = catalog_features.select(self.dims)  # only what the model reads
 
         self.upload_visibility = config.upload_visibility
         if self.upload_visibility == "auto":  # a Hugging Face Space is public: keep uploads private there
@@ -367,6 +370,7 @@ class Recommender:
         self._ended: set[str] = set()  # sessions whose browser tab closed: their uploads are evicted first
         self._owner_of: dict[int, str] = {}  # private upload row -> who made it (client address, else session)
         self._size_of: dict[int, int] = {}  # upload row -> its stored bytes (image file + title + text)
+        self._titles: TitleIndex | None = None  # built on first search or warm-up, then kept up to date
         for it in self.store.items():
             self._put_view(it)
 
@@ -381,6 +385,8 @@ class Recommender:
         image = it.image if it.image and os.path.isfile(it.image) else None  # lost file: served without image
         self._views[it.row] = ItemView(it.id, it.title, it.text, image, dict(it.meta), it.is_upload)
         self._row_of[it.id] = it.row
+        if self._titles is not None:
+            self._titles.add(it.row, it.title)
         if it.is_upload:
             self._size_of[it.row] = (os.path.getsize(image) if image else 0) + len(it.title.encode()) \
                 + len(it.text.encode())
@@ -394,6 +400,8 @@ class Recommender:
     def _drop_view(self, row: int, item_id: str) -> None:
         self._views.pop(row, None)
         self._row_of.pop(item_id, None)
+        if self._titles is not None:
+            self._titles.remove(row)
         self._size_of.pop(row, None)
         self._owner_of.pop(row, None)
         sess = self._session_of.pop(row, None)
@@ -481,18 +489,37 @@ class Recommender:
         return self._encoder
 
     def warm_up(self) -> None:
-        """Load and warm the frozen encoder now, so that the first upload or search does not wait for it."""
+        """Load and warm the frozen encoder and index the titles now, so that the first upload or
+        search does not wait for them."""
         self._encoder_obj()
+        with self._lock:
+            self._title_index()
 
-    def _encode_and_embed_impl(self, title: str, text: str, image: Image.Image | None,
-                               text_only: bool = False) -> tuple[dict[str, np.ndarray | None], np.ndarray]:
-        """Raw features and item-tower embedding of one item (a text query when `text_only`)."""
-        if text_only:
-            feats: dict[str, np.ndarray | None] = {m: None for m in self.dims}
-            feats["text"] = self._encoder_obj().encode_text([text])[0].float().cpu().numpy()
-        else:
-            feats = self._encode_content(title, text, image)
+    def _encode_and_embed_impl(self, title: str, text: str,
+                               image: Image.Image | None) -> tuple[dict[str, np.ndarray | None], np.ndarray]:
+        """Raw features and item-tower embedding of one item."""
+        feats = self._encode_content(title, text, image)
         return feats, self._embed(feats)
+
+    def _text_scores_impl(self, query: str) -> np.ndarray:
+        """Cosine between the frozen encoder's embedding of `query` and each store row's text feature
+        (-inf for rows without one), by row."""
+        q = self._encoder_obj().encode_text([query])[0].float()
+        f = self._features  # one reference: an upload may swap in a grown copy meanwhile
+        vals, present = f.values["text"], f.present["text"]
+        q = q.to(vals.device)
+        cos = (vals @ q) / (vals.norm(dim=1) * q.norm()).clamp_min(1e-12)
+        return torch.where(present, cos, float("-inf")).float().cpu().numpy()
+
+    def _title_index(self) -> TitleIndex:
+        """The titles of every stored item, indexed on first use (call under the lock)."""
+        if self._titles is None:
+            titles = TitleIndex()
+            for row, view in self._views.items():
+                titles.add(row, view.title)
+            titles.freeze()
+            self._titles = titles
+        return self._titles
 
     def _encode_content(self, title: str, text: str, image: Image.Image | None) -> dict[str, np.ndarray | None]:
         """Raw frozen-encoder features of one item, per model modality (None: absent)."""
@@ -818,8 +845,15 @@ class Recommender:
         rgb.thumbnail((px, px), Image.Resampling.LANCZOS)
         return rgb
 
-    def search(self, text: str, k: int = 10, *, session: str | None = None) -> Result:
-        """Items matching a text query (encoded as a text-only item)."""
+    def search(self, text: str, k: int = 10, *, genre: str | None = None, session: str | None = None) -> Result:
+        """Items for a typed title or a description: the UI's search box and `/search` both call this.
+
+        Titles the query names come first (exact, then prefix, word and fuzzy matches; see
+        `dtrec.textsearch`), then the other items by meaning: the cosine between the frozen text
+        encoder's embedding of the query and of each item's own text (its stored text feature). No
+        image and no item tower takes part, so an item is not favoured or hidden for having or lacking
+        a picture. `genre` keeps only items whose meta lists it. The score is that text cosine.
+        """
         t0 = time.perf_counter()
         k = self._check_k(k)
         session = self._session(session)
@@ -828,12 +862,38 @@ class Recommender:
             raise InputError("Type something to search for.")
         if len(query) > self.config.max_text_chars:
             raise InputError(f"The query is longer than {self.config.max_text_chars} characters.")
-        if "text" not in self.dims:
-            raise InputError("This model does not read text, so it cannot search by text.")
-        _, q = self._encode_and_embed("", query, None, text_only=True)
+        if genre is not None and not isinstance(genre, str):
+            raise InputError("The genre must be a genre's name.")
+        # outside the lock: the first call may wait for the encoder to load
+        scores = self._text_scores(query) if "text" in self.dims else None
         with self._lock:
-            scores, ids = self.index.search(q[None], k + self._n_hidden(session))
-            hits = self._hits(scores[0], ids[0], k, set(), session)
+            n = self._emb.shape[0]
+            allowed = np.zeros(n, dtype=bool)
+            allowed[np.fromiter(self._views, dtype=np.int64, count=len(self._views))] = True
+            if self.upload_visibility != "public":
+                hidden = [r for r, s in self._session_of.items() if s != session]
+                allowed[hidden] = False
+            if genre:
+                allowed[[r for r, v in self._views.items() if genre not in (v.meta.get("genres") or [])]] = False
+            titled = [(r, sim) for r, _, sim in self._title_index().match(query) if r < n and allowed[r]][:k]
+            if scores is None and not titled:
+                raise InputError("No title matches the query, and this model does not read text, "
+                                 "so it cannot search by description.")
+            if scores is None:
+                hits = titled
+            else:
+                cos = np.full(n, -np.inf, dtype=np.float32)
+                cos[:min(n, len(scores))] = scores[:n]  # rows added since the scores were taken: no text yet
+                hits = [(r, float(cos[r])) for r, _ in titled]
+                rest = allowed & np.isfinite(cos)
+                rest[[r for r, _ in titled]] = False
+                cand, need = np.flatnonzero(rest), k - len(hits)
+                if need > 0 and len(cand):
+                    if len(cand) > need:  # keep every tie of the last place, so that any k cuts the same order
+                        cut = cos[cand[np.argpartition(-cos[cand], need - 1)[:need]]].min()
+                        cand = cand[cos[cand] >= cut]
+                    cand = cand[np.lexsort((cand, -cos[cand]))][:need]  # best first; equal texts by row
+                    hits += [(int(r), float(cos[r])) for r in cand]
             recs = [Recommendation(self._views[r], j + 1, s, "matches your query", None)
                     for j, (r, s) in enumerate(hits)]
         return Result(recs, (time.perf_counter() - t0) * 1000)
@@ -889,6 +949,27 @@ class Recommender:
             raise InputError("This demo has no stored user histories.")
         hist = random.Random(seed).choice(known)
         return hist[-min(self.model.config.max_len, self.config.max_history):]
+
+    def popular(self, k: int = 10, *, session: str | None = None) -> Result:
+        """The k items in the most stored user histories (ties: catalog order), a start before any history.
+
+        The score is the share of histories holding the item; an empty Result when the demo has none.
+        """
+        t0 = time.perf_counter()
+        k = self._check_k(k)
+        session = self._session(session)
+        n = len(self._histories)
+        counts: dict[str, int] = {}
+        for hist in self._histories:
+            for iid in set(hist):
+                counts[iid] = counts.get(iid, 0) + 1
+        with self._lock:
+            rows = [(c, self._row_of[i]) for i, c in counts.items()
+                    if i in self._row_of and self._visible(self._row_of[i], session)]
+            top = heapq.nsmallest(k, rows, key=lambda cr: (-cr[0], cr[1]))
+            recs = [Recommendation(self._views[r], j + 1, c / n, f"in {c} of {n} sample users' histories", None)
+                    for j, (c, r) in enumerate(top)]
+        return Result(recs, (time.perf_counter() - t0) * 1000)
 
     def rank_of(self, item_id: str, history_ids: list[str], *, session: str | None = None) -> int | None:
         """1-based exact rank of an item for a history (history items excluded); None if it is in the history."""
@@ -1034,17 +1115,3 @@ def _default_card(dataset: Dataset, model: Any, results: dict) -> str:
                     lines.append(f"| {name} | {split} | " + " | ".join(
                         f"{m.get(k, float('nan')):.4f}" for k in ("recall@10", "ndcg@10", "mrr")) + " |")
     return "\n".join(lines) + "\n"
-
-
-def benchmark_recommend(rec: Recommender, n_queries: int = 200, history_len: int = 10, k: int = 10,
-                        seed: int = 0, warmup: int = 10) -> dict[str, float]:
-    """In-process `recommend` latency over random histories of catalog items: p50/p95/mean in ms."""
-    ids = [v.id for v in rec.list_items(limit=10**9) if not v.is_new]
-    rng = random.Random(seed)
-    for _ in range(warmup):
-        rec.recommend(rng.sample(ids, min(history_len, len(ids))), k=k)
-    times = np.asarray([rec.recommend(rng.sample(ids, min(history_len, len(ids))), k=k).latency_ms
-                        for _ in range(n_queries)])
-    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
-            "mean_ms": float(times.mean()), "n": int(n_queries), "n_items": len(rec.index),
-            "device": str(rec.device), "index": rec.index.kind}

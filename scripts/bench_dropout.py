@@ -3,7 +3,7 @@
     python scripts/bench_dropout.py                 # Scientific, batch 256, 2 rounds
     python scripts/bench_dropout.py --rounds 3 --batch-size 1024
 
-Times one epoch of the fine-tuning step (`dtrec.bench.train_dtrec_steps`) and of the same-size
+Times one epoch of the fine-tuning step (`benchmarks.training.train_dtrec_steps`) and of the same-size
 SASRec (`train_sasrec_steps`) with both models built on PyTorch's dropout, then on dtrec's,
 alternating the order round by round so both see the same machine noise; prints the medians.
 Needs the prepared Scientific data (data/scientific, or --data).
@@ -19,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import benchmarks.training as B  # noqa: E402
 import dtrec.baselines.sasrec as sasrec_module  # noqa: E402
-import dtrec.bench as B  # noqa: E402
 import dtrec.model.fusion as fusion_module  # noqa: E402
 from dtrec.config import ModelConfig  # noqa: E402
 from dtrec.data.catalog import Dataset  # noqa: E402

@@ -1,6 +1,6 @@
 """A/B speed of the offline encoder: this work tree against a git revision, interleaved in one process.
 
-    python scripts/bench_extract.py                 # vs HEAD, 3 rounds of dtrec.bench.measure_feature_extraction
+    python scripts/bench_extract.py                 # vs HEAD, 3 rounds of measure_feature_extraction
     python scripts/bench_extract.py --rev main~3 --rounds 5 --n-items 64
     python scripts/bench_extract.py --breakdown     # ms per item: decode, preprocess, image model, text model
     python scripts/bench_extract.py --fused-ab      # Lite0 with fused oneDNN conv+ReLU6 vs conv, clamp
@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 import torch
 
-from dtrec.bench import _jpeg, measure_feature_extraction
+from benchmarks.data import synthetic_jpeg
+from benchmarks.features import measure_feature_extraction
 from dtrec.encoders import register
 
 
@@ -85,7 +86,7 @@ def breakdown(n_items: int, rounds: int) -> None:
     enc = get_encoder("offline", device="cpu")
     assert isinstance(enc, offline.OfflineEncoder)
     enc.load()
-    blobs = [_jpeg(300, 450, seed=i) for i in range(n_items)]
+    blobs = [synthetic_jpeg(300, 450, seed=i) for i in range(n_items)]
     words = "lab scope precise steel glass sensor digital kit pipette flask gauge meter".split()
     texts = [f"Item {i} " + " ".join(words[(i * 7 + j) % len(words)] for j in range(8 + i % 33)) for i in range(n_items)]
 

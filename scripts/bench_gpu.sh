@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# `dtrec bench` on a GPU machine in one go (under 8 minutes on one H100/H200), in four parts, each
+# `python -m benchmarks` on a GPU machine in one go (under 8 minutes on one H100/H200), in four parts, each
 # stopped at its own time limit (the training section's report is written run by run, so an
 # interrupted part keeps what it measured):
 #
 #   1. training on Scientific: dtrec vs SASRec (same size and RecBole's) vs the bare loop of the
-#      same model (dtrec/train/bare.py), fp32 and bf16 autocast, batch 1024 -> OUTDIR/scientific
+#      same model (benchmarks/bare.py), fp32 and bf16 autocast, batch 1024 -> OUTDIR/scientific
 #   2. the same in bf16 with batch widths rounded up to a multiple of 8 (--pad-multiple 8): a
 #      handful of batch shapes instead of one per history length; tells whether bf16's slow
 #      steps in part 1 are a once-per-shape cost -> OUTDIR/scientific-pad8
@@ -38,7 +38,7 @@ SECS=${BENCH_TRAIN_SECONDS:-10}
 IFS=, read -r LIM1 LIM2 LIM3 LIM4 LIM5 <<<"${BENCH_LIMITS:-90,50,100,160,80}"
 
 if ! "$DTREC_PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "bench_gpu.sh: no CUDA device visible to torch; run 'dtrec bench' for the CPU benchmark" >&2
+  echo "bench_gpu.sh: no CUDA device visible to torch; run 'python -m benchmarks' for the CPU benchmark" >&2
   exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -49,10 +49,10 @@ if [[ ! -f data/scientific/items.parquet && -d "$DATA/amazon-scientific" ]]; the
     --out data/scientific
 fi
 
-bench() {  # bench LIMIT ARGS...: one dtrec bench run, stopped (SIGINT) at LIMIT seconds
+bench() {  # bench LIMIT ARGS...: one python -m benchmarks run, stopped (SIGINT) at LIMIT seconds
   local limit=$1; shift
-  echo "== dtrec bench $* (limit ${limit} s)"
-  timeout --signal=INT --kill-after=10 "$limit" "$DTREC_PYTHON" -m dtrec.cli bench --device cuda "$@"
+  echo "== python -m benchmarks $* (limit ${limit} s)"
+  timeout --signal=INT --kill-after=10 "$limit" "$DTREC_PYTHON" -m benchmarks --device cuda "$@"
   echo "== exit status $?"
 }
 

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from dtrec.bench import free_port
+from app_server import launch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -24,21 +23,9 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def served(tiny_demo, tmp_path_factory):
+def served(served_app):
     """(client, recommender): the app over the tiny demo, with its own store, launched once for the module."""
-    from dtrec.service import Recommender
-
-    store = tmp_path_factory.mktemp("app-store")
-    rec = Recommender.from_folder(tiny_demo, store_dir=store)
-    demo = app.build_app(rec)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False), rec
-    finally:
-        demo.close()
-        rec.close()
+    return Client(served_app.url, verbose=False), served_app.rec
 
 
 def history_of(rec, n: int = 3) -> list[str]:
@@ -145,6 +132,13 @@ def test_parse_history_forms():
         app.parse_history({"a": 1})
 
 
+def test_a_refused_upload_s_status_line_is_its_sentence_as_text():
+    """The cold-start status quotes the service's sentence, which may quote input, as plain text."""
+    line = app.refused("Unknown item id '<img src=x>' in *bold*.")
+    assert line.startswith("⚠️ **Not added.** ")
+    assert "<img" not in line and "&lt;img" in line and r"\*bold\*" in line
+
+
 def test_missing_default_demo_says_to_build_it(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "assets" / "demo"
     monkeypatch.setattr(app, "DEFAULT_DEMO", missing)
@@ -180,12 +174,9 @@ def test_uploads_are_private_to_the_browser_session_that_made_them(tiny_demo, tm
 
     store = tmp_path / "store"
     rec = Recommender.from_folder(tiny_demo, store_dir=store, config=ServeConfig(upload_visibility="session"))
-    demo = app.build_app(rec)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
+    url, demo = launch(rec, tiny_demo, store)
     try:
-        alice, bob = (Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2))
+        alice, bob = (Client(url, verbose=False) for _ in range(2))
         assert alice.session_hash != bob.session_hash
         png = tmp_path / "poster.png"
         Image.new("RGB", (24, 36), (30, 200, 30)).save(png)
@@ -218,17 +209,14 @@ def test_refused_files_leave_the_upload_cache_at_once_and_the_cache_is_bounded(t
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # this app's own upload cache, measured alone
     store = tmp_path / "store"
     rec = Recommender.from_folder(tiny_demo, store_dir=store)
-    demo = app.build_app(rec)
-    port, limit = free_port(), 3 * 1024 * 1024
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER],
-                                    cache_max_bytes=limit))
+    limit = 3 * 1024 * 1024
+    url, demo = launch(rec, tiny_demo, store, cache_max_bytes=limit)
 
     def cache_bytes() -> int:
         return sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
 
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}/", timeout=30) as http:
+        with httpx.Client(base_url=url, timeout=30) as http:
             def upload(name: str, data: bytes) -> str:
                 r = http.post("gradio_api/upload", files={"files": (name, data, "image/jpeg")})
                 assert r.status_code == 200, r.text

@@ -1,12 +1,13 @@
-"""The bare training loop computes dtrec's loss: same weights, same batch, same number."""
+"""The bare training loop (benchmarks/bare.py, a deliberate copy of dtrec's model) computes dtrec's loss:
+same weights, same batch, same number."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from benchmarks.bare import bare_model, padded_examples
 from dtrec.model import DualTower
-from dtrec.train.bare import bare_model, padded_examples
 from dtrec.train.batching import Collator, build_examples
 from dtrec.train.finetune import FinetuneObjective
 from synthetic import planted_dataset, tiny_model_config

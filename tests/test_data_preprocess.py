@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
-from dtrec.data.preprocess import compact, cold_start_split, drop_short, kcore, truncate
+from dtrec.data.preprocess import compact, cold_start_split, drop_short, kcore
 
 
 def _dataset(seqs: list[list[int]], n_items: int | None = None) -> Dataset:
@@ -69,12 +69,6 @@ def test_drop_short_and_compact():
     assert [it.id for it in cat2] == ["0", "1", "2", "5"]
     assert inter2.sequences == [[0, 1, 2], [3, 0, 1, 3]]
     assert len(compact(cat, kept, keep_unused=True)[0]) == 6
-
-
-def test_truncate():
-    assert truncate([[1, 2, 3, 4], [5]], 2) == [[3, 4], [5]]
-    with pytest.raises(ValueError):
-        truncate([[1]], 0)
 
 
 def test_leave_one_out():

@@ -26,7 +26,7 @@ def test_rank_counts_higher_items_and_ties_pessimistically():
 
 def test_metrics_match_hand_computed_values():
     s = torch.tensor([[0.9, 0.5, 0.5, 0.1], [0.3, 0.2, 0.1, 0.4]])
-    m = rank_metrics(s, torch.tensor([1, 2]), ks=(1, 3))  # ranks 2 and 3
+    m = rank_metrics(s, torch.tensor([1, 2]), ks=(1, 3), ties="pessimistic")  # ranks 2 and 3
     assert m["recall@1"].tolist() == [0.0, 0.0]
     assert m["recall@3"].tolist() == [1.0, 0.0]
     assert m["ndcg@3"][0].item() == pytest.approx(1 / math.log2(4))
@@ -246,11 +246,13 @@ def test_expected_ties_give_fractional_credit():
     # without ties both rules agree; a constant scorer earns chance, not nothing
     distinct = torch.tensor([[0.3, 0.9, 0.1, 0.5]])
     a = rank_metrics(distinct, torch.tensor([3]), ties="expected")
-    b = rank_metrics(distinct, torch.tensor([3]))
-    assert all(torch.allclose(a[k], b[k]) for k in a)
-    const = rank_metrics(torch.zeros(1, 100), torch.tensor([7]), ks=(10,), ties="expected")
+    b = rank_metrics(distinct, torch.tensor([3]), ties="pessimistic")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # exactly: an untied MRR of 1 is 1, not 1 - 1e-16
+    top = rank_metrics(torch.tensor([[0.9, 0.1, 0.2]]), torch.tensor([0]), ties="expected")
+    assert top["mrr"].item() == 1.0 and top["ndcg@10"].item() == 1.0
+    const = rank_metrics(torch.zeros(1, 100), torch.tensor([7]), ks=(10,))  # the default rule: expected
     assert const["recall@10"].item() == pytest.approx(0.1)
-    assert rank_metrics(torch.zeros(1, 100), torch.tensor([7]), ks=(10,))["recall@10"].item() == 0.0
+    assert rank_metrics(torch.zeros(1, 100), torch.tensor([7]), ks=(10,), ties="pessimistic")["recall@10"].item() == 0.0
     with pytest.raises(ValueError, match="ties"):
         rank_metrics(distinct, torch.tensor([3]), ties="optimistic")
 
@@ -282,7 +284,9 @@ def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, sh
     assert main(["prepare", "unisrec", "--source", str(shared_data / "amazon-scientific"), "--name", "Scientific",
                  "--out", str(tmp_path / "sci")]) == 0
     published = json.loads((repo / "docs" / "results" / "scientific-adaptor-seed42.json").read_text())
-    got = evaluate_checkpoint(repo / "assets" / "models" / "scientific", tmp_path / "sci", device="cpu")
+    row = published["dtrec-adaptor"]["test"]
+    got = evaluate_checkpoint(repo / "assets" / "models" / "scientific", tmp_path / "sci", device="cpu",
+                              ties=row["ties"])  # the rule the published row states
     for key in METRIC_KEYS:
         assert got["test"][key] == pytest.approx(published["dtrec-adaptor"]["test"][key], abs=1e-6)
 

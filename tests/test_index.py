@@ -47,7 +47,7 @@ def test_ivfpq_falls_back_to_flat_below_threshold():
 
 
 def _clustered(n, d=32, q=100, seed=0):
-    from dtrec.bench import synthetic_embeddings
+    from benchmarks.data import synthetic_embeddings
 
     return synthetic_embeddings(n, d, seed=seed, latent=16), synthetic_embeddings(q, d, seed=seed + 1, latent=16)
 

@@ -141,6 +141,17 @@ def test_check_features_rejects_other_encoder_or_dims():
     clip.check_features(Features("clip:ViT-B-32:openai", f.values, f.present))  # the same feature space
 
 
+def test_a_text_only_model_reads_the_text_of_fuller_features_and_a_fuller_model_refuses_less():
+    f = _features()
+    text = f.select(["text"])
+    m = DualTower(tiny_model_config(text)).eval()
+    assert torch.equal(m.item_embeddings(f), m.item_embeddings(text))  # the image modality is ignored
+    assert torch.equal(m.user_embeddings([[1, 2, 3]], f), m.user_embeddings([[1, 2, 3]], text))
+    full = DualTower(tiny_model_config(f))
+    with pytest.raises(FeatureMismatchError, match="dims"):
+        full.check_features(text)
+
+
 def test_empty_history_and_out_of_range_index_are_clear_errors():
     f = _features()
     m = DualTower(tiny_model_config(f)).eval()

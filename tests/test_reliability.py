@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dtrec.bench import free_port
+from app_server import free_port, launch
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -256,22 +255,13 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 
 
-@pytest.fixture(scope="module")
-def served(tiny_demo, tmp_path_factory):
-    """(url, recommender, demo, store): the app in this process, uploads private to their session."""
-    import app
+SERVE_CONFIG = dict(upload_visibility="session", max_pixels=4_000_000)  # how conftest's served_app opens the app
 
-    store = tmp_path_factory.mktemp("hostile-store")
-    rec = open_rec(tiny_demo, store, upload_visibility="session", max_pixels=4_000_000)
-    demo = app.build_app(rec)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
-    try:
-        yield f"http://127.0.0.1:{port}/", rec, demo, store
-    finally:
-        demo.close()
-        rec.close()
+
+@pytest.fixture(scope="module")
+def served(served_app):
+    """(url, recommender, demo, store): the app in this process, uploads private to their session."""
+    return served_app.url, served_app.rec, served_app.demo, served_app.store
 
 
 @pytest.fixture(scope="module")
@@ -454,17 +444,6 @@ def test_uploads_are_private_to_the_uploading_session(served, tmp_path):
         bob.predict(history=[new], k=3, api_name="/recommend")
 
 
-def _serve(rec: Recommender, demo_dir: Path, store: Path):
-    """Launch the app over `rec` on a free loopback port; (url, demo)."""
-    import app
-
-    demo = app.build_app(rec)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs([demo_dir / "catalog" / "images", store / "images", app.PLACEHOLDER]))
-    return f"http://127.0.0.1:{port}/", demo
-
-
 @pytest.mark.parametrize("cap", [20, pytest.param(1000, marks=pytest.mark.slow)])
 def test_a_scripted_flood_cannot_stop_a_fresh_browser_session_uploading(tiny_demo, tmp_path, cap):
     """Issue 18, item 1: requests without a session of their own are refused; 1,000+ scripted uploads
@@ -472,7 +451,7 @@ def test_a_scripted_flood_cannot_stop_a_fresh_browser_session_uploading(tiny_dem
     minting a session per request is held to its quota."""
     store = tmp_path / "store"
     rec = open_rec(tiny_demo, store, upload_visibility="session", max_uploads=cap, max_uploads_per_client=3)
-    url, demo = _serve(rec, tiny_demo, store)
+    url, demo = launch(rec, tiny_demo, store)
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
             for i in range(3):  # Gradio would make each request's event id its session

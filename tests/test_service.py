@@ -273,6 +273,31 @@ def test_browsing_history_samples_and_about(demo, tmp_path):
     assert about["results"] == {"dtrec": {"test": {"ndcg@10": 0.1}}} and about["device"] in ("cpu", "cuda")
 
 
+def test_popular_counts_the_stored_histories(demo, tmp_path):
+    """Before any click the demo shows the items in the most sample histories (issue 18, item 8)."""
+    rec = _open(demo, tmp_path / "store")
+    histories = json.loads((demo["dir"] / "histories.json").read_text())
+    counts = {}
+    for h in histories:
+        for i in set(h):
+            counts[i] = counts.get(i, 0) + 1
+    expected = sorted(counts, key=lambda i: (-counts[i], int(i[1:])))[:5]
+    res = rec.popular(k=5)
+    assert [r.item.id for r in res.items] == expected
+    assert [r.rank for r in res.items] == [1, 2, 3, 4, 5]
+    assert [r.score for r in res.items] == [counts[i] / len(histories) for i in expected]
+    assert res.items[0].reason == f"in {counts[expected[0]]} of {len(histories)} sample users' histories"
+    with pytest.raises(InputError):
+        rec.popular(k=0)
+    rec.close()
+    bare = tmp_path / "bare"
+    shutil.copytree(demo["dir"], bare)
+    (bare / "histories.json").unlink()
+    rec = Recommender.from_folder(bare, store_dir=tmp_path / "bare-store")
+    assert rec.popular(k=5).items == []
+    rec.close()
+
+
 # --------------------------------------------------------------------------- visitors on a public demo (issue 18)
 def test_a_flood_of_uploads_cannot_lock_out_a_new_visitor(demo, tmp_path):
     """Scripted uploads that fill the cap (a new session and address each, so no per-visitor limit
@@ -411,3 +436,117 @@ def test_human_bytes():
 
     assert human_bytes(209715200) == "200 MB" and human_bytes(10 * 1024 * 1024) == "10 MB"
     assert human_bytes(0) == "0 bytes" and human_bytes(1536) == "1.5 KB"
+
+
+# --------------------------------------------------------------------------- search (issue 18, item 6)
+@pytest.fixture(scope="module")
+def movies(tiny_demo, tmp_path_factory):
+    """A Recommender over the MovieLens fixture demo (real titles, tiny-clip features of their text)."""
+    rec = Recommender.from_folder(tiny_demo, store_dir=tmp_path_factory.mktemp("search-store"))
+    yield rec
+    rec.close()
+
+
+def _titles(res) -> list[str]:
+    return [r.item.title for r in res.items]
+
+
+@pytest.mark.parametrize("query, title", [
+    ("toy story", "Toy Story (1995)"),
+    ("Toy Story (1995)", "Toy Story (1995)"),
+    ("godfather", "The Godfather (1972)"),  # a leading article may be left out
+    ("les miserables", "Les Misérables (1995)"),  # accents need not be typed
+    ("star tr", "Star Trek: First Contact (1996)"),  # a prefix
+    ("jedi", "Return of the Jedi (1983)"),  # a word of the title
+])
+def test_a_title_query_returns_that_item_first(movies, query, title):
+    res = movies.search(query, k=5)
+    assert _titles(res)[0] == title
+    assert len(res.items) == 5  # the rest of the page is filled by meaning
+
+
+@pytest.mark.parametrize("query, title", [
+    ("toy sotry", "Toy Story (1995)"),
+    ("the godfater", "The Godfather (1972)"),
+    ("raiders of the lost arc", "Raiders of the Lost Ark (1981)"),
+])
+def test_a_misspelt_title_finds_the_item(movies, query, title):
+    assert _titles(movies.search(query, k=5))[0] == title
+
+
+def test_search_by_meaning_ranks_as_the_text_encoder_does(movies):
+    """A description no title matches is ranked by the frozen encoder's own text geometry: the cosine
+    between the query and each item's text, the yardstick of issue 18 (not the item tower)."""
+    from dtrec.data.catalog import item_text
+    from dtrec.encoders import get_encoder
+    from dtrec.textsearch import TitleIndex
+
+    query = "a gangster family saga with betrayal"
+    catalog = list(movies.catalog)
+    titles = TitleIndex()
+    for i, it in enumerate(catalog):
+        titles.add(i, it.title)
+    assert not titles.match(query)
+    enc = get_encoder(movies.encoder_name, device="cpu")
+    items = torch.nn.functional.normalize(enc.encode_text([item_text(it.title, it.text) for it in catalog]), dim=-1)
+    q = torch.nn.functional.normalize(enc.encode_text([query]), dim=-1)[0]
+    cos = (items @ q).numpy()
+    expected = [catalog[i].id for i in np.argsort(-cos, kind="stable")[:8]]
+    res = movies.search(query, k=8)
+    assert [r.item.id for r in res.items] == expected
+    assert np.allclose([r.score for r in res.items], np.sort(cos)[::-1][:8], atol=1e-3)  # batched vs alone
+
+
+def test_an_item_without_a_picture_is_not_favoured_over_the_same_text_with_one(tiny_demo, tmp_path):
+    rec = Recommender.from_folder(tiny_demo, store_dir=tmp_path)
+    text = "A lighthouse keeper befriends a whale during a long northern winter."
+    with_image, _ = rec.add_item("Keeper of the Light (2024)", text, image=_png(40, 60, (10, 90, 160)))
+    without, _ = rec.add_item("Keeper of the Light (2024)", text)
+    for query in ("a lonely lighthouse keeper and a whale", "keeper of the light"):
+        res = rec.search(query, k=len(rec.index))
+        rank = {r.item.id: r for r in res.items}
+        assert rank[with_image].score == pytest.approx(rank[without].score, abs=1e-6), query
+        assert abs(rank[with_image].rank - rank[without].rank) == 1, query
+    rec.close()
+
+
+def test_the_page_and_the_api_give_the_same_order(movies):
+    """The UI's search box and /search both call `Recommender.search`: same items, same order."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import app
+
+    demo = app.build_app(movies)
+    fns = list(demo.fns.values())
+    api = next(f.fn for f in fns if f.api_name == "search")
+    ui = next(f.fn for f in fns if getattr(f.fn, "__name__", "") == "on_search")
+    for query in ("toy story", "toy sotry", "a space adventure", "jedi"):
+        api_ids = [r["id"] for r in api(query, 10)]
+        _, ui_ids = ui(query, app.ALL_GENRES)[:2]
+        assert ui_ids[:10] == api_ids, query
+    assert api("toy story", 10)[0]["title"] == "Toy Story (1995)"
+
+
+def test_search_within_a_genre(movies):
+    res = movies.search("star trek", k=10, genre="Sci-Fi")
+    assert _titles(res)[0] == "Star Trek: First Contact (1996)"
+    assert res.items and all("Sci-Fi" in r.item.meta["genres"] for r in res.items)
+    comedy = movies.search("toy story", k=5, genre="Comedy")
+    assert _titles(comedy)[0] == "Toy Story (1995)" and all("Comedy" in r.item.meta["genres"] for r in comedy.items)
+    drama = movies.search("toy story", k=5, genre="Drama")
+    assert "Toy Story (1995)" not in _titles(drama) and all("Drama" in r.item.meta["genres"] for r in drama.items)
+
+
+def test_a_private_upload_is_not_found_by_its_title_from_another_session(tiny_demo, tmp_path):
+    """A guard (it held before the title look-up too): an exact title match does not reveal another
+    session's private upload, and its owner finds it first."""
+    rec = Recommender.from_folder(tiny_demo, store_dir=tmp_path, config=ServeConfig(upload_visibility="session"))
+    mine, _ = rec.add_item("Quixotic Lighthouse Sonata (2026)", session="alice")
+    assert rec.search("quixotic lighthouse sonata", k=5, session="alice").items[0].item.id == mine
+    for session in ("bob", None):
+        res = rec.search("quixotic lighthouse sonata", k=len(rec.index), session=session)
+        assert mine not in {r.item.id for r in res.items}
+        assert len(res.items) == len(rec.index) - 1
+    rec.close()

@@ -165,6 +165,18 @@ def test_model_learns_a_planted_next_item_pattern(tmp_path):
     assert best.config.objective == "causal" and best.config.encoder == "synthetic"
 
 
+def test_finetune_on_a_subset_of_modalities(tmp_path):
+    ds, f = planted_dataset(n_items=40, n_users=160)
+    cfg = tiny_finetune_config(f, model={"objective": "causal"}, epochs=6, modalities="text")
+    result = finetune(ds, f, cfg, tmp_path, progress=False)
+    best = DualTower.from_pretrained(str(tmp_path / "best"))
+    assert best.config.modality_dims == {"text": 16}
+    assert result["test"]["recall@10"] > 0.5  # it learns the planted pattern from text alone (chance: 0.25)
+    assert best.item_embeddings(f).shape == (40, best.config.d_model)  # evaluated over the full cache
+    with pytest.raises(ValueError, match="modalities audio not among the features' text, image"):
+        finetune(ds, f, tiny_finetune_config(f, epochs=1, modalities="text,audio"), tmp_path / "bad", progress=False)
+
+
 @pytest.mark.parametrize("negatives", ["in_batch", "sampled"])
 def test_cheaper_negatives_train_too(tmp_path, negatives):
     ds, f = planted_dataset(n_items=40, n_users=120)

@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -174,6 +175,29 @@ def training_windows(sequences: list[list[int]], max_len: int) -> tuple[torch.Te
     return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
 
 
+def trim_padding(x: torch.Tensor, y: torch.Tensor, pad_multiple: int,
+                 max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded windows without the columns that are padding in every row (width rounded up to `pad_multiple`)."""
+    width = padded_width(int((x > 0).sum(1).max()), pad_multiple, max_len)
+    return x[:, -width:], y[:, -width:]
+
+
+def sasrec_step(model: SASRec, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                amp: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """One SASRec update on windows `x` -> `y` on the model's device: softmax over all items at every target.
+
+    `amp` runs the forward pass under bf16 autocast; `forward` replaces `model.forward` (e.g. compiled).
+    Returns the loss."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        h = (forward or model)(x)
+        keep = y > 0
+        loss = F.cross_entropy(model.logits(h[keep]).float(), y[keep] - 1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train_sasrec(
     dataset: Dataset,
     config: SASRecConfig | None = None,
@@ -209,16 +233,8 @@ def train_sasrec(
         t0, total, steps = time.time(), 0.0, 0
         group = GROUP_BATCHES if train.group_by_length else 1
         for idx in length_grouped_batches(lengths, train.batch_size, gen, group):
-            x, y = x_all[idx], y_all[idx]
-            # left padding: drop columns that are padding in every row
-            width = padded_width(int((x > 0).sum(1).max()), train.pad_multiple, config.max_len)
-            x, y = x[:, -width:].to(device), y[:, -width:].to(device)
-            h = model(x)
-            keep = y > 0
-            loss = F.cross_entropy(model.logits(h[keep]), y[keep] - 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            x, y = trim_padding(x_all[idx], y_all[idx], train.pad_multiple, config.max_len)
+            loss = sasrec_step(model, opt, x.to(device), y.to(device))
             total += float(loss.detach())
             steps += 1
         model.eval()

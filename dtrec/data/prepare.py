@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import os
@@ -145,14 +144,3 @@ def summary(ds: Dataset, out: Path) -> str:
     if ds.cold_items:
         line += f", {len(ds.cold_items)} cold items ({ds.info['cold_test_cases']} cold test cases)"
     return line
-
-
-def prepare_command(args: argparse.Namespace) -> int:
-    """Handler of `dtrec prepare {movielens,unisrec,jsonl}`."""
-    out = Path(args.out)
-    ds = prepare(args.source_kind, out, source=getattr(args, "source", None), posters=getattr(args, "posters", None),
-                 name=getattr(args, "name", None), items=getattr(args, "items", None),
-                 interactions=getattr(args, "interactions", None), kcore=args.kcore,
-                 cold_fraction=args.cold_fraction, seed=args.seed)
-    print(summary(ds, out))
-    return 0

@@ -59,13 +59,6 @@ def compact(catalog: Catalog, interactions: Interactions, keep_unused: bool = Fa
     return cat, Interactions(list(interactions.users), seqs, interactions.timestamps)
 
 
-def truncate(seqs: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
-    """The last `max_len` items of each sequence (all of it when shorter)."""
-    if max_len <= 0:
-        raise ValueError(f"max_len must be positive, not {max_len}")
-    return [list(s[-max_len:]) for s in seqs]
-
-
 def cold_start_split(dataset: Dataset, fraction: float, seed: int = 42) -> list[int]:
     """Choose `fraction` of the catalog's items to hold out of all training data (sorted indices).
 

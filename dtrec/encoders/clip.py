@@ -23,7 +23,7 @@ from dtrec.encoders.base import EncoderNotFound, WeightsNotFound, resolve_device
 from dtrec.encoders.registry import register
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
-# `clip:<model>:random`: random weights, for timing a model whose weights are not at hand (dtrec bench on a GPU)
+# `clip:<model>:random`: random weights, for timing a model whose weights are not at hand (the benchmarks on a GPU)
 RANDOM_SPEC = "random"
 
 

@@ -68,13 +68,6 @@ class FusionEncoder(nn.Module):
         for emb in (self.position.weight, self.modality_type.weight, self.mask_token):
             nn.init.trunc_normal_(emb, std=0.02)
 
-    def reset_positions(self, max_positions: int) -> None:
-        """Replace the position table by a freshly initialised one of another length."""
-        old = self.position.weight
-        self.position = nn.Embedding(max_positions, self.d_model, device=old.device, dtype=old.dtype)
-        nn.init.trunc_normal_(self.position.weight, std=0.02)
-        self.max_positions = max_positions
-
     def forward(
         self,
         values: dict[str, Tensor],

@@ -154,7 +154,9 @@ class DualTower(
     def check_features(self, features: Features) -> None:
         """Raise `FeatureMismatchError` when `features` come from another encoder or dims."""
         c = self.config
-        if not same_encoder(features.encoder, c.encoder) or features.dims != c.modality_dims:
+        # Features may hold more modalities than the model reads (a text-only model over a catalog with images).
+        dims = {m: features.dims.get(m) for m in c.modality_dims}
+        if not same_encoder(features.encoder, c.encoder) or dims != c.modality_dims:
             raise FeatureMismatchError(
                 f"checkpoint expects features of encoder {c.encoder!r} with dims {c.modality_dims}, "
                 f"got {features.encoder!r} with dims {features.dims}; extract features with the checkpoint's encoder"

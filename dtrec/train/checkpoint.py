@@ -138,13 +138,22 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
 
 
 def git_commit(root: str | Path | None = None) -> str | None:
-    """The current git commit of the source tree, or None outside a repository."""
-    root = Path(root) if root else Path(__file__).resolve().parents[2]
+    """The git commit of the running dtrec source (or of `root`), or None when it is not a git checkout."""
+    if root is None:
+        # The package's own folder, and only when git tracks this file there: an installed copy
+        # (say, in a virtual environment inside some other repository) has no commit of its own.
+        root = Path(__file__).resolve().parent
+        if _git(root, "ls-files", "--error-unmatch", Path(__file__).name) is None:
+            return None
+    return _git(Path(root), "rev-parse", "HEAD") or None
+
+
+def _git(cwd: Path, *args: str) -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+    return r.stdout.strip() if r.returncode == 0 else None
 
 
 def write_run_record(out: str | Path, config: Any, **extra: Any) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -69,6 +68,21 @@ class FinetuneObjective(nn.Module):
         return retrieval_loss(queries, labels, item_emb, model.config.temperature, log_q, exclude)
 
 
+def finetune_step(trainer: nn.Module, model: DualTower, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
+                  device: torch.device, *, amp: bool, grad_clip: float | None) -> Tensor:
+    """One fine-tuning update on a collated batch: to `device`, the objective (bf16 autocast if `amp`), then the step.
+
+    `trainer` is the `FinetuneObjective` (or its DDP / compiled wrapper); returns the loss."""
+    items = batch["items"].to(device, non_blocking=True)
+    padding = batch["padding"].to(device, non_blocking=True)
+    masked = batch["masked"].to(device, non_blocking=True) if batch["masked"] is not None else None
+    targets = batch["targets"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = trainer(items, padding, masked, targets)
+    optimizer_step(model, optimizer, loss, grad_clip)
+    return loss
+
+
 def evaluate_model(model: DualTower, features: Features, cases: list, batch_size: int = 256) -> dict[str, float]:
     """Full-ranking metrics of `model` on `(history, target)` cases (eval mode, no grad)."""
     from dtrec.eval import evaluate
@@ -121,6 +135,8 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     device = info.device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
+    if config.modalities:
+        features = features.select(m.strip() for m in config.modalities.split(",") if m.strip())
     model_cfg = dataclasses.replace(config.model, encoder=features.encoder, modality_dims=features.dims)
     if init is not None:
         model_cfg = merge_init_config(model_cfg, init)
@@ -183,13 +199,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
         bar = tqdm(loader, desc=f"finetune {epoch}", unit="batch", disable=not (progress and info.is_main),
                    leave=False)
         for batch in bar:
-            items = batch["items"].to(device, non_blocking=True)
-            padding = batch["padding"].to(device, non_blocking=True)
-            masked = batch["masked"].to(device, non_blocking=True) if batch["masked"] is not None else None
-            targets = batch["targets"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = trainer(items, padding, masked, targets)
-            optimizer_step(model, optimizer, loss, config.grad_clip)
+            loss = finetune_step(trainer, model, optimizer, batch, device, amp=use_amp, grad_clip=config.grad_clip)
             total += loss.detach()
             steps += 1
             global_step += 1
@@ -239,23 +249,3 @@ def load_dataset_features(data_dir: str | Path, encoder: str) -> tuple[Dataset, 
     """A prepared data set and its cached features of `encoder`."""
     dataset = Dataset.load(data_dir)
     return dataset, load_features(data_dir, encoder, dataset.catalog)
-
-
-def finetune_command(args: Any) -> int:
-    """`dtrec finetune`: resolve the config from --config / flags (or OUT on --resume) and train."""
-    from dtrec.train.cli_config import resolve_config
-
-    out = Path(args.out)
-    base = None
-    if args.resume:
-        rec = out / "train_config.json"
-        if not rec.exists():
-            raise FileNotFoundError(f"{rec} is missing: nothing to resume in {out}")
-        base = json.loads(rec.read_text())["config"]
-    config = resolve_config(FinetuneConfig, args, base)
-    dataset, features = load_dataset_features(args.data, args.encoder)
-    result = finetune(dataset, features, config, out, init=args.init, resume=args.resume,
-                      progress=not args.quiet, record={"data": str(args.data), "encoder": args.encoder})
-    if os.environ.get("RANK", "0") == "0" and result.get("valid"):
-        print(json.dumps({k: result[k] for k in ("best_epoch", "valid", "test") if k in result}))
-    return 0

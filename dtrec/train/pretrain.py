@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -219,17 +218,3 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
                            + (f", text->image@1 {row['text_to_image@1']:.3f}" if "text_to_image@1" in row else ""))
         D.barrier(info)
     return row
-
-
-def pretrain_command(args: Any) -> int:
-    """`dtrec pretrain`: items of every --data folder, one encoder."""
-    from dtrec.train.cli_config import resolve_config
-    from dtrec.train.finetune import load_dataset_features
-
-    config = resolve_config(PretrainConfig, args)
-    sources = [load_dataset_features(d, args.encoder) for d in args.data]
-    row = pretrain(sources, config, args.out, progress=not args.quiet,
-                   record={"data": [str(d) for d in args.data], "encoder": args.encoder})
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(row))
-    return 0

@@ -1,4 +1,5 @@
-"""`dtrec bench`: each measurement on tiny sizes, the report's structure, and ratios taken from one run.
+"""`python -m benchmarks`: each measurement on tiny sizes, the report's structure, ratios taken from one run,
+and the training steps it times being the product's own.
 
 No timing assertions: the machine is shared and noisy. What is checked is that the
 numbers are consistent with each other (ratios, extrapolations, recall, tuning).
@@ -9,12 +10,24 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from dtrec import bench as B
-from synthetic import planted_dataset, tiny_model_config
+import benchmarks.training as T
+from benchmarks.__main__ import main as bench_main
+from benchmarks.common import BenchError, latency_summary, machine_info, peak_memory
+from benchmarks.data import synthetic_embeddings, synthetic_training_data
+from benchmarks.features import measure_feature_extraction
+from benchmarks.report import TARGET_TRAIN_RATIO, check_targets, write_report
+from benchmarks.run import BenchConfig, _load_training_data, run_bench
+from benchmarks.serving import measure_api, measure_cold_start, measure_index, measure_recommender
+from benchmarks.training import measure_training, measure_training_scaling
+from dtrec.baselines import sasrec
+from dtrec.train import finetune
+from dtrec.train.batching import build_examples
+from synthetic import planted_dataset, tiny_finetune_config, tiny_model_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,22 +52,19 @@ def planted():
 @pytest.fixture(scope="module")
 def training(planted) -> dict:
     ds, feats = planted
-    return B.measure_training(ds, feats, model_config=tiny_model_config(feats), batch_size=16, max_steps=2,
+    return measure_training(ds, feats, model_config=tiny_model_config(feats), batch_size=16, max_steps=2,
                               device="cpu")
 
 
 @pytest.fixture(scope="module")
 def index_run() -> dict:
-    x = B.synthetic_embeddings(3000, 32, seed=0)
-    q = B.synthetic_embeddings(30, 32, seed=1)
-    return B.measure_index(x, q, ef_grid=(4, 16, 64), nprobe_grid=(2, 8), ivf_min_items=1000, ivf_train=3000,
+    x = synthetic_embeddings(3000, 32, seed=0)
+    q = synthetic_embeddings(30, 32, seed=1)
+    return measure_index(x, q, ef_grid=(4, 16, 64), nprobe_grid=(2, 8), ivf_min_items=1000, ivf_train=3000,
                            target_recall=0.9, batch=64)
 
 
 def test_training_ratio_comes_from_the_same_run(training, planted):
-    from dtrec.baselines.sasrec import training_windows
-    from dtrec.train.batching import build_examples
-
     ds, _ = planted
     d, s, m = (training["runs"][k] for k in ("dtrec_fp32", "sasrec_fp32", "sasrec_matched_fp32"))
     assert training["epoch_ratio_vs_default_sasrec"]["fp32"] == pytest.approx(
@@ -73,7 +83,7 @@ def test_training_ratio_comes_from_the_same_run(training, planted):
         assert r["peak_memory_mb"] is not None and r["memory_kind"] == "rss_peak_delta"
     assert d["examples_per_epoch"] == len(build_examples(ds.train_sequences(), d["objective"], d["max_len"]))
     for r in (s, m):
-        assert r["examples_per_epoch"] == len(training_windows(ds.train_sequences(), r["max_len"])[0])
+        assert r["examples_per_epoch"] == len(sasrec.training_windows(ds.train_sequences(), r["max_len"])[0])
     assert "dtrec_bf16" not in training["runs"]  # measure_training runs fp32 only unless asked
     bare = training["runs"]["bare_fp32"]
     assert training["epoch_ratio_vs_bare"]["fp32"] == pytest.approx(d["seconds_per_epoch"] / bare["seconds_per_epoch"])
@@ -85,8 +95,8 @@ def test_rounded_widths_reach_both_trainers(planted):
     ds, feats = planted
     cfg = tiny_model_config(feats)
     kw = dict(model_config=cfg, batch_size=16, max_steps=3, device="cpu")
-    plain = B.measure_training(ds, feats, **kw)
-    rounded = B.measure_training(ds, feats, pad_multiple=4, **kw)
+    plain = measure_training(ds, feats, **kw)
+    rounded = measure_training(ds, feats, pad_multiple=4, **kw)
     assert plain["pad_multiple"] == 1 and rounded["pad_multiple"] == 4 and "multiple of 4" in rounded["note"]
     for k in ("dtrec_fp32", "sasrec_matched_fp32", "sasrec_fp32"):
         assert rounded["runs"][k]["pad_multiple"] == 4
@@ -94,8 +104,43 @@ def test_rounded_widths_reach_both_trainers(planted):
         assert 1 <= rounded["runs"][k]["distinct_widths"] <= min(2, plain["runs"][k]["distinct_widths"]), k
 
 
+def test_the_bench_times_the_steps_the_trainers_run(planted, tmp_path, monkeypatch):
+    """The steps the bench times are the functions `finetune` and `train_sasrec` call per batch, not copies."""
+    assert T.finetune_step is finetune.finetune_step and T.sasrec_step is sasrec.sasrec_step
+    calls: Counter = Counter()
+
+    def count(module, name: str) -> None:
+        real = getattr(module, name)
+
+        def step(*args, **kwargs):
+            calls[module.__name__, name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, step)
+
+    for module in (finetune, T):
+        count(module, "finetune_step")
+    for module in (sasrec, T):
+        count(module, "sasrec_step")
+    ds, feats = planted
+    finetune.finetune(ds, feats, tiny_finetune_config(feats, epochs=1, batch_size=16, max_steps=3, evaluate_test=False),
+                      tmp_path / "ft", progress=False)
+    small = dict(hidden=16, n_layers=1, n_heads=2, d_ff=16, max_len=6)
+    sasrec.train_sasrec(ds, sasrec.SASRecConfig(num_items=len(ds.catalog), **small),
+                        sasrec.SASRecTrainConfig(epochs=1, batch_size=16, device="cpu"), progress=False)
+    windows = len(sasrec.training_windows(ds.train_sequences(), small["max_len"])[0])
+    assert calls["dtrec.train.finetune", "finetune_step"] == 3
+    assert calls["dtrec.baselines.sasrec", "sasrec_step"] == math.ceil(windows / 16)
+
+    kw = dict(batch_size=16, max_steps=2, warmup=1, device="cpu")
+    T.train_dtrec_steps(build_examples(ds.train_sequences(), "cloze", 10), feats, tiny_model_config(feats), **kw)
+    T.train_sasrec_steps(ds.train_sequences(), len(ds.catalog), **kw, **small)
+    # one warm-up step and two timed ones each, all through the trainers' own step
+    assert calls["benchmarks.training", "finetune_step"] == 3 and calls["benchmarks.training", "sasrec_step"] == 3
+
+
 def test_gpu_target_is_judged_only_on_a_gpu(training):
-    row = next(t for t in B.check_targets({"training": training}) if "bare" in t["target"])
+    row = next(t for t in check_targets({"training": training}) if "bare" in t["target"])
     assert row["met"] is None  # this run was on the CPU
     gpu = json.loads(json.dumps(training))
     gpu["device"] = "cuda:0"
@@ -104,30 +149,30 @@ def test_gpu_target_is_judged_only_on_a_gpu(training):
     gpu["runs"]["bare_fp32"]["seconds_per_epoch"] = 3.0
     gpu["runs"]["dtrec_fp32"]["seconds_per_epoch"] = 4.0
     gpu["epoch_ratio_vs_bare"] = {"fp32": 4.0 / 3.0, "bf16": 2.5}
-    row = next(t for t in B.check_targets({"training": gpu}) if "bare" in t["target"])
+    row = next(t for t in check_targets({"training": gpu}) if "bare" in t["target"])
     # each side at its fastest variant: 2.5 s (dtrec bf16) against 1.0 s (bare bf16)
     assert row["met"] is False and row["value"].startswith("2.50x")
 
 
 def test_synthetic_training_data_has_the_asked_size():
-    ds, feats = B.synthetic_training_data(500, 300, dim=16, seed=1)
+    ds, feats = synthetic_training_data(500, 300, dim=16, seed=1)
     seqs = ds.train_sequences()
     assert len(seqs) == 500 and len(ds.catalog) == 300 == len(feats)
     assert min(map(len, seqs)) >= 5 and max(map(len, seqs)) <= 50
     assert all(0 <= i < 300 for s in seqs for i in s) and feats.dims == {"text": 16, "image": 16}
-    again, _ = B.synthetic_training_data(500, 300, dim=16, seed=1)
+    again, _ = synthetic_training_data(500, 300, dim=16, seed=1)
     assert again.train_sequences() == seqs
-    with pytest.raises(B.BenchError, match="synthetic:<histories>x<items>"):
-        B._load_training_data(B.BenchConfig(data="synthetic:lots"))
+    with pytest.raises(BenchError, match="synthetic:<histories>x<items>"):
+        _load_training_data(BenchConfig(data="synthetic:lots"))
 
 
 def test_synthetic_embeddings_are_normalised_and_reproducible():
-    a = B.synthetic_embeddings(70_000, 16, seed=3)[-500:]  # crosses a generation block
-    b = B.synthetic_embeddings(70_000, 16, seed=3)[-500:]
+    a = synthetic_embeddings(70_000, 16, seed=3)[-500:]  # crosses a generation block
+    b = synthetic_embeddings(70_000, 16, seed=3)[-500:]
     assert a.shape == (500, 16) and a.dtype == np.float32
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(a, b)
-    assert not np.array_equal(a, B.synthetic_embeddings(70_000, 16, seed=4)[-500:])
+    assert not np.array_equal(a, synthetic_embeddings(70_000, 16, seed=4)[-500:])
 
 
 def test_index_recall_and_tuning_are_consistent(index_run):
@@ -158,26 +203,26 @@ def test_index_recall_and_tuning_are_consistent(index_run):
 
 
 def test_ivfpq_below_its_minimum_is_reported_as_exact():
-    x = B.synthetic_embeddings(400, 16)
-    out = B.measure_index(x, x[:5], kinds=("flat", "ivfpq"), ivf_min_items=1000)
+    x = synthetic_embeddings(400, 16)
+    out = measure_index(x, x[:5], kinds=("flat", "ivfpq"), ivf_min_items=1000)
     assert "skipped" in out["kinds"]["ivfpq"]
     assert out["kinds"]["flat"]["recall"] == 1.0
 
 
 def test_latency_summary_matches_numpy():
     ms = list(np.random.default_rng(0).exponential(5.0, 101))
-    s = B.latency_summary(ms)
+    s = latency_summary(ms)
     assert s["n"] == 101
     assert s["p50_ms"] == pytest.approx(np.percentile(ms, 50))
     assert s["p99_ms"] == pytest.approx(np.percentile(ms, 99))
     assert s["min_ms"] <= s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
-    assert B.latency_summary([]) == {"n": 0}
+    assert latency_summary([]) == {"n": 0}
 
 
 def test_peak_memory_sees_an_allocation():
-    with B.peak_memory("cpu") as small:
+    with peak_memory("cpu") as small:
         pass
-    with B.peak_memory("cpu") as big:
+    with peak_memory("cpu") as big:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         block[::512] += 1
         time.sleep(0.1)  # RSS is sampled every 5 ms: hold the peak long enough to be seen on a busy machine
@@ -186,7 +231,7 @@ def test_peak_memory_sees_an_allocation():
 
 
 def test_training_scaling_rows_cover_the_grid():
-    out = B.measure_training_scaling((60, 120), (3, 6), base_catalog=60, batch_size=4, steps=1, dims={"text": 8},
+    out = measure_training_scaling((60, 120), (3, 6), base_catalog=60, batch_size=4, steps=1, dims={"text": 8},
                                      model=dict(d_model=16, n_heads=2, d_ff=16), device="cpu")
     assert [r["catalog"] for r in out["by_catalog"]] == [60, 120]
     assert [r["history_length"] for r in out["by_length"]] == [3, 6]
@@ -195,16 +240,16 @@ def test_training_scaling_rows_cover_the_grid():
 
 
 def test_feature_extraction_counts_items_per_second():
-    out = B.measure_feature_extraction("tiny-clip", n_items=4, batch_size=2, device="cpu", image_px=(40, 60))
+    out = measure_feature_extraction("tiny-clip", n_items=4, batch_size=2, device="cpu", image_px=(40, 60))
     assert out["dims"] == {"text": 32, "image": 32} or set(out["dims"]) == {"text", "image"}
     for key in ("text_items_per_s", "image_items_per_s", "both_items_per_s"):
         assert out[key] > 0
 
 
 def test_recommender_and_cold_start_on_the_tiny_demo(tiny_demo):
-    rec = B.measure_recommender(tiny_demo, requests=5, batch=8)
+    rec = measure_recommender(tiny_demo, requests=5, batch=8)
     assert rec["recommend"]["n"] == 5 and rec["items"] > 0 and rec["batched_per_s"] > 0
-    cold = B.measure_cold_start(tiny_demo, n=1, image_px=(60, 90))
+    cold = measure_cold_start(tiny_demo, n=1, image_px=(60, 90))
     assert set(cold["stages_timed"]) >= {"encode", "item_tower", "store", "index"}
     assert cold["with_image"]["stages_mean_ms"]["decode"] > 0
     assert cold["without_image"]["stages_mean_ms"]["decode"] == 0
@@ -215,8 +260,8 @@ def test_recommender_and_cold_start_on_the_tiny_demo(tiny_demo):
 
 
 def _results(training: dict, index_run: dict) -> dict:
-    return {"quick": True, "machine": B.machine_info(), "training": training,
-            "serving": {"user_tower": {"single": B.latency_summary([1.0, 2.0]), "batched_per_s": 100.0,
+    return {"quick": True, "machine": machine_info(), "training": training,
+            "serving": {"user_tower": {"single": latency_summary([1.0, 2.0]), "batched_per_s": 100.0,
                                        "batch": 8, "device": "cpu"}, "dim": 32, "generator": "test",
                         "sizes": [index_run]},
             "errors": {}}
@@ -224,7 +269,7 @@ def _results(training: dict, index_run: dict) -> dict:
 
 def test_report_files_and_targets(tmp_path, training, index_run):
     results = _results(training, index_run)
-    paths = B.write_report(results, tmp_path / "bench")
+    paths = write_report(results, tmp_path / "bench")
     data = json.loads(paths["json"].read_text())
     assert data["machine"]["cpu"] and data["machine"]["cores"] >= 1 and data["machine"]["torch"]
     assert data["machine"]["git_commit"]
@@ -234,7 +279,7 @@ def test_report_files_and_targets(tmp_path, training, index_run):
     targets = {t["target"].split(":")[0]: t for t in data["targets"]}
     assert len(data["targets"]) == 5
     train_t = next(t for t in data["targets"] if "SASRec" in t["target"])
-    assert train_t["met"] == (training["epoch_ratio_vs_matched_sasrec"]["fp32"] <= B.TARGET_TRAIN_RATIO)
+    assert train_t["met"] == (training["epoch_ratio_vs_matched_sasrec"]["fp32"] <= TARGET_TRAIN_RATIO)
     ann = next(t for t in data["targets"] if "10^6" in t["target"])
     assert ann["met"] is None  # no 10^6 catalog in this run
     assert targets
@@ -245,17 +290,17 @@ def test_ann_target_is_judged_at_a_million_items():
         return {"n": 1_000_000, "kinds": {"flat": {"p50_ms": 90.0, "recall": 1.0, "setting": None},
                                           "hnsw": {"p50_ms": p50, "recall": recall, "setting": {"ef_search": 64}}}}
 
-    met = B.check_targets({"serving": {"sizes": [size(2.0, 0.97)]}})[0]
-    slow = B.check_targets({"serving": {"sizes": [size(7.0, 0.97)]}})[0]
-    poor = B.check_targets({"serving": {"sizes": [size(2.0, 0.90)]}})[0]
+    met = check_targets({"serving": {"sizes": [size(2.0, 0.97)]}})[0]
+    slow = check_targets({"serving": {"sizes": [size(7.0, 0.97)]}})[0]
+    poor = check_targets({"serving": {"sizes": [size(2.0, 0.90)]}})[0]
     assert (met["met"], slow["met"], poor["met"]) == (True, False, False)
     assert "2.00 ms" in met["value"]
 
 
 def test_run_bench_writes_a_report_for_one_section(tmp_path):
-    cfg = B.BenchConfig(quick=True, out=str(tmp_path / "out"), only=("features",), encoders=("tiny-clip",),
+    cfg = BenchConfig(quick=True, out=str(tmp_path / "out"), only=("features",), encoders=("tiny-clip",),
                         device="cpu")
-    res = B.run_bench(cfg, log=lambda m: None)
+    res = run_bench(cfg, log=lambda m: None)
     assert not res["errors"]
     assert (tmp_path / "out" / "bench.json").is_file() and (tmp_path / "out" / "bench.md").is_file()
     saved = json.loads((tmp_path / "out" / "bench.json").read_text())
@@ -265,11 +310,11 @@ def test_run_bench_writes_a_report_for_one_section(tmp_path):
 
 def test_merge_keeps_sections_of_an_earlier_report(tmp_path, training):
     out = tmp_path / "out"
-    B.write_report({"quick": True, "machine": B.machine_info(), "training": training, "errors": {},
+    write_report({"quick": True, "machine": machine_info(), "training": training, "errors": {},
                     "seconds": {"training": 1.5}}, out)
-    cfg = B.BenchConfig(quick=True, out=str(out), only=("features",), encoders=("tiny-clip",), device="cpu",
+    cfg = BenchConfig(quick=True, out=str(out), only=("features",), encoders=("tiny-clip",), device="cpu",
                         merge=True)
-    res = B.run_bench(cfg, log=lambda m: None)
+    res = run_bench(cfg, log=lambda m: None)
     saved = json.loads((out / "bench.json").read_text())
     assert saved["training"]["epoch_ratio_vs_matched_sasrec"] == pytest.approx(
         training["epoch_ratio_vs_matched_sasrec"])
@@ -279,22 +324,23 @@ def test_merge_keeps_sections_of_an_earlier_report(tmp_path, training):
     # a section that an earlier merge kept, once measured again, is this run's own
     saved["merged"]["features"] = saved["merged"]["training"]
     (out / "bench.json").write_text(json.dumps(saved))
-    again = B.run_bench(cfg, log=lambda m: None)
+    again = run_bench(cfg, log=lambda m: None)
     assert set(again["merged"]) == {"training"}
     assert "Section `features` comes from" not in (out / "bench.md").read_text()
 
 
 def test_bad_section_is_one_clear_error(capsys):
-    from dtrec.cli import main
-
-    assert main(["bench", "--only", "training,bogus"]) == 2
+    assert bench_main(["--only", "training,bogus"]) == 2
     err = capsys.readouterr().err
     assert "unknown bench section(s) bogus" in err and len(err.strip().splitlines()) == 1
+    assert bench_main(["--sizes", "1e3,many"]) == 2
+    err = capsys.readouterr().err
+    assert "--sizes" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
 def test_api_through_gradio(tiny_demo):
-    out = B.measure_api(tiny_demo, clients=2, requests=3)
+    out = measure_api(tiny_demo, clients=2, requests=3)
     assert out["concurrent"]["n"] == 6 and out["single_client"]["n"] == 3
     assert out["throughput_rps"] > 0 and out["items"] > 0
     json.dumps(out)  # plain data only: it goes straight into bench.json

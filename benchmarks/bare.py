@@ -1,28 +1,26 @@
-"""A bare PyTorch training loop of dtrec's model: the yardstick `dtrec bench` measures fine-tuning against.
+"""The yardstick: a bare PyTorch training loop of dtrec's model, that `python -m benchmarks` times fine-tuning against.
 
-The model computes what `DualTower` + `FinetuneObjective` compute for the causal
-objective with shared towers and negatives "all" (every modality a token per
-position, reverse positions, the whole catalog through the item tower every
-step, cosine softmax over all items), and nothing else: no missing-modality
-masks, no Cloze, no checkpoints. Its parameters carry the user encoder's
-names, so a DualTower's weights load into it and the two losses can be
-compared (tests/test_bare.py). The loop is the minimal one a person would
-write: every history pre-padded on the device at `max_len`, random batches,
-the whole step under bf16 autocast on a GPU (the logits too), fused AdamW.
+A deliberate copy, kept outside the package: the model computes what `DualTower` +
+`FinetuneObjective` compute for the causal objective with shared towers and negatives
+"all" (every modality a token per position, reverse positions, the whole catalog through
+the item tower every step, cosine softmax over all items), and nothing else: no
+missing-modality masks, no Cloze, no checkpoints. Its parameters carry the user encoder's
+names, so a DualTower's weights load into it, and tests/test_bare.py checks that the two
+losses stay equal: a change to dtrec's model that this copy does not follow fails there.
+The loop is the minimal one a person would write: every history pre-padded on the device
+at `max_len`, random batches, the whole step under bf16 autocast on a GPU (the logits
+too), fused AdamW.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dtrec.config import ModelConfig
 from dtrec.model.fusion import canonical_order
-
-if TYPE_CHECKING:
-    from dtrec.config import ModelConfig
+from dtrec.train.batching import Collator
 
 
 class BareTwoTower(nn.Module):
@@ -84,8 +82,6 @@ def bare_model(config: ModelConfig) -> BareTwoTower:
 
 def padded_examples(examples: list[list[int]], max_len: int) -> dict[str, Tensor]:
     """Causal items / padding / targets of every example, padded once to `max_len` positions."""
-    from dtrec.train.batching import Collator
-
     # one fixed width for every batch, as a minimal loop has: the batch's width rounded up to max_len
     b = Collator("causal", pad_multiple=max_len, max_length=max_len)(examples)
     return {k: b[k] for k in ("items", "padding", "targets")}
