@@ -52,6 +52,22 @@ def test_all_negatives_is_the_full_catalog():
     assert cand.tolist() == list(range(7)) and labels.tolist() == [2, 0] and log_q is None and exclude is None
 
 
+def test_held_out_items_are_never_candidates():
+    held = torch.zeros(50, dtype=torch.bool)
+    held[[5, 6, 7]] = True
+    _, _, _, exclude = candidate_set(torch.tensor([2, 0]), 50, "all", held_out=held)
+    assert exclude.expand(2, 50)[:, [5, 6, 7]].all() and not exclude.expand(2, 50)[:, :5].any()
+    log_f = item_log_frequency([[1, 2, 3, 3]], 50)
+    cand, _, log_q, exclude = candidate_set(torch.tensor([1, 2, 3]), 50, "sampled", num_negatives=400,
+                                            item_log_freq=log_f, generator=torch.Generator().manual_seed(0),
+                                            held_out=held)
+    drawn = held[cand]
+    assert drawn.any() and exclude[:, drawn].all() and not exclude[:, ~drawn].all(0).any()
+    free = candidate_set(torch.tensor([1, 2, 3]), 50, "sampled", num_negatives=400, item_log_freq=log_f,
+                         generator=torch.Generator().manual_seed(0))[2]
+    assert (log_q > free).all()  # the uniform part is spread over 47 items, not 50
+
+
 def test_info_nce_ignores_invalid_rows_entirely():
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)

@@ -16,7 +16,7 @@ from dtrec.model import DualTower
 from dtrec.train.batching import BatchPlan, Collator, build_examples, length_grouped_batches, padded_width
 from dtrec.train.finetune import finetune
 from dtrec.train.pretrain import pretrain
-from synthetic import planted_dataset, tiny_finetune_config
+from synthetic import planted_dataset, tiny_finetune_config, tiny_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,6 +175,35 @@ def test_finetune_on_a_subset_of_modalities(tmp_path):
     assert best.item_embeddings(f).shape == (40, best.config.d_model)  # evaluated over the full cache
     with pytest.raises(ValueError, match="modalities audio not among the features' text, image"):
         finetune(ds, f, tiny_finetune_config(f, epochs=1, modalities="text,audio"), tmp_path / "bad", progress=False)
+
+
+@pytest.mark.parametrize("negatives", ["all", "sampled"])
+def test_cold_items_take_no_part_in_the_training_loss(negatives):
+    from dtrec.model.losses import item_log_frequency
+    from dtrec.train.finetune import FinetuneObjective
+
+    ds, f = planted_dataset(n_items=40, n_users=40)
+    model = DualTower(tiny_model_config(f, tower="adaptor"))
+    held = torch.zeros(40, dtype=torch.bool)
+    held[[3, 17, 31]] = True
+    log_f = item_log_frequency(ds.train_sequences(), 40)
+    items = torch.tensor([[1, 2, 4, 5], [8, 9, 10, 11]])
+    targets = torch.tensor([[2, 4, 5, 6], [9, 10, 11, 12]])
+    padding = torch.zeros_like(items, dtype=torch.bool)
+
+    def loss(table):
+        torch.manual_seed(0)
+        obj = FinetuneObjective(model, table, negatives, 64, log_f, held_out=held).eval()
+        return obj(items, padding, None, targets)
+
+    def copies_of_targets(rows):  # these items now look exactly like the targets: strong competitors
+        vals = {m: v.clone() for m, v in f.values.items()}
+        for v in vals.values():
+            v[rows] = v[[6, 12, 5]]
+        return Features(f.encoder, vals, f.present)
+
+    assert torch.equal(loss(f), loss(copies_of_targets(held)))  # held-out items are not candidates
+    assert loss(copies_of_targets([20, 21, 22])) > loss(f) + 0.05  # other items are (the gain: about 0.09)
 
 
 @pytest.mark.parametrize("negatives", ["in_batch", "sampled"])

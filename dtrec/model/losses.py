@@ -46,6 +46,7 @@ def candidate_set(
     num_negatives: int = 1024,
     item_log_freq: Tensor | None = None,
     generator: torch.Generator | None = None,
+    held_out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Candidates for `retrieval_loss`: (candidate item ids, label columns, log_q, exclude).
 
@@ -55,10 +56,13 @@ def candidate_set(
     training frequency `item_log_freq`. `sampled`: the batch's targets plus
     `num_negatives` uniform samples, corrected by the log of the mixture they
     were drawn from. Copies of a query's own target are never its negatives.
+    `held_out` (num_items,) bool marks items kept out of training (the cold-start
+    items): they are never candidates, so the model cannot learn to rank them down.
     """
     device = targets.device
     if negatives == "all":
-        return torch.arange(num_items, device=device), targets, None, None
+        exclude = held_out.to(device).unsqueeze(0) if held_out is not None else None
+        return torch.arange(num_items, device=device), targets, None, exclude
     if negatives not in ("in_batch", "sampled"):
         raise ValueError(f"negatives must be 'all', 'in_batch' or 'sampled', not {negatives!r}")
     if item_log_freq is None:
@@ -75,9 +79,12 @@ def candidate_set(
         neg = torch.randint(num_items, (num_negatives,), generator=generator, device=gen_device).to(device)
         cand = torch.cat([cand, neg])
         cand_ok = torch.cat([valid, torch.ones(num_negatives, dtype=torch.bool, device=device)])
+        if held_out is not None:  # a held-out draw is dropped, as if the uniform draw were over the rest
+            cand_ok = cand_ok & ~held_out.to(device)[cand]
+        n_uniform = num_items - (int(held_out.sum()) if held_out is not None else 0)
         # Candidates are n_valid draws from the training frequency and S from the uniform distribution.
         n_valid = valid.sum().float()
-        mix = (n_valid * log_f.exp() + num_negatives / num_items) / (n_valid + num_negatives)
+        mix = (n_valid * log_f.exp() + num_negatives / max(n_uniform, 1)) / (n_valid + num_negatives)
         log_q = mix[cand].log()
     cols = torch.arange(p, device=device)
     exclude = (cand.unsqueeze(0) == targets.unsqueeze(1)) | ~cand_ok.unsqueeze(0)

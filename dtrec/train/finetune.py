@@ -42,7 +42,7 @@ class FinetuneObjective(nn.Module):
     """The training forward pass as one module, so DDP sees every parameter it uses."""
 
     def __init__(self, model: DualTower, table: Features, negatives: str = "all", num_negatives: int = 1024,
-                 item_log_freq: Tensor | None = None):
+                 item_log_freq: Tensor | None = None, held_out: Tensor | None = None):
         super().__init__()
         self.model = model
         # A plain attribute, not a buffer: DDP would otherwise broadcast the whole table every step.
@@ -50,6 +50,7 @@ class FinetuneObjective(nn.Module):
         self.negatives = negatives
         self.num_negatives = num_negatives
         self.item_log_freq = item_log_freq
+        self.held_out = held_out  # (N,) bool: the cold-start items, never candidates in training
 
     def forward(self, items: Tensor, padding: Tensor, masked: Tensor | None, targets: Tensor) -> Tensor:
         """Mean retrieval loss over every position with a target."""
@@ -58,7 +59,7 @@ class FinetuneObjective(nn.Module):
         queries = h.reshape(-1, h.shape[-1])
         flat_t = targets.reshape(-1)
         cand, labels, log_q, exclude = candidate_set(flat_t, len(table), self.negatives, self.num_negatives,
-                                                     self.item_log_freq)
+                                                     self.item_log_freq, held_out=self.held_out)
         if self.negatives == "all":
             # The reference re-encodes the whole catalog every step: both sides stay at one feature level.
             item_emb = model.encode_items(table.values, table.present)
@@ -154,7 +155,11 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     if not examples:
         raise ValueError("no training sequence has two items: nothing to learn from")
     log_freq = item_log_frequency(seqs, len(features)).to(device) if config.negatives != "all" else None
-    objective = FinetuneObjective(model, table, config.negatives, config.num_negatives, log_freq)
+    held_out = None
+    if dataset.cold_items:  # held out of all training data: not even as negatives
+        held_out = torch.zeros(len(features), dtype=torch.bool, device=device)
+        held_out[torch.as_tensor(dataset.cold_items, dtype=torch.long, device=device)] = True
+    objective = FinetuneObjective(model, table, config.negatives, config.num_negatives, log_freq, held_out)
     trainer: nn.Module = objective
     if info.enabled:
         # Unused parameters exist by design (the mask token under the causal objective).
