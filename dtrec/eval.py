@@ -171,6 +171,10 @@ def evaluate(
             if cols:
                 scores[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
         higher, tied = rank_counts(scores, targets)
+        if exclude_history:  # a hidden target cannot be recommended: last among the hidden, no tie credit
+            hidden = torch.tensor([int(t) in set(h) for h, (_, t) in zip(histories, chunk)], device=higher.device)
+            higher = torch.where(hidden, higher + tied, higher)
+            tied = torch.where(hidden, torch.zeros_like(tied), tied)
         m = metrics_from_counts(higher, tied, ks, ties)
         n_tied += int((tied > 0).sum())
         for k in keys:
