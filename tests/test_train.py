@@ -16,7 +16,7 @@ from dtrec.model import DualTower
 from dtrec.train.batching import BatchPlan, Collator, build_examples, length_grouped_batches, padded_width
 from dtrec.train.finetune import finetune
 from dtrec.train.pretrain import pretrain
-from synthetic import planted_dataset, tiny_finetune_config
+from synthetic import paired_features, planted_dataset, tiny_finetune_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,20 +199,8 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
     assert [json.loads(r)["epoch"] for r in rows] == [0, 1]
 
 
-def _paired_features(n=160, seed=0):
-    """Text and image features as two noisy random views of one latent per item."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, 8, generator=g)
-    text = z @ torch.randn(8, 16, generator=g) + 0.1 * torch.randn(n, 16, generator=g)
-    image = z @ torch.randn(8, 12, generator=g) + 0.1 * torch.randn(n, 12, generator=g)
-    present = {"text": torch.ones(n, dtype=torch.bool), "image": torch.ones(n, dtype=torch.bool)}
-    present["image"][:10] = False  # some items lack an image: they stay out of the pairs needing one
-    image[:10] = 0
-    return Features("synthetic", {"text": text, "image": image}, present)
-
-
 def test_pretraining_aligns_modalities(tmp_path):
-    f = _paired_features(n=96)
+    f = paired_features(n=96)
     model = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.1, emb_dropout=0.1, max_len=4)
     cfg = PretrainConfig(model=model, epochs=8, batch_size=48, lr=3e-3, weight_decay=0.0, amp=False, device="cpu")
     pretrain([(None, f)], cfg, tmp_path, progress=False)
@@ -293,12 +281,12 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
 _PRETRAIN_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_train import _paired_features
+from synthetic import paired_features
 from dtrec.config import ModelConfig, PretrainConfig
 from dtrec.train.pretrain import pretrain
 m = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.0, emb_dropout=0.0, max_len=4)
 cfg = PretrainConfig(model=m, epochs=2, batch_size=32, lr=3e-3, amp=False, device="cpu")
-pretrain([(None, _paired_features(n=64))], cfg, sys.argv[1], progress=False)
+pretrain([(None, paired_features(n=64))], cfg, sys.argv[1], progress=False)
 """
 
 
