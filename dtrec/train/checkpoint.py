@@ -24,16 +24,6 @@ from dtrec.model.tower import CheckpointError, DualTower, FeatureMismatchError, 
 ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff")
 
 
-def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-                   grad_clip: float | None) -> None:
-    """One update shared by pretraining and fine-tuning: backward, optional norm clipping, step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-
-
 def rng_state() -> dict[str, Any]:
     """Every random state training draws from (python, torch CPU, CUDA)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
