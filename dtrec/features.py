@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dtrec import encoders
 from dtrec.data.catalog import Catalog, Dataset
-from dtrec.encoders import get_encoder
 from dtrec.encoders.base import Encoder, thread_map, to_rgb
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", bat
 
     t0 = time.perf_counter()
     if isinstance(encoder, str):
-        enc = get_encoder(encoder, device=device)
+        enc = encoders.get_encoder(encoder, device=device)
     else:
         enc = encoder
     mods = [m for m in MODALITIES if m in enc.dims]
