@@ -10,7 +10,6 @@ come from the same encoder. Saved with `PyTorchModelHubMixin` as `config.json`
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -21,14 +20,11 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from dtrec.config import ModelConfig
+from dtrec.encoders.registry import same_encoder
 from dtrec.features import Features
 from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
 from dtrec.model.fusion import FusionEncoder, canonical_order
 from dtrec.sequences import history_batch
-
-# Names under which the same frozen features are known (precomputed files vs live encoder).
-_ENCODER_ALIASES = {"clip-vit-b-32": "clip:ViT-B-32:openai"}
-
 
 class FeatureMismatchError(ValueError):
     """Features come from another encoder (or other dims) than the checkpoint was trained on."""
@@ -36,18 +32,6 @@ class FeatureMismatchError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint's weights do not fit the model its config describes."""
-
-
-def same_encoder(a: str, b: str) -> bool:
-    """Whether two encoder names denote the same feature space."""
-    return _ENCODER_ALIASES.get(a, a) == _ENCODER_ALIASES.get(b, b)
-
-
-def _model_config(config: ModelConfig | dict) -> ModelConfig:
-    if isinstance(config, ModelConfig):
-        return config
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in dict(config).items() if k in names})
 
 
 class DualTower(
@@ -61,7 +45,7 @@ class DualTower(
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config = _model_config(config)
+        config = ModelConfig.from_dict(config)
         if not config.modality_dims:
             raise ValueError("ModelConfig.modality_dims is empty: set it from the features (Features.dims)")
         self.config = config
