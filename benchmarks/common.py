@@ -11,7 +11,6 @@ import contextlib
 import os
 import platform
 import resource
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,19 +20,13 @@ import faiss
 import numpy as np
 import torch
 
+from dtrec.provenance import git_commit, git_dirty
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 class BenchError(ValueError):
     """A benchmark that cannot run with the given inputs (one sentence)."""
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _cpu_model() -> str:
@@ -53,7 +46,6 @@ def machine_info() -> dict[str, Any]:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "cpu": _cpu_model(),
         "cores": cores,
@@ -68,8 +60,8 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "git_commit": _git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": bool(status) if status is not None else None,
+        "git_commit": git_commit(REPO) or "unknown",
+        "git_dirty": git_dirty(REPO),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

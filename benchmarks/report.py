@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from dtrec.results import markdown_table
+
 # The targets the report checks (docs/performance.md).
 TARGET_ANN_P50_MS = 5.0
 TARGET_ANN_RECALL = 0.95
@@ -105,9 +107,7 @@ def _fmt(x: Any, digits: int = 2) -> str:
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
-    return lines + [""]
+    return markdown_table(head, [[_fmt(c) for c in r] for r in rows]) + [""]
 
 
 def render_markdown(results: dict[str, Any]) -> str:

@@ -24,7 +24,8 @@ from dtrec.encoders.base import resolve_device
 from dtrec.features import Features
 from dtrec.model import DualTower
 from dtrec.model.losses import item_log_frequency
-from dtrec.train.batching import GROUP_BATCHES, Collator, build_examples, length_grouped_batches
+from dtrec.sequences import build_examples
+from dtrec.train.batching import GROUP_BATCHES, Collator, length_grouped_batches
 from dtrec.train.finetune import FinetuneObjective, finetune_step
 
 
@@ -163,9 +164,8 @@ def train_sasrec_steps(sequences: list[list[int]], num_items: int, *, batch_size
         def step(idx: list[int]) -> tuple[int, int]:
             x, y = trim_padding(x_all[idx], y_all[idx], pad_multiple, cfg.max_len)
             widths.add(int(x.shape[1]))
-            y = y.to(device)
-            sasrec_step(model, opt, x.to(device), y, amp=amp, forward=fwd)
-            # counted on the device: one host sync per step, as `train_sasrec` makes reading each step's loss
+            sasrec_step(model, opt, x.to(device), y.to(device), amp=amp, forward=fwd)
+            # counted on the host, as for dtrec: the training loop (`fit`) reads no step's loss on the host
             return len(idx), int((y > 0).sum())
 
         n = len(x_all)

@@ -1,7 +1,9 @@
 """The `dtrec` command line: one sub-command per pipeline stage.
 
-Each handler imports its library module lazily so that `dtrec --help` and
-`dtrec info` start fast; handlers hold argument plumbing only, no logic.
+Each handler imports its library module when it runs: those modules import torch,
+pandas, FAISS or huggingface_hub (seconds), which `dtrec --help` and `dtrec info`
+need not wait for. Only light modules (configs, results, the version) are imported
+at the top. Handlers hold argument plumbing only, no logic.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dtrec.config import DEFAULT_TIES, TIES, ModelConfig
+from dtrec import __version__
+from dtrec.config import BASELINE_TYPES, DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
+from dtrec.results import metric_table
 
 
 class CLIError(Exception):
@@ -202,7 +206,7 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
     b = sub.add_parser("baseline", help="fit a baseline (popularity | sasrec | content-knn) and save it")
-    b.add_argument("kind", choices=["popularity", "sasrec", "content-knn"])
+    b.add_argument("kind", choices=BASELINE_TYPES)
     b.add_argument("--data", required=True, help="prepared data folder")
     b.add_argument("--out", required=True, help="checkpoint folder to write (gets valid.json too)")
     b.add_argument("--seed", type=int, default=None)
@@ -238,7 +242,7 @@ def _json_safe(obj):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dtrec.eval import evaluate_checkpoint
+    from dtrec.scoring import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.checkpoint, args.data, encoder=args.encoder, batch_size=args.batch_size,
                               device=args.device, progress=False if args.quiet else None,
@@ -272,8 +276,6 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- pretrain / finetune
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
-    from dtrec.config import FinetuneConfig, PretrainConfig
-
     p = sub.add_parser("pretrain", help="self-supervised multi-modal pretraining over items (torchrun-aware)")
     p.add_argument("--data", required=True, action="append", help="prepared data folder (repeat for several)")
     p.add_argument("--encoder", required=True, help="feature encoder whose cached features to read")
@@ -300,7 +302,6 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     import os
 
-    from dtrec.config import PretrainConfig
     from dtrec.train.finetune import load_dataset_features
     from dtrec.train.pretrain import pretrain
 
@@ -316,7 +317,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import os
 
-    from dtrec.config import FinetuneConfig
     from dtrec.train.finetune import finetune, load_dataset_features
 
     out = Path(args.out)
@@ -425,7 +425,7 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=None, help="model folder or Hub repo id, overriding the demo's")
     s.add_argument("--catalog", default=None, help="catalog folder, overriding the demo's")
     s.add_argument("--store-dir", default=None, help="writable folder for uploads")
-    s.add_argument("--index", default=None, choices=["flat", "hnsw", "ivfpq"],
+    s.add_argument("--index", default=None, choices=INDEX_KINDS,
                    help="nearest-neighbour index (default: flat, exact; hnsw or ivfpq for large catalogs)")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
@@ -435,7 +435,6 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_build_demo(args: argparse.Namespace) -> int:
     from dtrec.demo import DemoBuildConfig, build_demo, find_results, folder_mb
-    from dtrec.modelcard import metric_table
 
     cfg = DemoBuildConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, results=args.results,
                           thumb_size=args.thumb_size, n_histories=args.histories, seed=args.seed,
@@ -501,8 +500,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from dtrec import __version__
-
         print(__version__)
         return 0
     if not getattr(args, "func", None):

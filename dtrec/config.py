@@ -1,12 +1,18 @@
-"""Dataclass configs, saved as JSON beside every checkpoint and result.
+"""Dataclass configs, saved as JSON beside every checkpoint and result, and read back from checkpoint folders.
 
 The CLI builds each training config from a JSON file and/or `--key value` flags
-(`dtrec.cli`), and `asdict` gives what is written as `config.json`.
+(`dtrec.cli`), and `asdict` gives what is written as `config.json`. A checkpoint
+folder is found and its `config.json` read here (`checkpoint_folder`,
+`read_checkpoint_config`), for every model type.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 # --------------------------------------------------------------------------- model / training
 OBJECTIVES = ("cloze", "causal")
@@ -66,6 +72,14 @@ class ModelConfig:
         if self.max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {self.max_len}")
         self.modality_dims = {str(k): int(v) for k, v in dict(self.modality_dims).items()}
+
+    @classmethod
+    def from_dict(cls, config: "ModelConfig | dict[str, Any]") -> "ModelConfig":
+        """`config` itself, or a ModelConfig of a dict's known fields (a checkpoint's config.json holds more)."""
+        if isinstance(config, cls):
+            return config
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(config).items() if k in names})
 
 
 @dataclass
@@ -128,10 +142,85 @@ class PretrainConfig(TrainConfig):
             raise ValueError("pretraining needs batch_size >= 2 (the other items of a batch are the negatives)")
 
 
-# --------------------------------------------------------------------------- serving (dtrec.service)
+# --------------------------------------------------------------------------- checkpoint folders
+BASELINE_TYPES = ("popularity", "sasrec", "content-knn")
+# A checkpoint's config.json names its `model_type`; a DualTower's names none (or "dtrec").
+MODEL_TYPES = ("dtrec",) + BASELINE_TYPES
+DUAL_TOWER_FILES = ("config.json", "model.safetensors")
+
+
+def checkpoint_folder(path: str | Path, needs: tuple[str, ...] = ("config.json",)) -> Path:
+    """The checkpoint folder holding the files `needs`: `path` itself, or `path/best` (a training run's output)."""
+    path = Path(path)
+    for folder in (path, path / "best"):
+        if all((folder / name).is_file() for name in needs):
+            return folder
+    raise FileNotFoundError(f"{path} holds no {' + '.join(needs)} (nor best/ does): is it a checkpoint folder?")
+
+
+def read_checkpoint_config(path: str | Path, needs: tuple[str, ...] = ("config.json",)) -> dict[str, Any]:
+    """The `config.json` of `checkpoint_folder(path, needs)` (a model config nested under "config" or "model"
+    by extra init kwargs is returned flat); `json.JSONDecodeError` when it is not valid JSON."""
+    cfg = json.loads((checkpoint_folder(path, needs) / "config.json").read_text())
+    for key in ("config", "model"):
+        if isinstance(cfg, dict) and "encoder" not in cfg and isinstance(cfg.get(key), dict) and "encoder" in cfg[key]:
+            return cfg[key]
+    return cfg
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The `ModelConfig` of a DualTower checkpoint folder (a training output's `best/` is found too)."""
+    return ModelConfig.from_dict(read_checkpoint_config(path, DUAL_TOWER_FILES))
+
+
+def checkpoint_type(path: str | Path) -> str:
+    """Which model a checkpoint folder (or a training output's `best/`) holds: one of `MODEL_TYPES`."""
+    folder = checkpoint_folder(path)
+    kind = read_checkpoint_config(folder).get("model_type", "dtrec")
+    if kind not in MODEL_TYPES:
+        raise ValueError(f"{folder / 'config.json'} names an unknown model_type {kind!r}")
+    return kind
+
+
+# --------------------------------------------------------------------------- nearest-neighbour index (dtrec.index)
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
+INDEX_REFINE = ("none", "sq8", "flat")
 
 
+@dataclass(frozen=True)
+class IndexSpec:
+    """One FAISS index of item embeddings: its kind and the parameters of that kind (dtrec.index.ItemIndex).
+
+    "flat": exact. "hnsw": graph of `hnsw_m` links, built with `ef_construction`, searched with
+    `ef_search`. "ivfpq": trained from `ivfpq_min_items` vectors (exact below), `nprobe` lists searched,
+    the `k_factor * k` best PQ candidates re-ranked with "sq8" | "flat" vectors (`refine`, or "none").
+    """
+
+    kind: str = "flat"
+    ef_search: int = 64
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    nprobe: int = 16
+    ivfpq_min_items: int = 10_000
+    refine: str = "sq8"
+    k_factor: int = 32
+
+    def __post_init__(self):
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, not {self.kind!r}")
+        if self.refine not in INDEX_REFINE:
+            raise ValueError(f"refine must be one of {', '.join(INDEX_REFINE)}, not {self.refine!r}")
+        if int(self.k_factor) < 1:
+            raise ValueError(f"k_factor must be at least 1, not {self.k_factor}")
+        for name in ("ef_search", "hnsw_m", "ef_construction", "nprobe", "ivfpq_min_items", "k_factor"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+    def params(self) -> dict[str, Any]:
+        """The parameters without the kind, as `ItemIndex.params` holds them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "kind"}
+
+
+# --------------------------------------------------------------------------- serving (dtrec.service)
 @dataclass
 class ServeConfig:
     """The Recommender service (dtrec.service): where things live and the limits on user input."""
@@ -139,7 +228,8 @@ class ServeConfig:
     model: str = ""  # checkpoint folder or Hub repo id
     catalog: str = ""  # catalog folder (items.parquet, images/, features/)
     store_dir: str = ""  # writable folder for the SQLite store, uploaded images and the index
-    index: str = "flat"  # "flat" (exact) | "hnsw" | "ivfpq"
+    index: str = "flat"  # the index kind, one of INDEX_KINDS
+    index_params: dict[str, Any] = field(default_factory=dict)  # IndexSpec fields other than `kind`; unset: defaults
     device: str | None = None  # None: CUDA when available, else CPU
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
@@ -161,27 +251,25 @@ class ServeConfig:
     session_ttl_s: float = 3600.0
     max_k: int = 100
     thumbnail_px: int = 256
-    ef_search: int = 64  # hnsw
-    nprobe: int = 16  # ivfpq
-    ivfpq_min_items: int = 10_000  # ivfpq is trained only from this many items; exact below
-    refine: str = "sq8"  # ivfpq: re-rank k_factor * k PQ candidates with "sq8" | "flat" vectors, or "none"
-    k_factor: int = 32  # ivfpq with refine: PQ candidates re-ranked = k_factor * k
     encoder_device: str | None = None  # frozen encoder for uploads/search; None: same as `device`
 
     def __post_init__(self):
-        if self.index not in INDEX_KINDS:
-            raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, not {self.index!r}")
+        if "kind" in self.index_params:
+            raise ValueError("ServeConfig.index names the index kind; index_params holds the other IndexSpec fields")
+        IndexSpec(self.index, **self.index_params)  # an unknown kind or parameter fails here, not at start-up
         for name in ("max_upload_bytes", "max_pixels", "max_title_chars", "max_text_chars", "max_history",
                      "max_uploads", "max_upload_total_bytes", "max_k", "thumbnail_px",
                      "max_uploads_per_session", "max_uploads_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeConfig.{name} must be at least 1")
-        if self.refine not in ("none", "sq8", "flat") or self.k_factor < 1:
-            raise ValueError(f"refine must be 'none', 'sq8' or 'flat' and k_factor at least 1, "
-                             f"not {self.refine!r} and {self.k_factor}")
         if self.client_window_s <= 0 or self.session_ttl_s <= 0:
             raise ValueError("ServeConfig.client_window_s and session_ttl_s must be positive")
         if self.upload_overflow not in ("refuse", "evict"):
             raise ValueError(f"upload_overflow must be 'refuse' or 'evict', not {self.upload_overflow!r}")
         if self.upload_visibility not in ("auto", "public", "session"):
             raise ValueError(f"upload_visibility must be 'auto', 'public' or 'session', not {self.upload_visibility!r}")
+
+    @property
+    def index_spec(self) -> IndexSpec:
+        """The index the service builds: kind `index` with `index_params`."""
+        return IndexSpec(self.index, **self.index_params)

@@ -21,7 +21,11 @@ import torch
 from PIL import Image
 
 from dtrec.data.catalog import Catalog, Dataset, Item
-from dtrec.modelcard import check_results, metric_table
+from dtrec.features import cache_path, load_features
+from dtrec.model import DualTower
+from dtrec.modelcard import check_results, make_model_card
+from dtrec.results import metric_table
+from dtrec.service import write_demo_folder
 
 MAX_HISTORIES = 300  # the data notice promises no more than this many ratings-derived histories
 POSTER_ASPECT = 1.5  # height / width of a film poster (2:3)
@@ -144,8 +148,6 @@ def _halve_features(catalog_dir: Path, encoder: str) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from dtrec.features import cache_path
-
     path = cache_path(catalog_dir, encoder)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -158,8 +160,6 @@ def _halve_features(catalog_dir: Path, encoder: str) -> None:
 def _model_card(cfg: DemoBuildConfig, dataset: Dataset, model: torch.nn.Module, results: dict,
                 n_hist: int, history_len: int) -> str:
     """The checkpoint's model card plus what this demo folder holds."""
-    from dtrec.modelcard import make_model_card
-
     card = str(make_model_card(cfg.checkpoint, results if metric_table(results) else None, dataset_name=dataset.name))
     c = model.config
     return card.rstrip() + f"""
@@ -183,10 +183,6 @@ served by `python app.py` (or `dtrec serve`), read by `dtrec.service.Recommender
 
 def build_demo(cfg: DemoBuildConfig) -> Path:
     """Write the demo folder `cfg.out` (swapped in whole) and return it."""
-    from dtrec.features import load_features
-    from dtrec.model import DualTower
-    from dtrec.service import write_demo_folder
-
     out = Path(cfg.out)
     dataset = Dataset.load(cfg.data)
     model = DualTower.from_pretrained(str(cfg.checkpoint))

@@ -4,31 +4,21 @@ The protocol is docs/design.md's "Evaluation protocol": leave-one-out cases from
 `Dataset.eval_cases` / `cold_cases`, Recall@k, NDCG@k and MRR averaged over cases,
 a target that ties with other items credited with the metric's expectation over a random order of the
 tied items (`ties="expected"`, the default); `"pessimistic"` ranks it below all of them.
+A checkpoint folder becomes a score function in `dtrec.scoring`, which also evaluates it whole.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import statistics
-import sys
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 from dtrec.config import DEFAULT_TIES, TIES
+from dtrec.results import metric_keys
 
 ScoreFn = Callable[[list[list[int]]], torch.Tensor]
 Case = tuple[Sequence[int], int]
-
-METRIC_KEYS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr")
-
-
-def metric_keys(ks: Sequence[int] = (10, 50)) -> list[str]:
-    """Names of the metrics `rank_metrics` returns for cutoffs `ks`, in report order."""
-    return [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
 
 
 def rank_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,127 +175,3 @@ def evaluate(
     result["n"] = n
     result["n_tied"] = n_tied
     return result
-
-
-# --------------------------------------------------------------------------- checkpoints
-COLD_NOTES = {
-    "popularity": "popularity: cold items never occur in training, so they score 0",
-    "sasrec": "ID model: cold items never seen in training (their embeddings are untrained)",
-}
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The folder holding config.json: `path` itself, or `path/best` as written by training."""
-    path = Path(path)
-    if (path / "config.json").exists():
-        return path
-    if (path / "best" / "config.json").exists():
-        return path / "best"
-    raise FileNotFoundError(f"{path} holds no config.json (nor best/config.json): is it a checkpoint folder?")
-
-
-def dual_tower_score_fn(model, features, device: str | torch.device = "cpu", item_batch_size: int = 4096) -> ScoreFn:
-    """Score function of a DualTower: cosine of the user tower's prediction with every item embedding."""
-    model = model.to(device).eval()
-    features = features.to(device)
-    with torch.no_grad():
-        items = model.item_embeddings(features, batch_size=item_batch_size)
-
-    def score(histories: list[list[int]]) -> torch.Tensor:
-        with torch.no_grad():
-            return (model.user_embeddings(histories, features) @ items.T).float()
-
-    return score
-
-
-def load_scorer(checkpoint: str | Path, data_dir: str | Path, encoder: str | None = None,
-                device: str | torch.device | None = None) -> tuple[str, ScoreFn]:
-    """(model type, score function) for a DualTower or baseline checkpoint over the data set at `data_dir`."""
-    from dtrec.baselines import checkpoint_type, load_baseline
-
-    ckpt = resolve_checkpoint(checkpoint)
-    kind = checkpoint_type(ckpt)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if kind == "content-knn":
-        from dtrec.baselines.knn import ContentKNN
-        from dtrec.features import load_features
-
-        name = encoder or json.loads((ckpt / "config.json").read_text())["encoder"]
-        return kind, ContentKNN.from_pretrained(ckpt, load_features(data_dir, name)).scores
-    if kind != "dtrec":
-        model = load_baseline(ckpt).to(device)
-        return kind, model.scores
-    from dtrec.features import load_features
-    from dtrec.model import DualTower
-
-    with contextlib.redirect_stdout(sys.stderr):  # keep --json clean whatever the Hub client prints
-        model = DualTower.from_pretrained(str(ckpt))
-    name = encoder or json.loads((ckpt / "config.json").read_text()).get("encoder")
-    if not name:
-        raise ValueError(f"{ckpt / 'config.json'} names no encoder: pass --encoder")
-    features = load_features(data_dir, name)
-    model.check_features(features)
-    return kind, dual_tower_score_fn(model, features, device)
-
-
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    data_dir: str | Path,
-    encoder: str | None = None,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-    progress: bool | None = False,
-    exclude_history: bool = False,
-    ties: str = DEFAULT_TIES,
-) -> dict[str, dict]:
-    """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items.
-
-    `exclude_history` scores with each user's history hidden (the serving protocol); the
-    default hides nothing (the reference protocol of published sequential results). Each split
-    names its `protocol` ("reference" | "serving") and `ties` rule.
-    """
-    from dtrec.data.catalog import Dataset
-
-    dataset = Dataset.load(data_dir)
-    if not len(dataset.interactions):
-        raise ValueError(f"{data_dir} is a catalog without interactions: nothing to evaluate (prepare it "
-                         "again with --interactions; its extracted features are kept)")
-    kind, score_fn = load_scorer(checkpoint, data_dir, encoder=encoder, device=device)
-    out: dict[str, dict] = {}
-    opts = {"batch_size": batch_size, "progress": progress, "exclude_history": exclude_history, "ties": ties}
-    for split in ("valid", "test"):
-        out[split] = evaluate(score_fn, dataset.eval_cases(split), desc=f"evaluate {split}", **opts)
-    if dataset.cold_items:
-        cold = evaluate(score_fn, dataset.cold_cases("test"), desc="evaluate cold start", **opts)
-        if kind in COLD_NOTES:
-            cold["note"] = COLD_NOTES[kind]
-        out["cold_start"] = cold
-    for metrics in out.values():  # what the numbers mean travels with them
-        metrics["protocol"] = "serving" if exclude_history else "reference"
-        metrics["ties"] = ties
-    return out
-
-
-def seed_summary(runs: Sequence[dict], split: str = "test",
-                 keys: Sequence[str] = METRIC_KEYS) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """Mean, sample standard deviation and run count of each model's metrics over recipe results of several seeds.
-
-    `runs` are recipe `results.json` objects (model -> split -> metrics); a model or split that a
-    run lacks is left out of that model's statistics, and the deviation of a single run is 0.
-    """
-    out: dict[str, dict[str, tuple[float, float, int]]] = {}
-    models = [m for m in dict.fromkeys(k for r in runs for k in r) if m != "meta"]
-    for model in models:
-        rows = [r[model][split] for r in runs if split in r.get(model, {})]
-        if not rows:
-            continue
-        stats = {}
-        for key in keys:
-            vals = [float(row[key]) for row in rows if key in row]
-            if not vals:
-                continue
-            stats[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
-        out[model] = stats
-    return out

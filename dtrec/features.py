@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:  # the data and encoder modules import this one, so only for annotations
-    from dtrec.data.catalog import Catalog, Dataset
-    from PIL import Image
+from dtrec import encoders
+from dtrec.data.catalog import Catalog, Dataset
+from dtrec.encoders.base import Encoder, thread_map, to_rgb
 
-    from dtrec.encoders.base import Encoder
+if TYPE_CHECKING:
+    from PIL import Image
 
 MODALITIES = ("text", "image")
 # "compact": one stored row per item that has the modality (see the module docstring). A file
@@ -170,8 +171,6 @@ def _open_image(path: Path) -> "Image.Image":
     """A fully decoded RGB copy of the image file (first frame of animations)."""
     from PIL import Image
 
-    from dtrec.encoders.base import to_rgb
-
     with Image.open(path) as im:
         im.seek(0)
         im.load()
@@ -202,9 +201,6 @@ def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", bat
     """
     from tqdm.auto import tqdm
 
-    from dtrec.data.catalog import Catalog
-    from dtrec.encoders.base import thread_map
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     catalog = data if isinstance(data, Catalog) else data.catalog
@@ -224,9 +220,7 @@ def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", bat
 
     t0 = time.perf_counter()
     if isinstance(encoder, str):
-        from dtrec.encoders import get_encoder
-
-        enc = get_encoder(encoder, device=device)
+        enc = encoders.get_encoder(encoder, device=device)
     else:
         enc = encoder
     mods = [m for m in MODALITIES if m in enc.dims]
@@ -322,8 +316,6 @@ def load_features(data_dir: str | Path, encoder: str, catalog: "Catalog | None" 
     if not path.is_file():
         raise FileNotFoundError(f"no {encoder!r} features for {data_dir} ({path} is missing): {fix}")
     if catalog is None:
-        from dtrec.data.catalog import Dataset
-
         catalog = Dataset.load(data_dir).catalog
     feats = _cached(path, encoder, catalog.fingerprint(), len(catalog))
     if feats is None:

@@ -13,6 +13,7 @@ using only the local cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -31,7 +32,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from dtrec.modelcard import find_training_config, load_results, check_results, make_model_card
+from dtrec.config import checkpoint_folder
+from dtrec.modelcard import check_results, find_training_config, load_results, make_model_card
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +173,8 @@ def plan_checkpoint(checkpoint_dir: str | Path, repo_id: str, *, results: dict |
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
         raise HubError(f"checkpoint folder {ckpt} does not exist.")
-    if not (ckpt / "config.json").is_file() and (ckpt / "best" / "config.json").is_file():
-        ckpt = ckpt / "best"  # a `dtrec finetune` output folder: publish its best checkpoint
+    with contextlib.suppress(FileNotFoundError):  # a training output folder: publish its best/ (else the check below)
+        ckpt = checkpoint_folder(ckpt)
     for name in MODEL_FILES:
         if not (ckpt / name).is_file():
             raise HubError(f"{ckpt} holds no {name}; save the model with DualTower.save_pretrained first.")

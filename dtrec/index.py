@@ -42,10 +42,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from dtrec.config import IndexSpec
 from dtrec.fileio import atomic_write_bytes
 
-KINDS = ("flat", "hnsw", "ivfpq")
-REFINE = ("none", "sq8", "flat")
 _FORMAT = 1
 
 
@@ -93,23 +92,15 @@ def _pq_subquantizers(dim: int) -> int:
 class ItemIndex:
     """Inner-product FAISS index of L2-normalised vectors keyed by int64 ids."""
 
-    def __init__(self, dim: int, kind: str = "flat", *, ef_search: int = 64, hnsw_m: int = 32,
-                 ef_construction: int = 80, nprobe: int = 16, ivfpq_min_items: int = 10_000,
-                 refine: str = "sq8", k_factor: int = 32):
-        """An empty index; `kind` is "flat", "hnsw" or "ivfpq" (ivfpq starts exact until built/trained)."""
-        if kind not in KINDS:
-            raise ValueError(f"index kind must be one of {', '.join(KINDS)}, not {kind!r}")
-        if refine not in REFINE:
-            raise ValueError(f"refine must be one of {', '.join(REFINE)}, not {refine!r}")
-        if int(k_factor) < 1:
-            raise ValueError(f"k_factor must be at least 1, not {k_factor}")
+    def __init__(self, dim: int, kind: str = "flat", **params: Any):
+        """An empty index of `kind` with the `IndexSpec` parameters `params` (ivfpq starts exact until built/trained)."""
+        spec = IndexSpec(kind, **params)
         if dim <= 0:
             raise ValueError(f"index dimension must be positive, not {dim}")
         self.dim = int(dim)
-        self.kind = kind
-        self.params = {"ef_search": int(ef_search), "hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction),
-                       "nprobe": int(nprobe), "ivfpq_min_items": int(ivfpq_min_items), "refine": refine,
-                       "k_factor": int(k_factor)}
+        self.kind = spec.kind
+        # a plain dict, read at every search: a caller may tune ef_search / nprobe / k_factor in place
+        self.params = spec.params()
         self.effective_kind = "flat" if kind == "ivfpq" else kind
         self._tombstones: set[int] = set()
         self.stamp: dict = {}

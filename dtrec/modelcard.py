@@ -15,9 +15,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr")
-METRIC_NAMES = {"recall@10": "Recall@10", "recall@50": "Recall@50", "ndcg@10": "NDCG@10",
-                "ndcg@50": "NDCG@50", "mrr": "MRR"}
+from dtrec.config import read_checkpoint_config
+from dtrec.results import METRIC_KEYS, METRIC_NAMES, PROVENANCE_KEY, markdown_table, metric_table, results_table
+
 SPLITS = ("test", "cold_start", "valid")
 # Names baselines are written under in results.json; the model being published is any other entry.
 BASELINE_NAMES = ("popularity", "pop", "sasrec", "content-knn", "random", "most_popular")
@@ -83,18 +83,17 @@ def _read_json(path: Path, what: str) -> Any:
         raise ModelCardError(f"{what} is not valid JSON (line {e.lineno}).") from None
 
 
-def read_checkpoint_config(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """The model config stored in a checkpoint's config.json (flattened if nested)."""
-    path = Path(checkpoint_dir) / "config.json"
-    if not path.is_file():
-        raise ModelCardError(f"{checkpoint_dir} holds no config.json; is it a DualTower checkpoint folder?")
-    cfg = _read_json(path, str(path))
-    # Checkpoints saved with extra init kwargs nest the ModelConfig under "config" or "model".
-    for key in ("config", "model"):
-        if "encoder" not in cfg and isinstance(cfg.get(key), dict) and "encoder" in cfg[key]:
-            return cfg[key]
-    if "encoder" not in cfg or "modality_dims" not in cfg:
-        raise ModelCardError(f"{path} has no 'encoder' / 'modality_dims'; is it a DualTower config?")
+def _dual_tower_config(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The DualTower config of a checkpoint; ModelCardError when it has none."""
+    try:
+        cfg = read_checkpoint_config(checkpoint_dir)
+    except FileNotFoundError:
+        raise ModelCardError(f"{checkpoint_dir} holds no config.json; is it a DualTower checkpoint folder?") from None
+    except json.JSONDecodeError as e:
+        raise ModelCardError(f"{Path(checkpoint_dir) / 'config.json'} is not valid JSON (line {e.lineno}).") from None
+    if not isinstance(cfg, dict) or "encoder" not in cfg or "modality_dims" not in cfg:
+        raise ModelCardError(f"{checkpoint_dir}/config.json has no 'encoder' / 'modality_dims'; "
+                             "is it a DualTower config?")
     return cfg
 
 
@@ -122,14 +121,6 @@ def load_results(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     return results
 
 
-PROVENANCE_KEY = "meta"  # a recipe's results.json records commit, seed, data and commands under this key
-
-
-def metric_table(results: dict) -> dict:
-    """`results` without its provenance entry: only model -> split -> metrics."""
-    return {k: v for k, v in results.items() if k != PROVENANCE_KEY}
-
-
 def check_results(results: Any, where: str = "results") -> None:
     """Raise ModelCardError unless `results` maps model -> split -> metric -> number (plus optional "meta")."""
     if not isinstance(results, dict) or not metric_table(results):
@@ -141,7 +132,7 @@ def check_results(results: Any, where: str = "results") -> None:
             raise ModelCardError(f"{where}: entry {model!r} must map splits to metrics.")
         for split, metrics in splits.items():
             if not isinstance(metrics, dict) or not all(
-                    isinstance(v, (int, float)) for k, v in metrics.items() if k in METRICS):
+                    isinstance(v, (int, float)) for k, v in metrics.items() if k in METRIC_KEYS):
                 raise ModelCardError(f"{where}: {model!r} / {split!r} must map metric names to numbers.")
 
 
@@ -162,7 +153,7 @@ def eval_results(results: dict[str, Any], dataset_name: str, *, model: str | Non
     for split in ("test", "cold_start"):
         metrics = results.get(model, {}).get(split) or {}
         suffix = " (cold-start items)" if split == "cold_start" else ""
-        for key in METRICS:
+        for key in METRIC_KEYS:
             if key in metrics:
                 out.append(EvalResult(
                     task_type=TASK_TYPE, task_name=TASK_NAME,
@@ -181,7 +172,7 @@ def make_model_card(checkpoint_dir: str | Path, results: dict | None, *, dataset
     `license` None: `default_license(dataset_name)` (weights trained on MovieLens or Amazon Reviews
     carry those data sets' research-use terms; others Apache-2.0, like the code).
     """
-    cfg = read_checkpoint_config(checkpoint_dir)
+    cfg = _dual_tower_config(checkpoint_dir)
     provenance: dict = {}
     if results is not None:
         check_results(results)
@@ -228,19 +219,15 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
         f"Item features must come from the encoder **`{cfg.get('encoder', '')}`** with these dimensions "
         "(checked on load; other features are refused):",
         "",
-        "| modality | dimension |",
-        "| --- | --- |",
-        *[f"| {m} | {d} |" for m, d in dims.items()],
+        *markdown_table(["modality", "dimension"], dims.items()),
         "",
         f"Extract them with `dtrec extract DATA --encoder {cfg.get('encoder', '')}`.",
         "",
         "## Architecture (config.json)",
         "",
-        "| setting | value |",
-        "| --- | --- |",
-        *[f"| {k} | {_fmt_value(cfg[k])} |" for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout",
-                                                     "emb_dropout", "max_len", "share_towers", "objective",
-                                                     "temperature") if k in cfg],
+        *markdown_table(["setting", "value"], [(k, _fmt_value(cfg[k])) for k in (
+            "d_model", "n_layers", "n_heads", "d_ff", "dropout", "emb_dropout", "max_len", "share_towers",
+            "objective", "temperature") if k in cfg]),
         "",
         "## Training",
         "",
@@ -301,25 +288,6 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
         "Offline (`HF_HUB_OFFLINE=1`), a repo id loads only from the local Hugging Face cache.",
     ]
     return lines
-
-
-def results_table(results: dict, split: str, main: str | None = None) -> list[str]:
-    """Markdown table lines of every model's metrics on `split` (`main` in bold); [] when none has it."""
-    results = metric_table(results)
-    rows = [(name, splits[split]) for name, splits in results.items() if isinstance(splits.get(split), dict)]
-    if not rows:
-        return []
-    keys = [k for k in METRICS if any(k in m for _, m in rows)]
-    head = ["| model | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
-            "| --- |" + " ---: |" * len(keys)]
-    body = []
-    for name, metrics in rows:
-        cells = [f"{metrics[k]:.4f}" if k in metrics else "–" for k in keys]
-        label = f"**{name}**" if name == main else name
-        if "n" in metrics:
-            label += f" (n={int(metrics['n'])})"
-        body.append(f"| {label} | " + " | ".join(cells) + " |")
-    return head + body
 
 
 def _recorded_command(record: dict[str, Any]) -> str | None:

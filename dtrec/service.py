@@ -279,9 +279,7 @@ class Recommender:
 
     # ------------------------------------------------------------------ start-up
     def _index_params(self) -> dict:
-        c = self.config
-        return {"ef_search": c.ef_search, "nprobe": c.nprobe, "ivfpq_min_items": c.ivfpq_min_items,
-                "refine": c.refine, "k_factor": c.k_factor}
+        return self.config.index_spec.params()
 
     def _read_json(self, name: str, default: Any) -> Any:
         if self.demo_dir is None or not (self.demo_dir / name).is_file():

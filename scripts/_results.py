@@ -9,20 +9,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dtrec.provenance import git_commit, git_dirty  # noqa: E402
 
 
 def _commit(repo: Path) -> str:
     """HEAD's hash, with '-dirty' when the working tree has uncommitted changes; 'unknown' outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+    head = git_commit(repo)
+    if head is None:
         return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    return head + ("-dirty" if git_dirty(repo) else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = json.loads(Path(path).read_text())
     results["meta"] = {
         "recipe": args.recipe,
-        "commit": _commit(Path(__file__).resolve().parent.parent),
+        "commit": _commit(REPO),
         "seed": args.seed,
         "data": str(Path(args.data).resolve()),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dtrec.provenance import git_commit, git_dirty  # noqa: E402
 
 
 def run(cmd: list[str], interrupt_after: float | None = None) -> dict:
@@ -122,10 +125,7 @@ def untrained_checkpoint(data_dir: Path, encoder: str, out: Path) -> None:
 
 def provenance() -> dict:
     """Where and from what the numbers come."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                capture_output=True, text=True).stdout.strip())
-    return {"git_commit": commit, "dirty": dirty, "machine": platform.machine(), "cpus": os.cpu_count(),
+    return {"git_commit": git_commit(REPO) or "", "dirty": bool(git_dirty(REPO)), "machine": platform.machine(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_average_start": os.getloadavg()}
 

@@ -26,7 +26,7 @@ from dtrec.config import ModelConfig  # noqa: E402
 from dtrec.data.catalog import Dataset  # noqa: E402
 from dtrec.features import load_features  # noqa: E402
 from dtrec.model.dropout import use_fast_dropout  # noqa: E402
-from dtrec.train.batching import build_examples  # noqa: E402
+from dtrec.sequences import build_examples  # noqa: E402
 
 
 def main() -> None:

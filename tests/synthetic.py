@@ -50,3 +50,15 @@ def tiny_finetune_config(features: Features, model: dict | None = None, **kw) ->
                 amp=False, device="cpu", evaluate_test=True)
     base.update(kw)
     return FinetuneConfig(model=tiny_model_config(features, **(model or {})), **base)
+
+
+def paired_features(n: int = 160, seed: int = 0) -> Features:
+    """Text and image features as two noisy random views of one latent per item (for pretraining)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 8, generator=g)
+    text = z @ torch.randn(8, 16, generator=g) + 0.1 * torch.randn(n, 16, generator=g)
+    image = z @ torch.randn(8, 12, generator=g) + 0.1 * torch.randn(n, 12, generator=g)
+    present = {"text": torch.ones(n, dtype=torch.bool), "image": torch.ones(n, dtype=torch.bool)}
+    present["image"][:10] = False  # some items lack an image: they stay out of the pairs needing one
+    image[:10] = 0
+    return Features("synthetic", {"text": text, "image": image}, present)

@@ -8,7 +8,8 @@ import torch
 
 from benchmarks.bare import bare_model, padded_examples
 from dtrec.model import DualTower
-from dtrec.train.batching import Collator, build_examples
+from dtrec.sequences import build_examples
+from dtrec.train.batching import Collator
 from dtrec.train.finetune import FinetuneObjective
 from synthetic import planted_dataset, tiny_model_config
 

@@ -8,10 +8,11 @@ import random
 import pytest
 import torch
 
-from dtrec.baselines import checkpoint_type, load_baseline
+from dtrec.baselines import load_baseline
 from dtrec.baselines.popularity import PopularityModel
 from dtrec.baselines.sasrec import SASRec, SASRecConfig, SASRecTrainConfig, train_sasrec, training_windows
 from dtrec.cli import main
+from dtrec.config import checkpoint_type
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.eval import evaluate
 

@@ -26,7 +26,7 @@ from benchmarks.serving import measure_api, measure_cold_start, measure_index, m
 from benchmarks.training import measure_training, measure_training_scaling
 from dtrec.baselines import sasrec
 from dtrec.train import finetune
-from dtrec.train.batching import build_examples
+from dtrec.sequences import build_examples
 from synthetic import planted_dataset, tiny_finetune_config, tiny_model_config
 
 

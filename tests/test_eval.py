@@ -1,4 +1,4 @@
-"""Full-ranking metrics, batched evaluation, and `dtrec evaluate --json`."""
+"""Full-ranking metrics, batched evaluation, and `dtrec evaluate --json` (checkpoint loading: test_scoring.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 
 from dtrec.cli import main
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
-from dtrec.eval import METRIC_KEYS, evaluate, evaluate_checkpoint, rank_metrics, target_ranks
+from dtrec.eval import evaluate, rank_metrics, target_ranks
+from dtrec.results import METRIC_KEYS
 
 NAN = float("nan")
 
@@ -125,13 +126,6 @@ def test_evaluate_json_contract_and_cold_start_key(tmp_path, capsys, cold):
         assert res["cold_start"]["recall@10"] < 1.0
 
 
-def test_evaluate_checkpoint_accepts_a_training_folder_with_best(tmp_path):
-    _tiny_dataset(tmp_path / "data", False)
-    main(["baseline", "popularity", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run" / "best")])
-    res = evaluate_checkpoint(tmp_path / "run", tmp_path / "data")
-    assert res["valid"]["n"] == 20
-
-
 def test_evaluate_rejects_a_folder_without_checkpoint(tmp_path, capsys):
     _tiny_dataset(tmp_path / "data", False)
     rc = main(["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path / "data"), "--json"])
@@ -178,26 +172,6 @@ def test_scientific_adaptor_recipe_smoke_run(tmp_path):
         assert res["meta"]["seed"] == 1
     train = json.loads((out / "dtrec" / "train_config.json").read_text())["config"]
     assert train["model"]["tower"] == "adaptor" and train["negatives"] == "all"
-
-
-def test_seed_summary_means_and_sample_deviations():
-    from dtrec.eval import seed_summary
-
-    def run(r10, cold=None):
-        out = {"dtrec": {"test": {"recall@10": r10, "mrr": r10 / 2, "n": 9}}, "meta": {"seed": 0}}
-        if cold is not None:
-            out["dtrec"]["cold_start"] = {"recall@10": cold}
-        return out
-
-    runs = [run(0.1, 0.0), run(0.2), run(0.3, 0.5), {"sasrec": {"test": {"recall@10": 0.4}}}]
-    s = seed_summary(runs)
-    assert set(s) == {"dtrec", "sasrec"}  # meta is not a model
-    mean, sd, n = s["dtrec"]["recall@10"]
-    assert n == 3 and math.isclose(mean, 0.2) and math.isclose(sd, 0.1)  # sample (n - 1) deviation
-    assert math.isclose(s["dtrec"]["mrr"][0], 0.1) and "ndcg@10" not in s["dtrec"]
-    assert s["sasrec"]["recall@10"] == (0.4, 0.0, 1)
-    cold = seed_summary(runs, "cold_start")["dtrec"]["recall@10"]  # runs without the split are left out
-    assert cold[2] == 2 and math.isclose(cold[0], 0.25)
 
 
 def test_evaluate_exclude_history_is_the_serving_protocol(tmp_path, capsys):
@@ -273,22 +247,6 @@ def test_evaluate_counts_ties_and_last_item_echoes():
     assert res["n_tied"] == 2  # targets 3 and 2 tie with each other (0.3)
     hidden = evaluate(score, cases, batch_size=3, exclude_history=True)
     assert hidden["last_item_first"] == pytest.approx(2 / 4), "measured before the history is hidden"
-
-
-@pytest.mark.slow
-def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, shared_data):
-    """assets/models/scientific + `dtrec evaluate` give the seed-42 row of docs/results exactly."""
-    repo = Path(__file__).resolve().parent.parent
-    if not (shared_data / "amazon-scientific" / "Scientific.item2index").exists():
-        pytest.skip(f"Amazon Scientific data not found under {shared_data}")
-    assert main(["prepare", "unisrec", "--source", str(shared_data / "amazon-scientific"), "--name", "Scientific",
-                 "--out", str(tmp_path / "sci")]) == 0
-    published = json.loads((repo / "docs" / "results" / "scientific-adaptor-seed42.json").read_text())
-    row = published["dtrec-adaptor"]["test"]
-    got = evaluate_checkpoint(repo / "assets" / "models" / "scientific", tmp_path / "sci", device="cpu",
-                              ties=row["ties"])  # the rule the published row states
-    for key in METRIC_KEYS:
-        assert got["test"][key] == pytest.approx(published["dtrec-adaptor"]["test"][key], abs=1e-6)
 
 
 def test_ranked_first_agrees_with_the_rank():

@@ -26,7 +26,8 @@ from dtrec.hub import (
     resolve_demo,
     resolve_model,
 )
-from dtrec.modelcard import METRICS, make_model_card
+from dtrec.modelcard import make_model_card
+from dtrec.results import METRIC_KEYS
 from dtrec.model import DualTower
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +51,7 @@ def run_dir(tmp_path: Path) -> Path:
     gen = torch.Generator().manual_seed(1)
 
     def metrics() -> dict[str, float]:
-        return {k: round(float(torch.rand(1, generator=gen)), 6) for k in METRICS} | {"n": 100}
+        return {k: round(float(torch.rand(1, generator=gen)), 6) for k in METRIC_KEYS} | {"n": 100}
 
     results = {name: {"valid": metrics(), "test": metrics(), "cold_start": metrics()}
                for name in ("dtrec", "popularity", "sasrec")}
@@ -120,7 +121,7 @@ def test_model_card_is_generated_from_checkpoint_and_results(run_dir: Path):
     assert data.license == "other" and data.license_name and "grouplens" in data.license_link
     assert "research use under its terms" in parsed.text
     got = {(r.dataset_split, r.metric_type): r.metric_value for r in data.eval_results}
-    want = {(split, k): results["dtrec"][split][k] for split in ("test", "cold_start") for k in METRICS}
+    want = {(split, k): results["dtrec"][split][k] for split in ("test", "cold_start") for k in METRIC_KEYS}
     assert got == want  # model-index holds the published model's metrics only, exactly
     text = parsed.text
     cfg = json.loads((run_dir / "best" / "config.json").read_text())
@@ -192,7 +193,7 @@ def test_finetune_output_folder_publishes_best_with_its_valid_and_test(run_dir: 
     assert json.loads((out / "results.json").read_text())["dtrec"]["test"]["recall@10"] == 0.25
     card = ModelCard((out / "README.md").read_text())
     assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
-        ("test", k): test[k] for k in METRICS}
+        ("test", k): test[k] for k in METRIC_KEYS}
 
 
 def test_dry_run_refuses_a_non_empty_folder(run_dir: Path, tmp_path: Path):
@@ -460,4 +461,4 @@ def test_model_card_takes_a_recipe_results_file_with_its_provenance(run_dir: Pat
     assert "meta" not in {r.dataset_split for r in parsed.data.eval_results}
     assert "| meta" not in parsed.text
     got = {(r.dataset_split, r.metric_type): r.metric_value for r in parsed.data.eval_results}
-    assert got == {(split, k): results["dtrec"][split][k] for split in ("test", "cold_start") for k in METRICS}
+    assert got == {(split, k): results["dtrec"][split][k] for split in ("test", "cold_start") for k in METRIC_KEYS}

@@ -1,4 +1,4 @@
-"""Training: examples and batches, fine-tuning on a planted pattern, resume, pretraining, CLI, DDP."""
+"""Training: batches, fine-tuning on a planted pattern, resume, pretraining, CLI, DDP."""
 
 import json
 import os
@@ -13,22 +13,13 @@ import torch
 from dtrec.config import ModelConfig, PretrainConfig
 from dtrec.features import Features, cache_path
 from dtrec.model import DualTower
-from dtrec.train.batching import BatchPlan, Collator, build_examples, length_grouped_batches, padded_width
+from dtrec.sequences import build_examples, padded_width
+from dtrec.train.batching import BatchPlan, Collator, length_grouped_batches
 from dtrec.train.finetune import finetune
 from dtrec.train.pretrain import pretrain
-from synthetic import planted_dataset, tiny_finetune_config, tiny_model_config
+from synthetic import paired_features, planted_dataset, tiny_finetune_config, tiny_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_examples_cover_every_transition_once():
-    seqs = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10]]
-    cloze = build_examples(seqs, "cloze", max_len=3)
-    assert [e[-1] for e in cloze] == [2, 3, 4, 5, 6, 7, 10] and max(map(len, cloze)) == 4
-    causal = build_examples(seqs, "causal", max_len=3)
-    pairs = sorted((e[i], e[i + 1]) for e in causal for i in range(len(e) - 1))
-    assert pairs == [(1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (9, 10)]
-    assert max(map(len, causal)) == 4
 
 
 def test_collator_pads_to_the_batch_longest_and_always_masks_the_last_item():
@@ -78,14 +69,6 @@ def test_vectorised_collator_matches_the_per_example_loop(objective):
             assert (got[k] is None) == (ref[k] is None), k
             if ref[k] is not None:
                 assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]), (k, examples)
-
-
-def test_padded_width_rounds_up_within_the_cap():
-    assert [padded_width(w, 4) for w in (1, 4, 5, 8)] == [4, 4, 8, 8]
-    assert [padded_width(w, 8, cap=20) for w in (3, 13, 17, 20)] == [8, 16, 20, 20]
-    assert padded_width(7, 1) == 7 and padded_width(21, 8, cap=20) == 21  # never below the width itself
-    with pytest.raises(ValueError):
-        padded_width(3, 0)
 
 
 @pytest.mark.parametrize("objective", ["causal", "cloze"])
@@ -228,20 +211,8 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
     assert [json.loads(r)["epoch"] for r in rows] == [0, 1]
 
 
-def _paired_features(n=160, seed=0):
-    """Text and image features as two noisy random views of one latent per item."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, 8, generator=g)
-    text = z @ torch.randn(8, 16, generator=g) + 0.1 * torch.randn(n, 16, generator=g)
-    image = z @ torch.randn(8, 12, generator=g) + 0.1 * torch.randn(n, 12, generator=g)
-    present = {"text": torch.ones(n, dtype=torch.bool), "image": torch.ones(n, dtype=torch.bool)}
-    present["image"][:10] = False  # some items lack an image: they stay out of the pairs needing one
-    image[:10] = 0
-    return Features("synthetic", {"text": text, "image": image}, present)
-
-
 def test_pretraining_aligns_modalities(tmp_path):
-    f = _paired_features(n=96)
+    f = paired_features(n=96)
     model = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.1, emb_dropout=0.1, max_len=4)
     cfg = PretrainConfig(model=model, epochs=8, batch_size=48, lr=3e-3, weight_decay=0.0, amp=False, device="cpu")
     pretrain([(None, f)], cfg, tmp_path, progress=False)
@@ -322,12 +293,12 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
 _PRETRAIN_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_train import _paired_features
+from synthetic import paired_features
 from dtrec.config import ModelConfig, PretrainConfig
 from dtrec.train.pretrain import pretrain
 m = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.0, emb_dropout=0.0, max_len=4)
 cfg = PretrainConfig(model=m, epochs=2, batch_size=32, lr=3e-3, amp=False, device="cpu")
-pretrain([(None, _paired_features(n=64))], cfg, sys.argv[1], progress=False)
+pretrain([(None, paired_features(n=64))], cfg, sys.argv[1], progress=False)
 """
 
 

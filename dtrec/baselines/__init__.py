@@ -5,31 +5,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
-BASELINE_TYPES = ("popularity", "sasrec", "content-knn")
-
-
-def checkpoint_type(path: str | Path) -> str:
-    """'popularity', 'sasrec' or 'dtrec': which model a checkpoint folder holds (from its config.json)."""
-    cfg = Path(path) / "config.json"
-    if not cfg.exists():
-        raise FileNotFoundError(f"{cfg} is missing: is {path} a checkpoint folder?")
-    kind = json.loads(cfg.read_text()).get("model_type", "dtrec")
-    if kind not in BASELINE_TYPES + ("dtrec",):
-        raise ValueError(f"{cfg} names an unknown model_type {kind!r}")
-    return kind
+from dtrec.baselines.knn import ContentKNN, ContentKNNConfig
+from dtrec.baselines.popularity import PopularityModel
+from dtrec.baselines.sasrec import SASRec, SASRecConfig, SASRecTrainConfig, train_sasrec
+from dtrec.config import BASELINE_TYPES, checkpoint_folder, checkpoint_type
+from dtrec.data.catalog import Dataset
+from dtrec.eval import evaluate
+from dtrec.features import load_features
 
 
 def load_baseline(path: str | Path):
     """Load a popularity or SASRec checkpoint (strict weights) written by `dtrec baseline`."""
+    path = checkpoint_folder(path)
     kind = checkpoint_type(path)
     if kind == "content-knn":
-        raise ValueError(f"{path} holds a content-knn baseline: it is built over features (load_scorer does)")
+        raise ValueError(f"{path} holds a content-knn baseline: it is built over features "
+                         "(dtrec.scoring.load_scorer does)")
     if kind == "popularity":
-        from dtrec.baselines.popularity import PopularityModel as cls
+        cls = PopularityModel
     elif kind == "sasrec":
-        from dtrec.baselines.sasrec import SASRec as cls
+        cls = SASRec
     else:
         raise ValueError(f"{path} holds a {kind!r} checkpoint, not a baseline")
     # huggingface_hub prints "Loading weights from local directory" on stdout for a folder: it would
@@ -44,20 +42,12 @@ def train_baseline(kind: str, data_dir: str | Path, out: str | Path, progress: b
     `options` are SASRecConfig / SASRecTrainConfig fields (unknown keys are an error);
     popularity ignores `seed` and `device`; content-knn takes `encoder` (required) and `query`.
     """
-    from dataclasses import fields
-
-    from dtrec.data.catalog import Dataset
-    from dtrec.eval import evaluate
-
     if kind not in BASELINE_TYPES:
         raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINE_TYPES)}")
     dataset = Dataset.load(data_dir)
     out = Path(out)
     options = {k: v for k, v in options.items() if v is not None}
     if kind == "content-knn":
-        from dtrec.baselines.knn import ContentKNN, ContentKNNConfig
-        from dtrec.features import load_features
-
         unknown = sorted(set(options) - {"seed", "device", "encoder", "query"})
         if unknown:
             raise ValueError(f"the content-knn baseline takes no option(s) {', '.join(unknown)}")
@@ -68,8 +58,6 @@ def train_baseline(kind: str, data_dir: str | Path, out: str | Path, progress: b
         model.save_pretrained(out)
         valid = evaluate(model.scores, dataset.eval_cases("valid"), batch_size=1024)
     elif kind == "popularity":
-        from dtrec.baselines.popularity import PopularityModel
-
         unknown = sorted(set(options) - {"seed", "device"})
         if unknown:
             raise ValueError(f"the popularity baseline takes no option(s) {', '.join(unknown)}")
@@ -77,8 +65,6 @@ def train_baseline(kind: str, data_dir: str | Path, out: str | Path, progress: b
         model.save_pretrained(out)
         valid = evaluate(model.scores, dataset.eval_cases("valid"), batch_size=1024)
     else:
-        from dtrec.baselines.sasrec import SASRecConfig, SASRecTrainConfig, train_sasrec
-
         mnames = {f.name for f in fields(SASRecConfig)} - {"num_items", "model_type"}
         tnames = {f.name for f in fields(SASRecTrainConfig)}
         unknown = sorted(set(options) - mnames - tnames)

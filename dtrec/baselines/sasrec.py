@@ -10,14 +10,10 @@ it never saw in training: such an item keeps its random initial embedding.
 from __future__ import annotations
 
 import json
-import math
-import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -26,7 +22,10 @@ from torch import nn
 from dtrec.data.catalog import Dataset
 from dtrec.eval import evaluate
 from dtrec.model.dropout import use_fast_dropout
-from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches, padded_width
+from dtrec.sequences import build_examples, pad, padded_width
+from dtrec.train import distributed as D
+from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches
+from dtrec.train.loop import FitConfig, Task, fit, seed_everything, train_step
 
 
 @dataclass
@@ -124,12 +123,7 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         # Pad only to the longest history in the batch: positions count from the end, so
         # a shorter window gives the same result at a fraction of the cost.
         L = max(1, min(self.config.max_len, max((len(h) for h in histories), default=1)))
-        out = torch.zeros(len(histories), L, dtype=torch.long)
-        for b, h in enumerate(histories):
-            h = h[-L:]
-            if h:
-                out[b, L - len(h):] = torch.tensor(h, dtype=torch.long) + 1
-        return out.to(self.item_emb.weight.device)
+        return (pad([list(h[-L:]) for h in histories], L, left=True) + 1).to(self.item_emb.weight.device)
 
     @torch.no_grad()
     def scores(self, histories: list[list[int]]) -> torch.Tensor:
@@ -141,38 +135,20 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         return self.logits(h).float()
 
 
-def _set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def training_windows(sequences: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) left-padded windows covering every next-item target of every sequence.
 
-    A sequence longer than `max_len + 1` is cut into consecutive windows from its end,
-    so each target is predicted once, with up to `max_len` items of context.
+    The windows are the causal examples of `dtrec.sequences.build_examples`: a sequence longer
+    than `max_len + 1` is cut into consecutive windows from its end, so each target is
+    predicted once, with up to `max_len` items of context.
     """
-    inputs, targets = [], []
-    for s in sequences:
-        if len(s) < 2:
-            continue
-        end = len(s)
-        while end >= 2:
-            start = max(0, end - max_len - 1)
-            w = s[start:end]
-            x = np.zeros(max_len, dtype=np.int64)
-            y = np.zeros(max_len, dtype=np.int64)
-            x[max_len - len(w) + 1:] = np.asarray(w[:-1]) + 1
-            y[max_len - len(w) + 1:] = np.asarray(w[1:]) + 1
-            inputs.append(x)
-            targets.append(y)
-            end = start + 1  # the next window ends where this one's first target was
-            if start == 0:
-                break
-    if not inputs:
+    examples = build_examples(sequences, "causal", max_len)
+    if not examples:
         raise ValueError("no training sequence has two or more items: nothing to train SASRec on")
-    return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
+    rows = pad(examples, max_len + 1, left=True) + 1  # item i is row i + 1, 0 is padding
+    x = rows[:, :-1].contiguous()
+    # a window's first item is only context: no target where the input is padding
+    return x, rows[:, 1:].masked_fill(x == 0, 0)
 
 
 def trim_padding(x: torch.Tensor, y: torch.Tensor, pad_multiple: int,
@@ -188,14 +164,47 @@ def sasrec_step(model: SASRec, optimizer: torch.optim.Optimizer, x: torch.Tensor
 
     `amp` runs the forward pass under bf16 autocast; `forward` replaces `model.forward` (e.g. compiled).
     Returns the loss."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+    def compute() -> torch.Tensor:
         h = (forward or model)(x)
         keep = y > 0
-        loss = F.cross_entropy(model.logits(h[keep]).float(), y[keep] - 1)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss
+        return F.cross_entropy(model.logits(h[keep]).float(), y[keep] - 1)
+
+    return train_step(model, optimizer, compute, x.device.type, amp=amp, grad_clip=None)
+
+
+class SASRecTask(Task):
+    """SASRec as a `fit` task: length-grouped window batches through `sasrec_step`; the best weights kept in memory."""
+
+    name = "sasrec"
+
+    def __init__(self, model: SASRec, optimizer: torch.optim.Optimizer, windows: tuple[torch.Tensor, torch.Tensor],
+                 valid: list, train: SASRecTrainConfig, device: torch.device):
+        self.model, self.optimizer, self.valid, self.train, self.device = model, optimizer, valid, train, device
+        self.x_all, self.y_all = windows
+        self.lengths = (self.x_all > 0).sum(1).tolist()
+        # one generator for the whole run (unlike fine-tuning's per-epoch reseeding: SASRec does not resume)
+        self.generator = torch.Generator().manual_seed(train.seed)
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The next epoch's batches of window indices."""
+        group = GROUP_BATCHES if self.train.group_by_length else 1
+        return length_grouped_batches(self.lengths, self.train.batch_size, self.generator, group)
+
+    def step(self, idx: list[int]) -> torch.Tensor:
+        """`sasrec_step` on the windows `idx`, trimmed of all-padding columns."""
+        x, y = trim_padding(self.x_all[idx], self.y_all[idx], self.train.pad_multiple, self.model.config.max_len)
+        return sasrec_step(self.model, self.optimizer, x.to(self.device), y.to(self.device))
+
+    def validate(self) -> dict[str, float]:
+        """Full-ranking metrics on the validation cases (NDCG@10 of 0 when there are none)."""
+        self.model.eval()
+        return evaluate(self.model.scores, self.valid, batch_size=self.train.eval_batch_size) if self.valid else {
+            "ndcg@10": 0.0}
+
+    def save_checkpoint(self) -> None:
+        """A CPU copy of the current weights."""
+        self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
 
 def train_sasrec(
@@ -214,42 +223,19 @@ def train_sasrec(
     config = config or SASRecConfig(num_items=len(dataset.catalog))
     if config.num_items != len(dataset.catalog):
         raise ValueError(f"config has {config.num_items} items but the data set has {len(dataset.catalog)}")
-    _set_seed(train.seed)
+    seed_everything(train.seed)
     device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    x_all, y_all = training_windows(dataset.train_sequences(), config.max_len)
-    lengths = (x_all > 0).sum(1).tolist()
-    valid = dataset.eval_cases("valid")
+    windows = training_windows(dataset.train_sequences(), config.max_len)
     model = SASRec(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    gen = torch.Generator().manual_seed(train.seed)
-    best, best_state, best_epoch, bad, log = -math.inf, None, -1, 0, []
-    epochs = range(train.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc="sasrec", unit="epoch")
-    for epoch in epochs:
-        model.train()
-        t0, total, steps = time.time(), 0.0, 0
-        group = GROUP_BATCHES if train.group_by_length else 1
-        for idx in length_grouped_batches(lengths, train.batch_size, gen, group):
-            x, y = trim_padding(x_all[idx], y_all[idx], train.pad_multiple, config.max_len)
-            loss = sasrec_step(model, opt, x.to(device), y.to(device))
-            total += float(loss.detach())
-            steps += 1
-        model.eval()
-        m = evaluate(model.scores, valid, batch_size=train.eval_batch_size) if valid else {"ndcg@10": 0.0}
-        log.append({"epoch": epoch, "loss": total / max(steps, 1), "valid": m, "seconds": time.time() - t0})
-        if progress and hasattr(epochs, "set_postfix"):
-            epochs.set_postfix(loss=f"{total / max(steps, 1):.3f}", ndcg10=f"{m['ndcg@10']:.4f}")
-        if m["ndcg@10"] > best:
-            best, best_epoch, bad = m["ndcg@10"], epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= train.patience:
-                break
-    model.load_state_dict(best_state)
+    task = SASRecTask(model, opt, windows, dataset.eval_cases("valid"), train, device)
+    fitted = fit(task, FitConfig(epochs=train.epochs, metric="ndcg@10", patience=train.patience),
+                 info=D.DistInfo(device=device), progress=progress)
+    log = [{"epoch": r["epoch"], "loss": r["loss"], "valid": {k[len("valid_"):]: v for k, v in r.items()
+                                                             if k.startswith("valid_")},
+            "seconds": r["seconds"] + r["eval_seconds"]} for r in fitted.rows]
+    best_epoch = fitted.best_epoch
+    model.load_state_dict(task.best_state)
     model = model.cpu().eval()
     report = {
         "model_type": "sasrec",

@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dtrec.data.catalog import Dataset
+from dtrec.data.jsonl import read_jsonl
+from dtrec.data.movielens import read_movielens
 from dtrec.data.preprocess import cold_start_split
+from dtrec.data.unisrec import read_unisrec
 
 
 def check_out_dir(out: Path) -> None:
@@ -104,18 +107,12 @@ def _prepare_into(kind: str, out: Path, *, source: str | Path | None, posters: s
                   name: str | None, items: str | Path | None, interactions: str | Path | None,
                   kcore: int | None, cold_fraction: float, seed: int) -> Dataset:
     if kind == "movielens":
-        from dtrec.data.movielens import read_movielens
-
         ds = read_movielens(source, posters, out, kcore=5 if kcore is None else kcore)
     elif kind == "unisrec":
-        from dtrec.data.unisrec import read_unisrec
-
         if kcore:
             raise ValueError("--kcore is not supported for the unisrec format: its splits are given and fixed")
         ds = read_unisrec(source, name, out)
     elif kind == "jsonl":
-        from dtrec.data.jsonl import read_jsonl
-
         if interactions is None and cold_fraction:
             raise ValueError("--cold-fraction holds out items from interactions: it needs --interactions")
         ds = read_jsonl(items, interactions, out, kcore=0 if kcore is None else kcore)

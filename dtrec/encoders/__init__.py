@@ -6,7 +6,11 @@ packages), `get_encoder("clip:ViT-B-32:openai")` (open_clip), and
 """
 
 from dtrec.encoders.base import Encoder, EncoderNotFound, WeightsNotFound, resolve_device, to_rgb
-from dtrec.encoders.registry import get_encoder, list_encoders, register
+from dtrec.encoders.registry import canonical_name, get_encoder, list_encoders, register, register_alias, same_encoder
 
-__all__ = ["Encoder", "EncoderNotFound", "WeightsNotFound", "get_encoder", "list_encoders", "register",
-           "resolve_device", "to_rgb"]
+# The built-in encoders register themselves on import; they load their heavy libraries
+# (open_clip, the offline weight packages) only when an encoder is built.
+from dtrec.encoders import clip, offline  # noqa: E402,F401  isort: skip
+
+__all__ = ["Encoder", "EncoderNotFound", "WeightsNotFound", "canonical_name", "get_encoder", "list_encoders",
+           "register", "register_alias", "resolve_device", "same_encoder", "to_rgb"]

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from dtrec.encoders.base import EncoderNotFound, WeightsNotFound, resolve_device, to_rgb
-from dtrec.encoders.registry import register
+from dtrec.encoders.registry import register, register_alias
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
 # `clip:<model>:random`: random weights, for timing a model whose weights are not at hand (the benchmarks on a GPU)
@@ -208,3 +208,8 @@ def _clip(spec: str, device: str | torch.device | None, name: str) -> ClipEncode
 @register("tiny-clip")
 def _tiny_clip(spec: str, device: str | torch.device | None, name: str) -> ClipEncoder:
     return tiny_clip(device=device, name=name)
+
+
+# The precomputed features of the UniSRec/MISSRec data are CLIP ViT-B/32 (OpenAI weights);
+# the live encoder keeps the alias as its name so that new items line up with them.
+register_alias("clip-vit-b-32", "clip:ViT-B-32:openai")

@@ -124,7 +124,7 @@ class _ConvReLU6(nn.Module):
         """Conv and ReLU6 in one oneDNN call on a weight reordered once (what Inductor emits on a CPU).
 
         The plain path reorders the weight into oneDNN's blocked layout at every call and clamps in a
-        second pass over the output; together ~7% of the model's time on two cores. Same arithmetic.
+        second pass over the output (docs/performance.md, "Feature extraction", has the timing). Same arithmetic.
         """
         c = self.conv
         geometry = (list(c.padding), list(c.stride), list(c.dilation), c.groups)

@@ -3,27 +3,28 @@
 Exact names (`offline`, `tiny-clip`) map to one factory; a name with a
 prefix (`clip:<model>[:<tag or file>]`) goes to the factory registered for
 that prefix with the rest of the name as its argument. Aliases name a fixed
-configuration under a stable name (`clip-vit-b-32`).
+configuration under a stable name (`clip-vit-b-32`); two names denote the same
+feature space when their aliases resolve to the same target (`same_encoder`).
+
+This module registers nothing itself: `dtrec/encoders/__init__.py` imports the
+built-in encoder modules, whose decorators fill the tables.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from dtrec.encoders.base import Encoder, EncoderNotFound
+
+if TYPE_CHECKING:
+    import torch
 
 # factory(spec, device, name) -> Encoder; spec is the text after "prefix:" (or "" for exact names)
 Factory = Callable[[str, "str | torch.device | None", str], Encoder]
 
 _EXACT: dict[str, Factory] = {}
 _PREFIX: dict[str, Factory] = {}
-_ALIASES: dict[str, str] = {
-    # The precomputed features of the UniSRec/MISSRec data are CLIP ViT-B/32 (OpenAI weights);
-    # the live encoder keeps the alias as its name so that new items line up with them.
-    "clip-vit-b-32": "clip:ViT-B-32:openai",
-}
+_ALIASES: dict[str, str] = {}
 
 
 def register(name: str, prefix: bool = False) -> Callable[[Factory], Factory]:
@@ -39,25 +40,34 @@ def register(name: str, prefix: bool = False) -> Callable[[Factory], Factory]:
     return deco
 
 
+def register_alias(alias: str, target: str) -> None:
+    """Name the encoder `target` (an exact or `prefix:...` name) also `alias`."""
+    if alias in _ALIASES or alias in _EXACT:
+        raise ValueError(f"encoder {alias!r} is registered twice")
+    _ALIASES[alias] = target
+
+
+def canonical_name(name: str) -> str:
+    """The encoder name an alias stands for (`name` itself when it is no alias)."""
+    return _ALIASES.get(name, name)
+
+
+def same_encoder(a: str, b: str) -> bool:
+    """Whether two encoder names denote the same feature space."""
+    return canonical_name(a) == canonical_name(b)
+
+
 def list_encoders() -> list[str]:
     """Registered names: exact names, aliases and `prefix:...` patterns."""
-    _load_builtin()
     return sorted(_EXACT) + sorted(_ALIASES) + [f"{p}:..." for p in sorted(_PREFIX)]
 
 
 def get_encoder(name: str, device: str | torch.device | None = None) -> Encoder:
     """Build the encoder called `name` on `device` (None: CUDA when available)."""
-    _load_builtin()
-    target = _ALIASES.get(name, name)
+    target = canonical_name(name)
     if target in _EXACT:
         return _EXACT[target]("", device, name)
     prefix, sep, spec = target.partition(":")
     if sep and prefix in _PREFIX:
         return _PREFIX[prefix](spec, device, name)
     raise EncoderNotFound(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}")
-
-
-def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators; they import torch-heavy
-    # libraries only when an encoder is built, so this stays cheap.
-    from dtrec.encoders import clip, offline  # noqa: F401

@@ -10,7 +10,6 @@ come from the same encoder. Saved with `PyTorchModelHubMixin` as `config.json`
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -21,13 +20,11 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from dtrec.config import ModelConfig
+from dtrec.encoders.registry import same_encoder
 from dtrec.features import Features
 from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
 from dtrec.model.fusion import FusionEncoder, canonical_order
-
-# Names under which the same frozen features are known (precomputed files vs live encoder).
-_ENCODER_ALIASES = {"clip-vit-b-32": "clip:ViT-B-32:openai"}
-
+from dtrec.sequences import history_batch
 
 class FeatureMismatchError(ValueError):
     """Features come from another encoder (or other dims) than the checkpoint was trained on."""
@@ -35,18 +32,6 @@ class FeatureMismatchError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint's weights do not fit the model its config describes."""
-
-
-def same_encoder(a: str, b: str) -> bool:
-    """Whether two encoder names denote the same feature space."""
-    return _ENCODER_ALIASES.get(a, a) == _ENCODER_ALIASES.get(b, b)
-
-
-def _model_config(config: ModelConfig | dict) -> ModelConfig:
-    if isinstance(config, ModelConfig):
-        return config
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in dict(config).items() if k in names})
 
 
 class DualTower(
@@ -60,7 +45,7 @@ class DualTower(
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config = _model_config(config)
+        config = ModelConfig.from_dict(config)
         if not config.modality_dims:
             raise ValueError("ModelConfig.modality_dims is empty: set it from the features (Features.dims)")
         self.config = config
@@ -242,28 +227,3 @@ def load_state_checked(model: nn.Module, state: dict[str, Tensor], strict: bool 
             parts.append(f"shape mismatch {shapes[:5]}")
         raise CheckpointError(f"checkpoint {source} does not fit the model its config describes: {'; '.join(parts)}")
     model.load_state_dict(state, strict=strict)
-
-
-def history_batch(histories: list[list[int]], max_len: int, objective: str) -> dict[str, Tensor | None]:
-    """Left-aligned, right-padded user-tower input for inference, with the position to read.
-
-    Each history keeps its last `max_len` items; Cloze appends a masked query
-    position after the last item and reads there, causal reads the last item.
-    """
-    hs = [list(map(int, h))[-max_len:] for h in histories]
-    if any(len(h) == 0 for h in hs):
-        raise ValueError("a history is empty: the user tower needs at least one item")
-    extra = 1 if objective == "cloze" else 0
-    length = max((len(h) for h in hs), default=0) + extra
-    b = len(hs)
-    items = torch.full((b, length), -1, dtype=torch.long)
-    padding = torch.ones(b, length, dtype=torch.bool)
-    masked = torch.zeros(b, length, dtype=torch.bool) if extra else None
-    read = torch.zeros(b, dtype=torch.long)
-    for i, h in enumerate(hs):
-        items[i, : len(h)] = torch.tensor(h, dtype=torch.long)
-        padding[i, : len(h) + extra] = False
-        if masked is not None:
-            masked[i, len(h)] = True
-        read[i] = len(h) - 1 + extra
-    return {"items": items, "padding": padding, "masked": masked, "read": read}

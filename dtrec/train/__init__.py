@@ -1,1 +1,1 @@
-"""Training loops: pretraining over items, sequential fine-tuning, DDP and checkpoint plumbing."""
+"""Training: one loop (`loop.fit`) run by pretraining and fine-tuning; batching, DDP and checkpoint plumbing."""

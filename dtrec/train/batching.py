@@ -1,9 +1,9 @@
-"""Training examples from histories, and the collator that pads each batch to its own longest.
+"""Training batches: the collator that pads each batch to its own longest, and the batch plans.
 
-Cloze: one example per (prefix -> next) pair; the next item's position is always
-masked and every other position is masked with probability `mask_prob`; every
-masked position predicts its own item. Causal: one example per history window;
-every position predicts the item after it.
+Examples come from `dtrec.sequences.build_examples`. Cloze: the next item's position
+is always masked and every other position is masked with probability `mask_prob`;
+every masked position predicts its own item. Causal: every position predicts the
+item after it. `length_grouped_batches` / `BatchPlan` draw the batches (also SASRec's).
 """
 
 from __future__ import annotations
@@ -15,40 +15,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from dtrec.sequences import pad, padded_width
+
 if TYPE_CHECKING:
     from dtrec.config import ModelConfig
-
-
-def build_examples(sequences: list[list[int]], objective: str, max_len: int) -> list[list[int]]:
-    """Item lists fed to the collator: `history + [next]`, at most `max_len + 1` items each."""
-    out: list[list[int]] = []
-    window = max_len + 1
-    for s in sequences:
-        if len(s) < 2:
-            continue
-        if objective == "cloze":
-            for t in range(1, len(s)):
-                out.append(list(s[max(0, t - max_len): t + 1]))
-        elif objective == "causal":
-            # Windows of max_len + 1 items from the end, overlapping by one so every transition counts once.
-            end = len(s)
-            while end >= 2:
-                start = max(0, end - window)
-                out.append(list(s[start:end]))
-                end = start + 1
-                if start == 0:
-                    break
-        else:
-            raise ValueError(f"objective must be 'cloze' or 'causal', not {objective!r}")
-    return out
-
-
-def padded_width(width: int, multiple: int = 1, cap: int | None = None) -> int:
-    """`width` rounded up to a multiple of `multiple`, but never past `cap` (nor below `width`)."""
-    if multiple < 1:
-        raise ValueError(f"pad multiple must be at least 1, not {multiple}")
-    rounded = -(-width // multiple) * multiple
-    return max(width, min(rounded, cap)) if cap is not None else rounded
 
 
 @dataclass
@@ -83,16 +53,11 @@ class Collator:
     def __call__(self, examples: list[list[int]]) -> dict[str, Tensor | None]:
         b = len(examples)
         causal = self.objective == "causal"
-        # One vectorised scatter instead of a tensor per example: on a GPU the collator is on the step's path.
         lens = torch.tensor([len(e) for e in examples], dtype=torch.long)
-        flat = torch.tensor([i for e in examples for i in e], dtype=torch.long)
         shift = 1 if causal else 0  # causal examples hold one item more than positions: the last target
         longest = int(lens.max()) - shift
         length = padded_width(longest, self.pad_multiple, self.max_length)
-        rows = torch.repeat_interleave(torch.arange(b), lens)
-        cols = torch.arange(len(flat)) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-        full = torch.full((b, length + shift), -1, dtype=torch.long)
-        full[rows, cols] = flat
+        full = pad(examples, length + shift)
         n = lens - shift
         padding = torch.arange(length).unsqueeze(0) >= n.unsqueeze(1)
         if causal:

@@ -11,27 +11,18 @@ import dataclasses
 import json
 import random
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from dtrec.config import ModelConfig
-from dtrec.model.tower import CheckpointError, DualTower, FeatureMismatchError, load_state_checked, same_encoder
+from dtrec.config import DUAL_TOWER_FILES, ModelConfig, checkpoint_folder, read_model_config
+from dtrec.encoders.registry import same_encoder
+from dtrec.model.tower import CheckpointError, DualTower, FeatureMismatchError, load_state_checked
+from dtrec.provenance import git_commit
 
 ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff")
-
-
-def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-                   grad_clip: float | None) -> None:
-    """One update shared by pretraining and fine-tuning: backward, optional norm clipping, step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,23 +66,6 @@ def load_training_state(path: str | Path, model: DualTower, optimizer: torch.opt
     return state
 
 
-def read_model_config(path: str | Path) -> ModelConfig:
-    """The `ModelConfig` of a checkpoint folder (a finetune output's `best/` is found too)."""
-    path = checkpoint_dir(path)
-    data = json.loads((path / "config.json").read_text())
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in data.items() if k in names})
-
-
-def checkpoint_dir(path: str | Path) -> Path:
-    """`path` itself when it holds config.json, else `path/best` (a finetune output folder)."""
-    path = Path(path)
-    for p in (path, path / "best"):
-        if (p / "config.json").exists() and (p / "model.safetensors").exists():
-            return p
-    raise FileNotFoundError(f"{path} holds no DualTower checkpoint (config.json + model.safetensors)")
-
-
 def merge_init_config(model_cfg: ModelConfig, init: str | Path) -> ModelConfig:
     """`model_cfg` with the architecture of the checkpoint at `init` (which must share its encoder)."""
     base = read_model_config(init)
@@ -113,7 +87,7 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
     A position table of another length is re-initialised; a shared encoder fills
     both towers of a model with separate towers (and vice versa keeps the user side).
     """
-    path = checkpoint_dir(init)
+    path = checkpoint_folder(init, DUAL_TOWER_FILES)
     state = load_file(str(path / "model.safetensors"), device=str(model.device))
     own = model.state_dict()
     notes = []
@@ -137,25 +111,6 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
     return notes
 
 
-def git_commit(root: str | Path | None = None) -> str | None:
-    """The git commit of the running dtrec source (or of `root`), or None when it is not a git checkout."""
-    if root is None:
-        # The package's own folder, and only when git tracks this file there: an installed copy
-        # (say, in a virtual environment inside some other repository) has no commit of its own.
-        root = Path(__file__).resolve().parent
-        if _git(root, "ls-files", "--error-unmatch", Path(__file__).name) is None:
-            return None
-    return _git(Path(root), "rev-parse", "HEAD") or None
-
-
-def _git(cwd: Path, *args: str) -> str | None:
-    try:
-        r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def write_run_record(out: str | Path, config: Any, **extra: Any) -> Path:
     """Write `OUT/train_config.json`: the resolved config plus data paths, seed and git commit."""
     out = Path(out)
@@ -167,6 +122,6 @@ def write_run_record(out: str | Path, config: Any, **extra: Any) -> Path:
 
 
 __all__ = [
-    "CheckpointError", "checkpoint_dir", "git_commit", "init_from", "load_training_state", "merge_init_config",
-    "read_model_config", "rng_state", "save_training_state", "set_rng_state", "write_run_record",
+    "CheckpointError", "init_from", "load_training_state", "merge_init_config", "rng_state", "save_training_state",
+    "set_rng_state", "write_run_record",
 ]

@@ -3,39 +3,32 @@
 Writes into OUT: `best/` (a DualTower checkpoint chosen on validation NDCG@10),
 `last/` (resumable state), `metrics.jsonl` (one line per epoch), `valid.json`,
 `test.json` and `train_config.json`. Runs alone or under torchrun (DDP);
-`batch_size` is the global batch, split evenly over processes.
+`batch_size` is the global batch, split evenly over processes. The epochs, early
+stopping, resume and logs are `dtrec.train.loop.fit`'s; this module supplies the
+task (`FinetuneTask`) and its per-batch step (`finetune_step`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from dtrec.config import FinetuneConfig, resolve_negatives
 from dtrec.data.catalog import Dataset
 from dtrec.features import Features, load_features
 from dtrec.model.losses import candidate_set, item_log_frequency, retrieval_loss
 from dtrec.model.tower import DualTower
+from dtrec.sequences import build_examples
 from dtrec.train import distributed as D
-from dtrec.train.batching import BatchPlan, Collator, build_examples
-from dtrec.train.checkpoint import (
-    init_from,
-    load_training_state,
-    merge_init_config,
-    optimizer_step,
-    save_training_state,
-    set_rng_state,
-    write_run_record,
-)
+from dtrec.train.batching import BatchPlan, Collator
+from dtrec.train.checkpoint import init_from, merge_init_config
+from dtrec.train.loop import FitConfig, Task, fit, seed_everything, train_step
 
 
 class FinetuneObjective(nn.Module):
@@ -78,10 +71,8 @@ def finetune_step(trainer: nn.Module, model: DualTower, optimizer: torch.optim.O
     padding = batch["padding"].to(device, non_blocking=True)
     masked = batch["masked"].to(device, non_blocking=True) if batch["masked"] is not None else None
     targets = batch["targets"].to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        loss = trainer(items, padding, masked, targets)
-    optimizer_step(model, optimizer, loss, grad_clip)
-    return loss
+    return train_step(model, optimizer, lambda: trainer(items, padding, masked, targets), device.type, amp=amp,
+                      grad_clip=grad_clip)
 
 
 def evaluate_model(model: DualTower, features: Features, cases: list, batch_size: int = 256) -> dict[str, float]:
@@ -101,9 +92,37 @@ def evaluate_model(model: DualTower, features: Features, cases: list, batch_size
     return out
 
 
-def _append_jsonl(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+class FinetuneTask(Task):
+    """Fine-tuning as a `fit` task: collated batches through `finetune_step`, full-ranking validation, `OUT/best/`."""
+
+    name = "finetune"
+
+    def __init__(self, model: DualTower, trainer: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                 table: Features, valid_cases: list, config: FinetuneConfig, device: torch.device, rank: int,
+                 out: Path):
+        self.model, self.trainer, self.optimizer, self.loader = model, trainer, optimizer, loader
+        self.table, self.valid_cases, self.config, self.device, self.rank, self.out = (
+            table, valid_cases, config, device, rank, out)
+        self.amp = config.amp and device.type == "cuda"
+
+    def batches(self, epoch: int) -> DataLoader:
+        """The loader, its batch plan and Cloze masks reseeded for `epoch`."""
+        self.loader.batch_sampler.set_epoch(epoch)
+        self.loader.collate_fn.set_epoch(epoch, self.rank)
+        return self.loader
+
+    def step(self, batch: dict[str, Any]) -> Tensor:
+        """`finetune_step` on one collated batch."""
+        return finetune_step(self.trainer, self.model, self.optimizer, batch, self.device, amp=self.amp,
+                             grad_clip=self.config.grad_clip)
+
+    def validate(self) -> dict[str, float]:
+        """Full-ranking metrics on the validation cases."""
+        return evaluate_model(self.model, self.table, self.valid_cases, self.config.eval_batch_size)
+
+    def save_checkpoint(self) -> None:
+        """The best model so far into `OUT/best/`."""
+        self.model.save_pretrained(self.out / "best")
 
 
 def finetune(
@@ -131,8 +150,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
         raise ValueError(f"features hold {len(features)} items but the catalog has {len(dataset.catalog)}")
     if config.batch_size % info.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {info.world_size} processes")
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     device = info.device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
@@ -171,72 +189,15 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     collator = Collator.for_model(model_cfg, config.seed, config.pad_multiple)
     loader = DataLoader(examples, batch_sampler=sampler, collate_fn=collator, pin_memory=device.type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    use_amp = config.amp and device.type == "cuda"
-
-    start_epoch, best, best_epoch, bad, global_step = 0, float("-inf"), -1, 0, 0
-    best_metrics: dict = {}
-    if resume:
-        state = load_training_state(out / "last", model, optimizer)
-        start_epoch = int(state["epoch"]) + 1
-        best, best_epoch, bad = float(state["best"]), int(state["best_epoch"]), int(state["bad_epochs"])
-        global_step = int(state["global_step"])
-        best_metrics = json.loads(state["best_metrics"])
-        set_rng_state(state["rng"])
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_run_record(out, config, dataset=str(dataset.root) if dataset.root else dataset.name,
-                         seed=config.seed, init=str(init) if init else None, init_notes=init_notes,
-                         world_size=info.world_size, device=str(device), **record)
-    valid_cases = dataset.eval_cases("valid")
-    metrics_path = out / "metrics.jsonl"
-    if info.is_main and not resume:
-        metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
-
-    for epoch in range(start_epoch, config.epochs):
-        if bad >= config.patience or (config.max_steps and global_step >= config.max_steps):
-            break
-        sampler.set_epoch(epoch)
-        collator.set_epoch(epoch, info.rank)
-        model.train()
-        t0 = time.perf_counter()
-        total = torch.zeros((), device=device)
-        steps = 0
-        bar = tqdm(loader, desc=f"finetune {epoch}", unit="batch", disable=not (progress and info.is_main),
-                   leave=False)
-        for batch in bar:
-            loss = finetune_step(trainer, model, optimizer, batch, device, amp=use_amp, grad_clip=config.grad_clip)
-            total += loss.detach()
-            steps += 1
-            global_step += 1
-            if steps % config.log_every == 0:
-                bar.set_postfix(loss=f"{float(total) / steps:.4f}")  # a host sync only every log_every steps
-            if config.max_steps and global_step >= config.max_steps:
-                break
-        epoch_loss = float(D.mean_across(total / max(steps, 1), info))
-        row: dict[str, Any] = {"epoch": epoch, "loss": epoch_loss, "steps": steps,
-                               "seconds": round(time.perf_counter() - t0, 3)}
-        is_last = epoch == config.epochs - 1 or bool(config.max_steps and global_step >= config.max_steps)
-        if (epoch + 1) % config.eval_every == 0 or is_last:
-            metrics = evaluate_model(model, table, valid_cases, config.eval_batch_size) if info.is_main else None
-            metrics = D.broadcast_object(metrics, info)
-            row.update({f"valid_{k}": v for k, v in metrics.items()})
-            if metrics["ndcg@10"] > best:
-                best, best_epoch, bad, best_metrics = metrics["ndcg@10"], epoch, 0, metrics
-                if info.is_main:
-                    model.save_pretrained(out / "best")
-            else:
-                bad += 1
-        row["eval_seconds"] = round(time.perf_counter() - t0 - row["seconds"], 3)
-        if info.is_main:
-            _append_jsonl(metrics_path, row)
-            save_training_state(out / "last", model, optimizer, {
-                "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad,
-                "global_step": global_step, "best_metrics": json.dumps(best_metrics),
-            })
-            if progress:
-                tqdm.write(f"epoch {epoch}: loss {epoch_loss:.4f}"
-                           + (f", valid ndcg@10 {row['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in row else ""))
-        D.barrier(info)
+    task = FinetuneTask(model, trainer, optimizer, loader, table, dataset.eval_cases("valid"), config, device,
+                        info.rank, out)
+    loop = FitConfig(epochs=config.epochs, max_steps=config.max_steps, eval_every=config.eval_every,
+                     metric="ndcg@10", patience=config.patience, log_every=config.log_every, resumable=True)
+    run_record = dict(config=config, dataset=str(dataset.root) if dataset.root else dataset.name, seed=config.seed,
+                      init=str(init) if init else None, init_notes=init_notes, world_size=info.world_size,
+                      device=str(device), **record)
+    fitted = fit(task, loop, out=out, info=info, resume=resume, progress=progress, record=run_record)
+    best_epoch, best_metrics = fitted.best_epoch, fitted.best_metrics
 
     result: dict[str, Any] = {"best_epoch": best_epoch, "valid": best_metrics}
     if info.is_main and best_epoch >= 0:

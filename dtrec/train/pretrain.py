@@ -7,22 +7,19 @@ loss averages symmetric InfoNCE over (v, v'), (v, t), (t, t'), (vt, vt'), each
 over the items that have what the pair needs. Negatives are the other items of
 the batch, gathered from every process under DDP. Writes a DualTower
 checkpoint into OUT (loadable by `from_pretrained`, usable as `finetune --init`),
-`metrics.jsonl` and `train_config.json`.
+`metrics.jsonl` and `train_config.json`, through `dtrec.train.loop.fit`
+(`PretrainTask`: no selection, every epoch's model is kept).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import random
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from dtrec.config import PretrainConfig
 from dtrec.data.catalog import Dataset
@@ -30,7 +27,7 @@ from dtrec.features import Features
 from dtrec.model.losses import cross_modal_accuracy, info_nce
 from dtrec.model.tower import DualTower, FeatureMismatchError, same_encoder
 from dtrec.train import distributed as D
-from dtrec.train.checkpoint import optimizer_step, write_run_record
+from dtrec.train.loop import FitConfig, Task, fit, seed_everything, train_step
 
 
 def views_and_pairs(modalities: tuple[str, ...]) -> tuple[dict[str, tuple[str, ...]], list[tuple[str, str]]]:
@@ -130,6 +127,50 @@ def cross_modal_eval(model: DualTower, table: Features, rows: list[int], limit: 
             "n_eval": int(idx.numel())}
 
 
+class PretrainTask(Task):
+    """Pretraining as a `fit` task: batches of item rows, the multi-view loss, cross-modal retrieval as validation."""
+
+    name = "pretrain"
+
+    def __init__(self, model: DualTower, trainer: nn.Module, objective: PretrainObjective,
+                 optimizer: torch.optim.Optimizer, loader: DataLoader, table: Features, rows: list[int],
+                 config: PretrainConfig, device: torch.device, out: Path):
+        self.model, self.trainer, self.objective, self.optimizer, self.loader = (
+            model, trainer, objective, optimizer, loader)
+        self.table, self.rows, self.config, self.device, self.out = table, rows, config, device, out
+        self.amp = config.amp and device.type == "cuda"
+        self.parts = torch.zeros(len(objective.pairs), device=device)
+
+    def batches(self, epoch: int) -> DataLoader:
+        """The loader reshuffled for `epoch`; the per-pair loss sums restart."""
+        self.loader.sampler.set_epoch(epoch)
+        self.parts = torch.zeros(len(self.objective.pairs), device=self.device)
+        return self.loader
+
+    def step(self, idx: Tensor) -> Tensor:
+        """One update on the items of rows `idx` of the table."""
+        idx = idx.to(self.device, non_blocking=True)
+        vals = {m: self.table.values[m][idx] for m in self.model.modalities}
+        pres = {m: self.table.present[m][idx] for m in self.model.modalities}
+        loss, per_pair = train_step(self.model, self.optimizer, lambda: self.trainer(vals, pres), self.device.type,
+                                    amp=self.amp, grad_clip=self.config.grad_clip)
+        self.parts += per_pair
+        return loss
+
+    def epoch_metrics(self, steps: int) -> dict[str, float]:
+        """The epoch's mean loss of each view pair."""
+        n = max(steps, 1)
+        return {f"loss_{a}_{c}": float(x) for (a, c), x in zip(self.objective.pairs, (self.parts / n).tolist())}
+
+    def validate(self) -> dict[str, float]:
+        """Text -> image and image -> text retrieval among the training items (`cross_modal_eval`)."""
+        return cross_modal_eval(self.model, self.table, self.rows)
+
+    def save_checkpoint(self) -> None:
+        """The current model into OUT."""
+        self.model.save_pretrained(self.out)
+
+
 def pretrain(
     sources: list[tuple[Dataset | None, Features]],
     config: PretrainConfig,
@@ -149,8 +190,7 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
               info: D.DistInfo) -> dict[str, Any]:
     if config.batch_size % info.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {info.world_size} processes")
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     device = info.device
     table, rows = item_table(sources)
     if len(rows) < 2:
@@ -171,50 +211,10 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
     loader = DataLoader(rows, batch_size=config.batch_size // info.world_size, sampler=sampler,
                         collate_fn=lambda b: torch.tensor(b, dtype=torch.long))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    use_amp = config.amp and device.type == "cuda"
-    if info.is_main:
-        write_run_record(out, config, seed=config.seed, world_size=info.world_size, device=str(device),
-                         items=len(rows), **record)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    row: dict[str, Any] = {}
-    step = 0
-    for epoch in range(config.epochs):
-        if config.max_steps and step >= config.max_steps:
-            break
-        sampler.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        total = torch.zeros((), device=device)
-        parts = torch.zeros(len(objective.pairs), device=device)
-        steps = 0
-        bar = tqdm(loader, desc=f"pretrain {epoch}", unit="batch", disable=not (progress and info.is_main),
-                   leave=False)
-        for idx in bar:
-            idx = idx.to(device, non_blocking=True)
-            vals = {m: table.values[m][idx] for m in model.modalities}
-            pres = {m: table.present[m][idx] for m in model.modalities}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, per_pair = trainer(vals, pres)
-            optimizer_step(model, optimizer, loss, config.grad_clip)
-            total += loss.detach()
-            parts += per_pair
-            steps += 1
-            step += 1
-            if steps % config.log_every == 0:
-                bar.set_postfix(loss=f"{float(total) / steps:.4f}")
-            if config.max_steps and step >= config.max_steps:
-                break
-        n = max(steps, 1)
-        row = {"epoch": epoch, "loss": float(total / n), "steps": steps,
-               "seconds": round(time.perf_counter() - t0, 3)}
-        row.update({f"loss_{a}_{c}": float(x) for (a, c), x in zip(objective.pairs, (parts / n).tolist())})
-        if info.is_main:
-            row.update(cross_modal_eval(model, table, rows))
-            with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            model.save_pretrained(out)
-            if progress:
-                tqdm.write(f"epoch {epoch}: loss {row['loss']:.4f}"
-                           + (f", text->image@1 {row['text_to_image@1']:.3f}" if "text_to_image@1" in row else ""))
-        D.barrier(info)
-    return row
+    task = PretrainTask(model, trainer, objective, optimizer, loader, table, rows, config, device, out)
+    loop = FitConfig(epochs=config.epochs, max_steps=config.max_steps, metric=None, prefix="",
+                     log_every=config.log_every, headline=("text_to_image@1", "text->image@1", ".3f"))
+    run_record = dict(config=config, seed=config.seed, world_size=info.world_size, device=str(device),
+                      items=len(rows), **record)
+    rows_out = fit(task, loop, out=out, info=info, progress=progress, record=run_record).rows
+    return rows_out[-1] if rows_out else {}

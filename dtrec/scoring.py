@@ -1,0 +1,115 @@
+"""Checkpoints as score functions, one loader per model type, and `evaluate_checkpoint`.
+
+A checkpoint folder's `config.json` names its model type (`dtrec.config.checkpoint_type`);
+`LOADERS` maps each type to the function that turns the folder and a prepared data set
+into `(histories) -> scores (B, N)`, which `dtrec.eval.evaluate` ranks. This module
+sits above both the model and the baselines, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dtrec.baselines import load_baseline
+from dtrec.baselines.knn import ContentKNN
+from dtrec.config import DEFAULT_TIES, checkpoint_folder, checkpoint_type, read_checkpoint_config
+from dtrec.data.catalog import Dataset
+from dtrec.eval import ScoreFn, evaluate
+from dtrec.features import Features, load_features
+from dtrec.model import DualTower
+
+COLD_NOTES = {
+    "popularity": "popularity: cold items never occur in training, so they score 0",
+    "sasrec": "ID model: cold items never seen in training (their embeddings are untrained)",
+}
+
+
+def dual_tower_score_fn(model: DualTower, features: Features, device: str | torch.device = "cpu",
+                        item_batch_size: int = 4096) -> ScoreFn:
+    """Score function of a DualTower: cosine of the user tower's prediction with every item embedding."""
+    model = model.to(device).eval()
+    features = features.to(device)
+    with torch.no_grad():
+        items = model.item_embeddings(features, batch_size=item_batch_size)
+
+    def score(histories: list[list[int]]) -> torch.Tensor:
+        with torch.no_grad():
+            return (model.user_embeddings(histories, features) @ items.T).float()
+
+    return score
+
+
+def _dual_tower(ckpt: Path, data_dir: str | Path, encoder: str | None, device: torch.device) -> ScoreFn:
+    with contextlib.redirect_stdout(sys.stderr):  # keep --json clean whatever the Hub client prints
+        model = DualTower.from_pretrained(str(ckpt))
+    name = encoder or read_checkpoint_config(ckpt).get("encoder")
+    if not name:
+        raise ValueError(f"{ckpt / 'config.json'} names no encoder: pass --encoder")
+    features = load_features(data_dir, name)
+    model.check_features(features)
+    return dual_tower_score_fn(model, features, device)
+
+
+def _content_knn(ckpt: Path, data_dir: str | Path, encoder: str | None, device: torch.device) -> ScoreFn:
+    name = encoder or read_checkpoint_config(ckpt)["encoder"]
+    return ContentKNN.from_pretrained(ckpt, load_features(data_dir, name)).scores
+
+
+def _trained_baseline(ckpt: Path, data_dir: str | Path, encoder: str | None, device: torch.device) -> ScoreFn:
+    return load_baseline(ckpt).to(device).scores
+
+
+# model type -> loader(checkpoint folder, data folder, encoder override, device) -> score function
+LOADERS: dict[str, Callable[[Path, "str | Path", "str | None", torch.device], ScoreFn]] = {
+    "dtrec": _dual_tower, "content-knn": _content_knn, "popularity": _trained_baseline, "sasrec": _trained_baseline,
+}
+
+
+def load_scorer(checkpoint: str | Path, data_dir: str | Path, encoder: str | None = None,
+                device: str | torch.device | None = None) -> tuple[str, ScoreFn]:
+    """(model type, score function) for a DualTower or baseline checkpoint over the data set at `data_dir`."""
+    ckpt = checkpoint_folder(checkpoint)
+    kind = checkpoint_type(ckpt)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return kind, LOADERS[kind](ckpt, data_dir, encoder, device)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    encoder: str | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool | None = False,
+    exclude_history: bool = False,
+    ties: str = DEFAULT_TIES,
+) -> dict[str, dict]:
+    """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items.
+
+    `exclude_history` scores with each user's history hidden (the serving protocol); the
+    default hides nothing (the reference protocol of published sequential results). Each split
+    names its `protocol` ("reference" | "serving") and `ties` rule.
+    """
+    dataset = Dataset.load(data_dir)
+    if not len(dataset.interactions):
+        raise ValueError(f"{data_dir} is a catalog without interactions: nothing to evaluate (prepare it "
+                         "again with --interactions; its extracted features are kept)")
+    kind, score_fn = load_scorer(checkpoint, data_dir, encoder=encoder, device=device)
+    out: dict[str, dict] = {}
+    opts = {"batch_size": batch_size, "progress": progress, "exclude_history": exclude_history, "ties": ties}
+    for split in ("valid", "test"):
+        out[split] = evaluate(score_fn, dataset.eval_cases(split), desc=f"evaluate {split}", **opts)
+    if dataset.cold_items:
+        cold = evaluate(score_fn, dataset.cold_cases("test"), desc="evaluate cold start", **opts)
+        if kind in COLD_NOTES:
+            cold["note"] = COLD_NOTES[kind]
+        out["cold_start"] = cold
+    for metrics in out.values():  # what the numbers mean travels with them
+        metrics["protocol"] = "serving" if exclude_history else "reference"
+        metrics["ties"] = ties
+    return out

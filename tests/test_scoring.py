@@ -1,0 +1,61 @@
+"""Checkpoint folders as score functions: every model type has a loader, `evaluate_checkpoint` finds `best/`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from dtrec.cli import main
+from dtrec.config import MODEL_TYPES
+from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
+from dtrec.results import METRIC_KEYS
+from dtrec.scoring import COLD_NOTES, LOADERS, evaluate_checkpoint, load_scorer
+
+
+def _tiny_dataset(path: Path) -> Dataset:
+    rng = random.Random(1)
+    seqs = [[rng.randrange(12) for _ in range(6)] for _ in range(20)]
+    ds = Dataset(Catalog([Item(f"i{i}", f"item {i}", "") for i in range(12)]),
+                 Interactions([f"u{u}" for u in range(20)], seqs), name="tiny")
+    ds.save(path)
+    return ds
+
+
+def test_every_model_type_has_a_loader():
+    assert set(LOADERS) == set(MODEL_TYPES) and set(COLD_NOTES) <= set(MODEL_TYPES)
+
+
+def test_evaluate_checkpoint_accepts_a_training_folder_with_best(tmp_path):
+    _tiny_dataset(tmp_path / "data")
+    main(["baseline", "popularity", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run" / "best")])
+    res = evaluate_checkpoint(tmp_path / "run", tmp_path / "data")
+    assert res["valid"]["n"] == 20
+    kind, score = load_scorer(tmp_path / "run", tmp_path / "data", device="cpu")
+    assert kind == "popularity" and tuple(score([[0, 1]]).shape) == (1, 12)
+
+
+def test_a_folder_without_a_checkpoint_says_so(tmp_path):
+    _tiny_dataset(tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_scorer(tmp_path / "data", tmp_path / "data")
+
+
+@pytest.mark.slow
+def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, shared_data):
+    """assets/models/scientific + `dtrec evaluate` give the seed-42 row of docs/results exactly."""
+    repo = Path(__file__).resolve().parent.parent
+    if not (shared_data / "amazon-scientific" / "Scientific.item2index").exists():
+        pytest.skip(f"Amazon Scientific data not found under {shared_data}")
+    assert main(["prepare", "unisrec", "--source", str(shared_data / "amazon-scientific"), "--name", "Scientific",
+                 "--out", str(tmp_path / "sci")]) == 0
+    published = json.loads((repo / "docs" / "results" / "scientific-adaptor-seed42.json").read_text())
+    row = published["dtrec-adaptor"]["test"]
+    got = evaluate_checkpoint(repo / "assets" / "models" / "scientific", tmp_path / "sci", device="cpu",
+                              ties=row["ties"])  # the rule the published row states
+    for key in METRIC_KEYS:
+        assert got["test"][key] == pytest.approx(published["dtrec-adaptor"]["test"][key], abs=1e-6)
+
+
