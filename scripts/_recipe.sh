@@ -56,3 +56,33 @@ run_models() {
     dtrec evaluate --checkpoint "$OUT/$m$sfx" --data "$data" --json $(device_flag) > "$OUT/eval/$m$sfx.json"
   done
 }
+
+# run_adaptor_models DATA ENCODER RECIPE: the adaptor towers trained from scratch (high epoch cap, early
+# stopping on valid NDCG@10) beside popularity, content kNN and SASRec, each evaluated under both protocols:
+# OUT/results.json (reference, nothing hidden) and OUT/results-serving.json (serving, history hidden).
+run_adaptor_models() {
+  local data=$1 enc=$2 recipe=$3
+  # shellcheck disable=SC2046
+  dtrec finetune --data "$data" --encoder "$enc" --out "$OUT/dtrec" --seed "$SEED" --tower adaptor \
+    --d-model 128 --n-heads 2 --d-ff 256 --temperature 0.07 --epochs 200 --patience 10 --quiet \
+    $(device_flag) $(extra_args FINETUNE) > /dev/null
+  dtrec baseline popularity --data "$data" --out "$OUT/popularity" > /dev/null
+  dtrec baseline content-knn --data "$data" --out "$OUT/content-knn" --encoder "$enc" > /dev/null
+  # shellcheck disable=SC2046
+  dtrec baseline sasrec --data "$data" --out "$OUT/sasrec" --seed "$SEED" $(epochs_flag SASREC) $(device_flag) \
+    $(extra_args SASREC) > /dev/null
+  mkdir -p "$OUT/eval-serving"
+  for m in popularity content-knn sasrec dtrec; do
+    # shellcheck disable=SC2046
+    dtrec evaluate --checkpoint "$OUT/$m" --data "$data" --json --quiet $(device_flag) > "$OUT/eval/$m.json"
+    # shellcheck disable=SC2046
+    dtrec evaluate --checkpoint "$OUT/$m" --data "$data" --json --quiet --exclude-history $(device_flag) \
+      > "$OUT/eval-serving/$m.json"
+  done
+  for p in "" -serving; do
+    "$DTREC_PYTHON" "$ROOT/scripts/_results.py" "$OUT/results$p.json" --recipe "$recipe" \
+      --data "$DATA" --seed "$SEED" --commands "$OUT/commands.txt" \
+      popularity="$OUT/eval$p/popularity.json" content-knn="$OUT/eval$p/content-knn.json" \
+      sasrec="$OUT/eval$p/sasrec.json" dtrec-adaptor="$OUT/eval$p/dtrec.json"
+  done
+}

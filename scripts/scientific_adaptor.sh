@@ -12,26 +12,4 @@ ENC=clip-vit-b-32
 D=$OUT/data/scientific
 
 dtrec prepare unisrec --source "$DATA/amazon-scientific" --name Scientific --out "$D" --seed "$SEED"
-# shellcheck disable=SC2046
-dtrec finetune --data "$D" --encoder $ENC --out "$OUT/dtrec" --seed "$SEED" --tower adaptor \
-  --d-model 128 --n-heads 2 --d-ff 256 --temperature 0.07 --epochs 200 --patience 10 --quiet \
-  $(device_flag) $(extra_args FINETUNE) > /dev/null
-dtrec baseline popularity --data "$D" --out "$OUT/popularity" > /dev/null
-dtrec baseline content-knn --data "$D" --out "$OUT/content-knn" --encoder $ENC > /dev/null
-# shellcheck disable=SC2046
-dtrec baseline sasrec --data "$D" --out "$OUT/sasrec" --seed "$SEED" $(epochs_flag SASREC) $(device_flag) \
-  $(extra_args SASREC) > /dev/null
-mkdir -p "$OUT/eval-serving"
-for m in popularity content-knn sasrec dtrec; do
-  # shellcheck disable=SC2046
-  dtrec evaluate --checkpoint "$OUT/$m" --data "$D" --json --quiet $(device_flag) > "$OUT/eval/$m.json"
-  # shellcheck disable=SC2046
-  dtrec evaluate --checkpoint "$OUT/$m" --data "$D" --json --quiet --exclude-history $(device_flag) \
-    > "$OUT/eval-serving/$m.json"
-done
-for p in "" -serving; do
-  "$DTREC_PYTHON" "$ROOT/scripts/_results.py" "$OUT/results$p.json" --recipe scientific_adaptor \
-    --data "$DATA" --seed "$SEED" --commands "$OUT/commands.txt" \
-    popularity="$OUT/eval$p/popularity.json" content-knn="$OUT/eval$p/content-knn.json" \
-    sasrec="$OUT/eval$p/sasrec.json" dtrec-adaptor="$OUT/eval$p/dtrec.json"
-done
+run_adaptor_models "$D" $ENC scientific_adaptor

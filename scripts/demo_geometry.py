@@ -1,0 +1,71 @@
+"""The embedded demo's geometry: how spread its item embeddings are, how often it echoes, what one movie brings.
+
+usage: python scripts/demo_geometry.py [--demo assets/demo] [--out docs/bench/demo-geometry.json]
+Prints the numbers and writes them as JSON with provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dtrec.data.catalog import Catalog
+from dtrec.features import load_features
+from dtrec.model import DualTower
+from dtrec.provenance import git_commit
+
+EXAMPLES = ("Star Wars (1977)", "Toy Story (1995)", "Fargo (1996)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and report."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo", default="assets/demo")
+    p.add_argument("--out", default="docs/bench/demo-geometry.json")
+    args = p.parse_args(argv)
+    demo = Path(args.demo)
+    model = DualTower.from_pretrained(str(demo / "model")).float().eval()
+    items = pd.read_parquet(demo / "catalog" / "items.parquet")
+    catalog = Catalog.from_frame(items, root=demo / "catalog")
+    feats = load_features(demo / "catalog", model.config.encoder, catalog)
+    feats = type(feats)(feats.encoder, {m: v.float() for m, v in feats.values.items()}, feats.present)
+    with torch.no_grad():
+        emb = model.item_embeddings(feats)
+        n = emb.shape[0]
+        cos = emb @ emb.T
+        mean_cos = float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
+        histories = json.loads((demo / "histories.json").read_text())
+        row = {str(i): j for j, i in enumerate(items["id"])}
+        hs = [[row[str(i)] for i in (h["items"] if isinstance(h, dict) else h) if str(i) in row] for h in histories]
+        hs = [h for h in hs if h]
+        users = model.user_embeddings(hs, feats) @ emb.T
+        echo = float((users.argmax(1) == torch.tensor([h[-1] for h in hs])).float().mean())
+        examples = {}
+        for title in EXAMPLES:
+            hit = items.index[items["title"] == title]
+            if len(hit) == 0:
+                continue
+            i = int(hit[0])
+            s = (model.user_embeddings([[i]], feats) @ emb.T)[0]
+            s[i] = float("-inf")
+            examples[title] = [items["title"][int(j)] for j in s.topk(5).indices]
+    counts = pd.Series([1 for h in hs for _ in h]).groupby([i for h in hs for i in h]).sum()
+    popular = [items["title"][int(j)] for j in counts.sort_values(ascending=False).index[:10]]
+    out = {"demo": str(demo), "n_items": n, "item_mean_pairwise_cosine": mean_cos,
+           "histories": len(hs), "last_item_first": echo, "one_movie_top5": examples,
+           "most_frequent_in_histories": popular,
+           "provenance": {"commit": git_commit(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          "command": "python scripts/demo_geometry.py " + " ".join(argv or sys.argv[1:])}}
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps({k: v for k, v in out.items() if k != "provenance"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
