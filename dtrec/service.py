@@ -882,7 +882,8 @@ class Recommender:
             else:
                 cos = np.full(n, -np.inf, dtype=np.float32)
                 cos[:min(n, len(scores))] = scores[:n]  # rows added since the scores were taken: no text yet
-                hits = [(r, float(cos[r])) for r, _ in titled]
+                # a titled item with no text feature (or one added since the scoring) has no cosine: 0
+                hits = [(r, float(cos[r]) if np.isfinite(cos[r]) else 0.0) for r, _ in titled]
                 rest = allowed & np.isfinite(cos)
                 rest[[r for r, _ in titled]] = False
                 cand, need = np.flatnonzero(rest), k - len(hits)
