@@ -36,6 +36,9 @@ _T0 = time.perf_counter()  # start → ready is measured from here: gradio, torc
 # A local demo sends no usage statistics unless the user opts in.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from dtrec.fastimport import skip_gradio_stub_writing  # noqa: E402
+
+skip_gradio_stub_writing()  # halves `import gradio` (see dtrec/fastimport.py)
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from dtrec.data.catalog import Catalog, Dataset, Item
-from dtrec.features import cache_path, load_features
+from dtrec.features import load_features
 from dtrec.model import DualTower
 from dtrec.modelcard import check_results, make_model_card
 from dtrec.results import metric_table
@@ -143,20 +143,6 @@ def _thumb_sources(catalog: Catalog, thumb_size: int, tmp: Path) -> Catalog:
     return Catalog(items, root=catalog.root)
 
 
-def _halve_features(catalog_dir: Path, encoder: str) -> None:
-    """Rewrite the feature cache with fp16 values (Features.load casts back to float32)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    path = cache_path(catalog_dir, encoder)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    t = load_file(str(path))
-    tmp = path.with_suffix(".half.tmp")
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in t.items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
-
-
 def _model_card(cfg: DemoBuildConfig, dataset: Dataset, model: torch.nn.Module, results: dict,
                 n_hist: int, history_len: int) -> str:
     """The checkpoint's model card plus what this demo folder holds."""
@@ -208,8 +194,6 @@ def build_demo(cfg: DemoBuildConfig) -> Path:
         write_demo_folder(src, features, model, staged, histories=histories, results=results, readme=readme,
                           notice=notice, thumbnail_px=round(cfg.thumb_size * POSTER_ASPECT), seed=cfg.seed,
                           half=cfg.half)
-        if cfg.half:
-            _halve_features(staged / "catalog", model.config.encoder)
         old = tmp / "old"
         if out.exists():
             out.replace(old)

@@ -12,6 +12,9 @@ Demo folder layout (written by `write_demo_folder`, read by `Recommender.from_fo
     DIR/model/config.json, DIR/model/model.safetensors     DualTower checkpoint
     DIR/catalog/items.parquet, DIR/catalog/images/*.jpg     catalog (dtrec.data.catalog layout), thumbnails
     DIR/catalog/features/<encoder>.safetensors              raw encoder features (dtrec.features)
+    DIR/item_embeddings.safetensors   the item tower's embeddings of the catalog, keyed (metadata "key")
+                          by catalog, features and weights: a start with a fresh store reads them
+                          instead of running the item tower; a stale file is recomputed and rewritten
     DIR/histories.json    real test users' histories (lists of item ids)
     DIR/results.json      evaluation table {model: {"valid": {...}, "test": {...}, "cold_start": {...}}}
     DIR/README.md, DIR/NOTICE.md   model card and data notice
@@ -67,6 +70,7 @@ from PIL import Image
 from dtrec.config import ServeConfig
 from dtrec.data.catalog import Catalog, Dataset, Item, item_text
 from dtrec.features import Features, cache_path, load_features
+from dtrec.fileio import atomic_write_bytes
 from dtrec.store import ItemStore, NewItem, StoredItem
 from dtrec.textsearch import TitleIndex
 
@@ -77,6 +81,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u
 
 
 log = logging.getLogger("dtrec.service")
+
+ITEM_EMBEDDINGS = "item_embeddings.safetensors"  # a demo folder's carried item-tower embeddings
 
 # The caller's session and client address for calls that do not pass them (the app sets both per event).
 _SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("dtrec_session", default=None)
@@ -196,6 +202,49 @@ def _state_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _catalog_fingerprint(catalog_fp: str, features: Features) -> str:
+    """The store's key for a catalog: its content (`Catalog.fingerprint`) and the features read for it."""
+    return hashlib.sha256(json.dumps(
+        [catalog_fp, features.encoder, features.fingerprint, features.dims]).encode()).hexdigest()[:16]
+
+
+def item_embeddings_key(catalog_key: str, model_fp: str, features: Features) -> str:
+    """What carried item-tower embeddings were made from: catalog, weights and the feature values themselves
+    (a feature file rewritten in place, say in fp16, keeps its fingerprint but changes the embeddings)."""
+    h = hashlib.sha256(json.dumps([catalog_key, model_fp]).encode())
+    for m in sorted(features.modalities):
+        h.update(m.encode())
+        h.update(features.values[m].detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(features.present[m].detach().cpu().numpy().astype(np.uint8).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_item_embeddings(path: str | Path, key: str) -> np.ndarray | None:
+    """The (N, d) float32 embeddings carried in `path` when they were made under `key`, else None."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="np") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return np.asarray(f.get_tensor("embeddings"), dtype=np.float32)
+    except Exception as e:  # a truncated or foreign file is recomputed, never trusted
+        log.warning("dtrec: ignoring unreadable %s (%s)", path.name, e)
+        return None
+
+
+def save_item_embeddings(path: str | Path, embeddings: np.ndarray, key: str) -> Path:
+    """Atomically write carried item-tower embeddings (float32) under `key`."""
+    from safetensors.numpy import save
+
+    data = save({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}, metadata={"key": key})
+    atomic_write_bytes(Path(path), data, fsync=False)  # a lost file is recomputed; a torn one never read
+    return Path(path)
+
+
 def _default_store_dir(demo_dir: Path) -> Path:
     """`DIR/store` when DIR is writable, else a per-folder directory under the user's cache."""
     env = os.environ.get("DTREC_STORE_DIR")
@@ -243,7 +292,9 @@ class Recommender:
         if not items_file.is_file():
             raise FileNotFoundError(f"{items_file} is missing: is {catalog_dir} a catalog folder?")
         self.catalog = Catalog.from_frame(pd.read_parquet(items_file), root=catalog_dir)
-        catalog_features = load_features(catalog_dir, self.encoder_name, self.catalog)
+        # hashes every image file: computed once, for the feature check and the store's key alike
+        catalog_fp = self.catalog.fingerprint()
+        catalog_features = load_features(catalog_dir, self.encoder_name, self.catalog, fingerprint=catalog_fp)
         self.model.check_features(catalog_features)
         catalog_features = catalog_features.select(self.dims)  # only what the model reads
 
@@ -252,7 +303,7 @@ class Recommender:
             self.upload_visibility = "session" if os.environ.get("SPACE_ID") else "public"
         self.store = ItemStore(config.store_dir)
         existed = len(self.store) > 0
-        self._sync_store(catalog_features)
+        self._sync_store(catalog_features, catalog_fp)
         self.store.check_files(restore=self._catalog_image)
         self._load_state()
         self.index = self.store.open_index(config.index, dim=self.d, **self._index_params())
@@ -290,17 +341,15 @@ class Recommender:
             warnings.warn(f"ignoring {self.demo_dir / name}: {e}", stacklevel=3)
             return default
 
-    def _sync_store(self, features: Features) -> None:
+    def _sync_store(self, features: Features, catalog_fingerprint: str) -> None:
         """Seed the store from the catalog once; refresh it when catalog, encoder or weights changed."""
         store = self.store
-        catalog_fp = hashlib.sha256(json.dumps(
-            [self.catalog.fingerprint(), features.encoder, features.fingerprint, features.dims]).encode()
-        ).hexdigest()[:16]
+        catalog_fp = _catalog_fingerprint(catalog_fingerprint, features)
         model_fp = _state_fingerprint(self.model)
         old_encoder = store.get_meta("encoder")
         fresh_catalog = False
         if store.get_meta("catalog_fingerprint") != catalog_fp:
-            emb = _item_tower(self.model, features)
+            emb = self._catalog_embeddings(features, item_embeddings_key(catalog_fp, model_fp, features))
             new = []
             for i, it in enumerate(self.catalog):
                 p = self.catalog.image_path(i)
@@ -327,6 +376,30 @@ class Recommender:
                     store.update_vectors(rows.tolist(), _item_tower(self.model, feats))
             store.set_meta("model_fingerprint", model_fp)
             store.set_meta("encoder", self.encoder_name)
+
+    def _carried_path(self) -> Path | None:
+        """Where the demo folder carries its catalog's item embeddings; None when model or catalog is not the
+        folder's own (an override's embeddings would only displace the folder's)."""
+        if self.demo_dir is None:
+            return None
+        own = all(Path(p).resolve() == (self.demo_dir / sub).resolve()
+                  for p, sub in ((self.config.model, "model"), (self.config.catalog, "catalog")))
+        return self.demo_dir / ITEM_EMBEDDINGS if own else None
+
+    def _catalog_embeddings(self, features: Features, key: str) -> np.ndarray:
+        """Item-tower embeddings of the catalog: the demo folder's carried copy when it was made under `key`,
+        else computed, and carried from now on where the folder is writable."""
+        path = self._carried_path()
+        emb = load_item_embeddings(path, key) if path is not None else None
+        if emb is not None and emb.shape == (len(self.catalog), self.d):
+            return emb
+        emb = _item_tower(self.model, features)
+        if path is not None:
+            try:
+                save_item_embeddings(path, emb, key)
+            except OSError as e:  # a read-only folder (a Hub snapshot): every fresh store computes them
+                log.info("dtrec: could not write %s (%s)", path, e)
+        return emb
 
     def _reencode_uploads(self) -> None:
         """Uploads carry features of another encoder: encode their stored text and image again."""
@@ -502,7 +575,11 @@ class Recommender:
     def _text_scores_impl(self, query: str) -> np.ndarray:
         """Cosine between the frozen encoder's embedding of `query` and each store row's text feature
         (-inf for rows without one), by row."""
-        q = self._encoder_obj().encode_text([query])[0].float()
+        from dtrec.encoders.base import torch_threads
+
+        encoder = self._encoder_obj()
+        with torch_threads(1):
+            q = encoder.encode_text([query])[0].float()
         f = self._features  # one reference: an upload may swap in a grown copy meanwhile
         vals, present = f.values["text"], f.present["text"]
         q = q.to(vals.device)
@@ -1027,7 +1104,8 @@ def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str
                       n_histories: int = 200, readme: str | None = None, notice: str | None = None,
                       thumbnail_px: int = 256, seed: int = 0, half: bool = False) -> Path:
     """Write a demo folder (layout in the module docstring) from a prepared data set, its features and a
-    DualTower (or a checkpoint folder). Histories default to `n_histories` test users' histories."""
+    DualTower (or a checkpoint folder). Histories default to `n_histories` test users' histories; `half`
+    stores weights and features in fp16 (the loader casts them back to float32)."""
     from tqdm.auto import tqdm
 
     from dtrec.model import DualTower
@@ -1080,6 +1158,8 @@ def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str
     # features were extracted from the full-size images; they are kept as they are and bound to this catalog
     name = model.config.encoder
     Features(name, features.values, features.present, demo_catalog.fingerprint()).save(cache_path(cat_dir, name))
+    if half:
+        _halve_features(cat_dir, name)
 
     if histories is None:
         cases = [h for h, _ in dataset.eval_cases("test") if len(h) >= 2]
@@ -1098,7 +1178,39 @@ def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str
     (out / "NOTICE.md").write_text(notice or dataset.info.get("notice") or
                                    f"# Data notice\n\nCatalog and histories derived from {dataset.name!r}; "
                                    "see the source's own licence before reusing them.\n")
+    write_item_embeddings(out)
     return out
+
+
+def _halve_features(catalog_dir: Path, encoder: str) -> None:
+    """Rewrite the feature cache with fp16 values (Features.load casts back to float32)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = cache_path(catalog_dir, encoder)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    t = load_file(str(path))
+    tmp = path.with_suffix(".half.tmp")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in t.items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def write_item_embeddings(folder: str | Path) -> Path:
+    """Write a demo folder's carried item embeddings (`ITEM_EMBEDDINGS`), computed from the folder's own
+    weights and features exactly as `Recommender` reads them, so that a fresh store can skip the item tower."""
+    from dtrec.model import DualTower
+
+    folder = Path(folder)
+    model = DualTower.from_pretrained(str(folder / "model")).eval()
+    cat_dir = folder / "catalog"
+    catalog = Catalog.from_frame(pd.read_parquet(cat_dir / "items.parquet"), root=cat_dir)
+    catalog_fp = catalog.fingerprint()
+    features = load_features(cat_dir, model.config.encoder, catalog, fingerprint=catalog_fp)
+    model.check_features(features)
+    features = features.select(dict(model.config.modality_dims))
+    key = item_embeddings_key(_catalog_fingerprint(catalog_fp, features), _state_fingerprint(model), features)
+    return save_item_embeddings(folder / ITEM_EMBEDDINGS, _item_tower(model, features), key)
 
 
 def _default_card(dataset: Dataset, model: Any, results: dict) -> str:

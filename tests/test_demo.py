@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -44,6 +45,24 @@ def test_demo_folder_contents(tiny_demo):
     assert "This demo folder" in (tiny_demo / "README.md").read_text()
     assert folder_mb(tiny_demo) < 1.0
     assert not list(tiny_demo.parent.glob(".demo.build-*")), "the staging folder is cleaned up"
+
+
+def test_the_built_folder_carries_the_embeddings_a_fresh_store_would_compute(tiny_demo, tmp_path, monkeypatch):
+    """Written after the fp16 features and weights, so the key matches what the service reads."""
+    import dtrec.service as service
+
+    calls = []
+    monkeypatch.setattr(service, "_item_tower", lambda *a: calls.append(1))
+    rec = service.Recommender.from_folder(tiny_demo, store_dir=tmp_path)
+    try:
+        assert calls == [], "a fresh store took the carried embeddings"
+        with safe_open(str(tiny_demo / "item_embeddings.safetensors"), framework="pt") as f:
+            carried = f.get_tensor("embeddings")
+        monkeypatch.undo()
+        expect = rec.model.item_embeddings(rec._features).numpy()[: len(carried)]
+        assert carried.dtype == torch.float32 and abs(carried.numpy() - expect).max() < 1e-5
+    finally:
+        rec.close()
 
 
 def test_wide_images_are_capped_in_width(tmp_path, monkeypatch):

@@ -79,7 +79,8 @@ def _images(store) -> int:
 def test_demo_folder_layout(demo):
     d = demo["dir"]
     for f in ("model/config.json", "model/model.safetensors", "catalog/items.parquet",
-              "catalog/features/tiny-clip.safetensors", "histories.json", "results.json", "README.md", "NOTICE.md"):
+              "catalog/features/tiny-clip.safetensors", "item_embeddings.safetensors", "histories.json",
+              "results.json", "README.md", "NOTICE.md"):
         assert (d / f).is_file(), f
     thumbs = list((d / "catalog" / "images").glob("*.jpg"))
     assert len(thumbs) == N_ITEMS - N_ITEMS // 4
@@ -429,6 +430,121 @@ def test_requests_racing_the_encoder_warm_up_wait_for_it(demo, tmp_path, monkeyp
     for t in threads:
         t.join(60)
     assert not errors and len(built) == 1
+
+
+# --------------------------------------------------------------------------- start-up (issue 18, item 10)
+def _counting_item_tower(monkeypatch) -> list[int]:
+    import dtrec.service as service
+
+    calls, real = [], service._item_tower
+
+    def item_tower(model, features):
+        calls.append(len(features))
+        return real(model, features)
+
+    monkeypatch.setattr(service, "_item_tower", item_tower)
+    return calls
+
+
+def _carried(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "item_embeddings.safetensors"), framework="np") as f:
+        return f.metadata()["key"], f.get_tensor("embeddings")
+
+
+def test_a_fresh_store_takes_the_carried_embeddings_without_the_item_tower(demo, tmp_path, monkeypatch):
+    folder = tmp_path / "demo"
+    shutil.copytree(demo["dir"], folder)
+    key, carried = _carried(folder)
+    calls = _counting_item_tower(monkeypatch)
+    rec = Recommender.from_folder(folder, store_dir=tmp_path / "store")
+    assert calls == []
+    np.testing.assert_array_equal(rec._emb[:N_ITEMS], carried)
+    expect = rec.model.item_embeddings(demo["features"]).numpy()  # what the item tower would have given
+    np.testing.assert_allclose(carried, expect, atol=1e-6)
+    rec.close()
+    assert _carried(folder)[0] == key  # a file that matches is left as it is
+
+
+@pytest.mark.parametrize("damage", ["other weights", "other features", "corrupt"])
+def test_a_stale_carried_file_is_recomputed_and_rewritten(demo, tmp_path, monkeypatch, damage):
+    from dtrec.service import save_item_embeddings
+
+    folder = tmp_path / "demo"
+    shutil.copytree(demo["dir"], folder)
+    good_key, good = _carried(folder)
+    path = folder / "item_embeddings.safetensors"
+    if damage == "other weights":
+        _model(7).save_pretrained(folder / "model")
+    elif damage == "other features":  # the same catalog fingerprint, other values: the key sees the values
+        feats = Features.load(folder / "catalog" / "features" / "tiny-clip.safetensors")
+        feats.values["text"] += 0.5
+        feats.save(folder / "catalog" / "features" / "tiny-clip.safetensors")
+    else:
+        path.write_bytes(b"not a safetensors file")
+    if damage != "corrupt":  # stale embeddings under the old key, which no longer matches
+        save_item_embeddings(path, np.random.default_rng(0).standard_normal(good.shape).astype(np.float32), good_key)
+    calls = _counting_item_tower(monkeypatch)
+    rec = Recommender.from_folder(folder, store_dir=tmp_path / "store")
+    assert calls == [N_ITEMS]
+    feats = Features.load(folder / "catalog" / "features" / "tiny-clip.safetensors")
+    expect = rec.model.item_embeddings(feats).numpy()
+    np.testing.assert_allclose(rec._emb[:N_ITEMS], expect, atol=1e-6)
+    key, rewritten = _carried(folder)
+    np.testing.assert_array_equal(rewritten, rec._emb[:N_ITEMS])
+    assert (key != good_key) == (damage != "corrupt")
+    rec.close()
+    calls.clear()  # the next fresh store takes the rewritten file
+    Recommender.from_folder(folder, store_dir=tmp_path / "store2").close()
+    assert calls == []
+
+
+def test_a_model_or_catalog_override_neither_reads_nor_writes_the_folders_file(demo, tmp_path, monkeypatch):
+    folder = tmp_path / "demo"
+    shutil.copytree(demo["dir"], folder)
+    _model(7).save_pretrained(tmp_path / "other-model")
+    before = (folder / "item_embeddings.safetensors").read_bytes()
+    calls = _counting_item_tower(monkeypatch)
+    cfg = ServeConfig(model=str(tmp_path / "other-model"), catalog=str(folder / "catalog"),
+                      store_dir=str(tmp_path / "store"))
+    Recommender(cfg, demo_dir=folder).close()
+    assert calls == [N_ITEMS] and (folder / "item_embeddings.safetensors").read_bytes() == before
+
+
+def test_the_catalog_fingerprint_is_computed_once_per_start(demo, tmp_path, monkeypatch):
+    calls, real = [], Catalog.fingerprint
+
+    def fingerprint(self):
+        calls.append(len(self))
+        return real(self)
+
+    monkeypatch.setattr(Catalog, "fingerprint", fingerprint)
+    _open(demo, tmp_path / "first").close()  # seeds a fresh store
+    assert calls == [N_ITEMS]
+    calls.clear()
+    _open(demo, tmp_path / "first").close()  # a restart over the same store
+    assert calls == [N_ITEMS]
+
+
+def test_a_search_encodes_its_query_with_one_thread_and_restores_the_callers(demo, tmp_path):
+    rec = _open(demo, tmp_path)
+    enc = rec._encoder_obj()
+    seen, real = [], enc.encode_text
+
+    def encode_text(texts):
+        seen.append(torch.get_num_threads())
+        return real(texts)
+
+    enc.encode_text = encode_text
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert rec.search("a film about thing 3", k=3).items
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        rec.close()
 
 
 def test_human_bytes():
