@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from dtrec import __version__
 from dtrec.config import BASELINE_TYPES, DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
 from dtrec.results import metric_table
-from dtrec.weights import resolve_init
 
 
 class CLIError(Exception):
@@ -335,6 +334,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     import os
 
     from dtrec.train.finetune import finetune, load_dataset_features
+    from dtrec.weights import resolve_init
 
     out = Path(args.out)
     config = resolve_config(FinetuneConfig, args, _resumed_config(args))
