@@ -190,7 +190,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- evaluate / baseline
 def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="full-ranking metrics of a dtrec or baseline checkpoint")
-    e.add_argument("--checkpoint", required=True, help="checkpoint folder (or a training folder holding best/)")
+    e.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder (or a training folder holding best/), or `pretrained`: the shipped model")
     e.add_argument("--data", required=True, help="prepared data folder")
     e.add_argument("--encoder", default=None, help="feature encoder (default: the checkpoint's)")
     e.add_argument("--batch-size", type=int, default=256, help="users scored at a time")
@@ -243,8 +244,12 @@ def _json_safe(obj):
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dtrec.scoring import evaluate_checkpoint
+    from dtrec.weights import SHIPPED, shipped_checkpoint
 
-    res = evaluate_checkpoint(args.checkpoint, args.data, encoder=args.encoder, batch_size=args.batch_size,
+    checkpoint = args.checkpoint
+    if checkpoint in SHIPPED and not Path(checkpoint).exists():  # a shipped model by name, e.g. `pretrained`
+        checkpoint = str(shipped_checkpoint(checkpoint))
+    res = evaluate_checkpoint(checkpoint, args.data, encoder=args.encoder, batch_size=args.batch_size,
                               device=args.device, progress=False if args.quiet else None,
                               exclude_history=args.exclude_history, ties=args.ties)
     protocol = "serving (history hidden)" if args.exclude_history else "reference (nothing hidden)"

@@ -9,6 +9,7 @@
 #     under both protocols: OUT/results.json (reference) and OUT/results-serving.json (history hidden).
 # usage: DTREC_SEED=42 bash scripts/transfer.sh OUTDIR [PRETRAINED]
 # env: DTREC_DOMAINS (prepared domains, default OUTDIR/domains), DTREC_HELD_OUT (default amazon2014-toy),
+#      DTREC_PRETRAIN_DOMAINS (space-separated; default every domain but the held-out one),
 #      DTREC_FINETUNE_STEPS (default 200), DTREC_PRETRAIN_ARGS / DTREC_FINETUNE_ARGS (extra flags).
 set -euo pipefail
 source "$(dirname "$0")/_recipe.sh"
@@ -20,12 +21,16 @@ HELD=${DTREC_HELD_OUT:-amazon2014-toy}
 STEPS=${DTREC_FINETUNE_STEPS:-200}
 ALL=(amazon2014-beauty amazon2014-clothing amazon2014-health amazon2014-toy amazon2014-book_1000000
      amazon2014-electronic_1000000 food movielens-1m scientific)
-DTREC_DATA=$DATA bash "$ROOT/scripts/prepare_domains.sh" "$DOMAINS" "${ALL[@]}" > /dev/null
+PRETRAIN_ON=()
+for d in ${DTREC_PRETRAIN_DOMAINS:-${ALL[*]}}; do [[ $d == "$HELD" ]] || PRETRAIN_ON+=("$d"); done
+NEEDED=("$HELD")
+[[ -n $PRE ]] || NEEDED+=("${PRETRAIN_ON[@]}")
+DTREC_DATA=$DATA bash "$ROOT/scripts/prepare_domains.sh" "$DOMAINS" "${NEEDED[@]}" > /dev/null
 # The CPU-sized architecture of the shipped model; pretrained and scratch runs share it.
 ARCH=(--tower adaptor --d-model 128 --n-heads 2 --d-ff 256 --n-experts 4 --temperature 0.07 --max-len 20)
 if [[ -z $PRE ]]; then
   SOURCES=()
-  for d in "${ALL[@]}"; do [[ $d == "$HELD" ]] || SOURCES+=(--data "$DOMAINS/$d"); done
+  for d in "${PRETRAIN_ON[@]}"; do SOURCES+=(--data "$DOMAINS/$d"); done
   # shellcheck disable=SC2046
   dtrec pretrain --sequences --encoder $ENC --out "$OUT/pretrained" "${SOURCES[@]}" "${ARCH[@]}" \
     --sequence-batch-size 128 --batch-size 256 --steps-per-epoch 100 --epochs 40 --patience 4 \
