@@ -56,7 +56,7 @@ class ServedApp:
 
 @pytest.fixture(scope="module")
 def served_app(tiny_demo, tmp_path_factory, request) -> Iterator[ServedApp]:
-    """app.py over the tiny demo with its own store, launched once per test module on a free loopback port.
+    """dtrec.app's UI over the tiny demo with its own store, launched once per test module on a free loopback port.
 
     A module sets the Recommender's `ServeConfig` fields with a module-level `SERVE_CONFIG` dict."""
     from dtrec.config import ServeConfig

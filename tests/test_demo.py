@@ -1,14 +1,20 @@
-"""`dtrec build-demo` (dtrec.demo) and `dtrec serve`'s argument plumbing."""
+"""`dtrec build-demo` (dtrec.demo) and `dtrec serve` (its flags, and serving from the package alone)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from app_server import start_server, stop_server
 from PIL import Image
 from safetensors import safe_open
 
+import dtrec
 from dtrec.cli import main as cli
 from dtrec.data.catalog import Catalog, Item
 from dtrec.demo import MAX_HISTORIES, DemoBuildConfig, DemoBuildError, _thumb_sources, folder_mb
@@ -79,9 +85,38 @@ def test_build_demo_cli_errors_are_one_line(tmp_path, capsys):
     assert "--thumb-size" in capsys.readouterr().err
 
 
-def test_serve_without_app_file(tmp_path, capsys):
+def test_serve_refuses_the_removed_app_flag(tmp_path, capsys):
     assert cli(["serve", "--app", str(tmp_path / "app.py")]) == 2
-    assert "app.py not found" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "--app is gone" in err and len(err.splitlines()) == 1
+
+
+def test_serve_needs_no_checkout(tiny_demo, tmp_path):
+    """`dtrec serve` from a copy of the package alone (as a wheel installs it), run outside the checkout,
+    starts, answers its API and serves the placeholder it ships."""
+    import httpx
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(dtrec.__file__).parent, site / "dtrec", ignore=shutil.ignore_patterns("__pycache__"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import dtrec.cli; print(dtrec.cli.__file__)"], cwd=elsewhere,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert where.stdout.strip() == str(site / "dtrec" / "cli.py"), where.stderr
+    log = tmp_path / "serve.log"
+    proc, url = start_server(tiny_demo, tmp_path / "store", log, command=[sys.executable, "-m", "dtrec.cli", "serve"],
+                             cwd=elsewhere, pythonpath=site)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            assert {"/recommend", "/search", "/add_item"} <= set(http.get("gradio_api/info").json()["named_endpoints"])
+            event = http.post("gradio_api/call/search", json={"data": ["toy story", 3]}).json()["event_id"]
+            assert "event: complete" in http.get(f"gradio_api/call/search/{event}").text
+            placeholder = site / "dtrec" / "app" / "placeholder.png"
+            assert http.get(f"gradio_api/file={placeholder}").content == placeholder.read_bytes()
+    finally:
+        stop_server(proc)
+    assert "dtrec demo ready" in log.read_text()
 
 
 def test_find_results(tmp_path):

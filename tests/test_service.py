@@ -512,19 +512,15 @@ def test_an_item_without_a_picture_is_not_favoured_over_the_same_text_with_one(t
 
 def test_the_page_and_the_api_give_the_same_order(movies):
     """The UI's search box and /search both call `Recommender.search`: same items, same order."""
-    import sys
-    from pathlib import Path
+    from dtrec.app import ALL_GENRES, build_app
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import app
-
-    demo = app.build_app(movies)
+    demo = build_app(movies)
     fns = list(demo.fns.values())
     api = next(f.fn for f in fns if f.api_name == "search")
     ui = next(f.fn for f in fns if getattr(f.fn, "__name__", "") == "on_search")
     for query in ("toy story", "toy sotry", "a space adventure", "jedi"):
         api_ids = [r["id"] for r in api(query, 10)]
-        _, ui_ids = ui(query, app.ALL_GENRES)[:2]
+        _, ui_ids = ui(query, ALL_GENRES)[:2]
         assert ui_ids[:10] == api_ids, query
     assert api("toy story", 10)[0]["title"] == "Toy Story (1995)"
 
