@@ -276,11 +276,14 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- pretrain / finetune
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="self-supervised multi-modal pretraining over items (torchrun-aware)")
+    p = sub.add_parser("pretrain", help="self-supervised multi-modal pretraining over items, and with --sequences "
+                                        "over the histories of every --data too (torchrun-aware)")
     p.add_argument("--data", required=True, action="append", help="prepared data folder (repeat for several)")
     p.add_argument("--encoder", required=True, help="feature encoder whose cached features to read")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--init", default=None, help="start from this checkpoint (--sequences only)")
     p.add_argument("--config", default=None, help="JSON file of PretrainConfig fields (model fields under 'model')")
+    p.add_argument("--resume", action="store_true", help="continue OUT/last with OUT's saved config (--sequences)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(p, PretrainConfig)
     _add_push_flag(p)
@@ -299,13 +302,23 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_cmd_finetune)
 
 
+def _resumed_config(args: argparse.Namespace) -> dict | None:
+    """With `--resume`, the config recorded in OUT/train_config.json (flags given now override it)."""
+    if not args.resume:
+        return None
+    rec = Path(args.out) / "train_config.json"
+    if not rec.exists():
+        raise FileNotFoundError(f"{rec} is missing: nothing to resume in {args.out}")
+    return json.loads(rec.read_text())["config"]
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from dtrec.train.finetune import load_dataset_features
     from dtrec.train.pretrain import pretrain
 
-    config = resolve_config(PretrainConfig, args)
+    config = resolve_config(PretrainConfig, args, _resumed_config(args))
     sources = [load_dataset_features(d, args.encoder) for d in args.data]
-    row = pretrain(sources, config, args.out, progress=not args.quiet,
+    row = pretrain(sources, config, args.out, progress=not args.quiet, init=args.init, resume=args.resume,
                    record={"data": [str(d) for d in args.data], "encoder": args.encoder})
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(row))
@@ -316,13 +329,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from dtrec.train.finetune import finetune, load_dataset_features
 
     out = Path(args.out)
-    base = None
-    if args.resume:
-        rec = out / "train_config.json"
-        if not rec.exists():
-            raise FileNotFoundError(f"{rec} is missing: nothing to resume in {out}")
-        base = json.loads(rec.read_text())["config"]
-    config = resolve_config(FinetuneConfig, args, base)
+    config = resolve_config(FinetuneConfig, args, _resumed_config(args))
     dataset, features = load_dataset_features(args.data, args.encoder)
     result = finetune(dataset, features, config, out, init=args.init, resume=args.resume,
                       progress=not args.quiet, record={"data": str(args.data), "encoder": args.encoder})

@@ -134,12 +134,27 @@ class PretrainConfig(TrainConfig):
     """Self-supervised multi-modal pretraining over items (dtrec.train.pretrain)."""
 
     epochs: int = 20
-    batch_size: int = 1024
+    batch_size: int = 1024  # items per batch of the item views
+    # Multi-domain sequence pretraining (UniSRec-style): every source's training histories also teach
+    # next-item prediction, each batch drawn from one source with that source's items as candidates.
+    sequences: bool = False
+    sequence_batch_size: int = 256
+    steps_per_epoch: int = 0  # sequence batches per epoch (0: one pass over every source's histories)
+    item_weight: float = 1.0  # the item views' loss beside the sequence loss
+    negatives: str = "auto"  # sequence candidates of each source, resolved by its catalog size
+    num_negatives: int = 1024
+    valid_users: int = 1000  # validation histories per source (sequence pretraining; 0: all)
+    patience: int = 0  # sequence pretraining: stop after this many epochs without better validation (0: never)
 
     def __post_init__(self):
         super().__post_init__()
         if self.batch_size < 2:
             raise ValueError("pretraining needs batch_size >= 2 (the other items of a batch are the negatives)")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, not {self.negatives!r}")
+        if self.sequence_batch_size < 1 or self.steps_per_epoch < 0 or self.valid_users < 0 or self.patience < 0:
+            raise ValueError("sequence_batch_size must be at least 1; steps_per_epoch, valid_users and patience "
+                             "at least 0")
 
 
 # --------------------------------------------------------------------------- checkpoint folders

@@ -78,6 +78,7 @@ class AdaptorItemEncoder(nn.Module):
                  n_experts: int = 8, dropout: float = 0.2):
         super().__init__()
         self.modalities = modalities
+        self.d_model = d_model
         self.norm = nn.ModuleDict({m: FeatureNorm(modality_dims[m]) for m in modalities})
         self.adaptor = nn.ModuleDict({m: MoEAdaptor(modality_dims[m], d_model, n_experts, dropout)
                                       for m in modalities})
@@ -94,7 +95,14 @@ class AdaptorItemEncoder(nn.Module):
 
     def forward(self, values: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         """`values[m]` (..., D_m), `present[m]` (...) -> (..., d); an item with no modality gets zeros."""
-        return mean_over_present({m: self.adaptor[m](x) for m, x in self.standardise(values).items()}, present)
+        # A modality no item of the batch has adds nothing to the mean: skip its experts (a text-only
+        # catalog would otherwise pay for the image adaptor, the widest one, on placeholder rows).
+        mods = [m for m in self.modalities if bool(present[m].any())]
+        if not mods:
+            shape = next(iter(present.values())).shape
+            return self.norm[self.modalities[0]].mean.new_zeros(*shape, self.d_model)
+        parts = {m: self.adaptor[m](self.norm[m](values[m].to(self.norm[m].mean.dtype))) for m in mods}
+        return mean_over_present(parts, present)
 
 
 class HistoryCorrection(nn.Module):

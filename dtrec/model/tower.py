@@ -87,13 +87,23 @@ class DualTower(
     def fit_feature_norm(self, features: Features, exclude: list[int] | None = None) -> None:
         """Fit the adaptor's feature standardisation on a training catalog, rows `exclude` (cold items)
         left out; a no-op for the fusion tower."""
+        self.fit_feature_norm_over([(features, exclude)])
+
+    def fit_feature_norm_over(self, catalogs: list[tuple[Features, list[int] | None]]) -> None:
+        """`fit_feature_norm` on several catalogs at once (multi-domain pretraining): the statistics of all
+        their rows that have the modality, each catalog's `exclude` rows left out."""
         if self.config.tower != "adaptor":
             return
-        keep = torch.ones(len(features), dtype=torch.bool)
-        if exclude:
-            keep[torch.as_tensor(exclude, dtype=torch.long)] = False
-        present = {m: features.present[m].cpu() & keep for m in self.modalities}
-        self.item_adaptor.fit_norm({m: features.values[m] for m in self.modalities}, present)
+        values: dict[str, Tensor] = {}
+        for m in self.modalities:
+            rows = []
+            for features, exclude in catalogs:
+                keep = features.present[m].cpu().clone()
+                if exclude:
+                    keep[torch.as_tensor(exclude, dtype=torch.long)] = False
+                rows.append(features.values[m][keep.to(features.values[m].device)].cpu())
+            values[m] = torch.cat(rows)
+        self.item_adaptor.fit_norm(values, {m: torch.ones(len(v), dtype=torch.bool) for m, v in values.items()})
 
     def _encode_history(self, idx: Tensor, padding: Tensor, table: Features, masked: Tensor | None) -> Tensor:
         """User-encoder outputs (B, L, d) for item rows `idx` (B, L) of `table`, gathered on the table's device."""
