@@ -116,6 +116,21 @@ def test_bad_upload_is_refused_and_stores_nothing(served, tmp_path):
     assert rec.about()["n_uploads"] == n
 
 
+def test_the_page_and_the_api_give_the_same_order(served_app):
+    """The UI's search box and /search both call `Recommender.search`: same items, same order."""
+    from dtrec.app import ALL_GENRES, build_app
+
+    demo = build_app(served_app.rec)
+    fns = list(demo.fns.values())
+    api = next(f.fn for f in fns if f.api_name == "search")
+    ui = next(f.fn for f in fns if getattr(f.fn, "__name__", "") == "on_search")
+    for query in ("toy story", "toy sotry", "a space adventure", "jedi"):
+        api_ids = [r["id"] for r in api(query, 10)]
+        _, ui_ids = ui(query, ALL_GENRES)[:2]
+        assert ui_ids[:10] == api_ids, query
+    assert api("toy story", 10)[0]["title"] == "Toy Story (1995)"
+
+
 def test_eval_frame_reads_the_results_table():
     about = {"results": {"dtrec": {"test": {"ndcg@10": 0.123456, "n": 9}}, "popularity": {"test": {"ndcg@10": 0.05}},
                          "meta": {"recipe": "movielens", "seed": 42, "env": {"torch": "2.14"}}}}

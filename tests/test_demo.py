@@ -13,6 +13,7 @@ import pytest
 from app_server import start_server, stop_server
 from PIL import Image
 from safetensors import safe_open
+from synthetic import N_ITEMS
 
 import dtrec
 from dtrec.cli import main as cli
@@ -50,6 +51,17 @@ def test_demo_folder_contents(tiny_demo):
     assert "This demo folder" in (tiny_demo / "README.md").read_text()
     assert folder_mb(tiny_demo) < 1.0
     assert not list(tiny_demo.parent.glob(".demo.build-*")), "the staging folder is cleaned up"
+
+
+def test_demo_folder_layout(synthetic_demo):
+    d = synthetic_demo["dir"]
+    for f in ("model/config.json", "model/model.safetensors", "catalog/items.parquet",
+              "catalog/features/tiny-clip.safetensors", "histories.json", "results.json", "README.md", "NOTICE.md"):
+        assert (d / f).is_file(), f
+    thumbs = list((d / "catalog" / "images").glob("*.jpg"))
+    assert len(thumbs) == N_ITEMS - N_ITEMS // 4
+    hist = json.loads((d / "histories.json").read_text())
+    assert hist and all(isinstance(i, str) for h in hist for i in h)
 
 
 def test_wide_images_are_capped_in_width(tmp_path, monkeypatch):

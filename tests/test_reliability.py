@@ -498,9 +498,9 @@ def test_a_closed_tab_ends_its_session(served):
         with http.stream("GET", "gradio_api/heartbeat/closing-tab") as r:
             next(r.iter_text())
     deadline = time.time() + 10
-    while "closing-tab" not in rec._ended and time.time() < deadline:
+    while "closing-tab" not in rec.sessions.ended and time.time() < deadline:
         time.sleep(0.05)
-    assert "closing-tab" in rec._ended
+    assert "closing-tab" in rec.sessions.ended
 
 
 # --------------------------------------------------------------------------- slow: the app in a subprocess

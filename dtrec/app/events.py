@@ -14,7 +14,8 @@ from typing import Any, Callable
 import gradio as gr
 from gradio.context import LocalContext
 
-from dtrec.service import InputError, session_scope
+from dtrec.serving.errors import InputError
+from dtrec.serving.sessions import session_scope
 
 log = logging.getLogger("dtrec.app")
 

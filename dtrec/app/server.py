@@ -96,7 +96,7 @@ def _missing_demo(demo: str | None) -> Path | None:
 
 def _warm_up(rec: Recommender) -> None:
     try:
-        rec.warm_up()  # requests that need the encoder meanwhile wait for it (Recommender._encoder_obj)
+        rec.warm_up()  # requests that need the encoder meanwhile wait for it (ContentEncoder.get)
     except Exception:  # logged; the first upload or search tries again and answers for itself
         log.warning("encoder warm-up failed", exc_info=True)
 

@@ -14,7 +14,7 @@ from dtrec.app.events import BadInput, handler, md_text, refused, warn
 from dtrec.app.uploads import DELETE_CACHE, discard_upload, upload_path
 from dtrec.app.views import (NEW_BADGE, about_markdown, browse_caption, eval_frame, image, metric_frame,
                              parse_history, parse_k, rec_caption, rec_json, short, y_lim)
-from dtrec.service import ImageError, InputError
+from dtrec.serving.errors import ImageError, InputError
 
 TITLE = "dtrec — movies by content"
 START_NOTE = ("No history yet, so here are the **most popular movies** among the demo's sample users. "

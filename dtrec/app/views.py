@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from dtrec.app.events import BadInput
-from dtrec.service import human_bytes
+from dtrec.serving.errors import human_bytes
 
 PLACEHOLDER = Path(__file__).resolve().parent / "placeholder.png"  # shipped with the package (package data)
 NEW_BADGE = "new — never interacted with"
