@@ -196,6 +196,19 @@ def render_markdown(results: dict[str, Any]) -> str:
                      [api["clients"], api["concurrent"]["n"], api["concurrent"]["p50_ms"],
                       api["concurrent"]["p95_ms"], api["concurrent"]["p99_ms"], api["throughput_rps"]]])
 
+    st = results.get("startup")
+    if st:
+        L += ["## Start-up (time-to-ready)", "",
+              f"A fresh `app.py` process on the demo, from launch until `/config` answers, {st['repetitions']} "
+              "time(s) each; beside it, a fresh `python -c \"import gradio\"` in the same run.", ""]
+        L += _table(["start", "median s", "min s", "max s", "÷ import gradio"],
+                    [["first (empty store)", st["first"]["median_s"], st["first"]["min_s"], st["first"]["max_s"],
+                      st["first_vs_import_gradio"]],
+                     ["restart (store present)", st["restart"]["median_s"], st["restart"]["min_s"],
+                      st["restart"]["max_s"], st["restart_vs_import_gradio"]],
+                     ["`import gradio` alone", st["import_gradio"]["median_s"], st["import_gradio"]["min_s"],
+                      st["import_gradio"]["max_s"], 1.0]])
+
     cs = results.get("cold_start")
     if cs:
         L += ["## Cold start: `add_item`", "", f"Encoder {cs['encoder']}; stages timed: "

@@ -23,14 +23,14 @@ from benchmarks.common import REPO, BenchError, machine_info
 from benchmarks.data import bench_demo, synthetic_training_data
 from benchmarks.features import measure_feature_extraction
 from benchmarks.report import write_report
-from benchmarks.serving import measure_api, measure_cold_start, measure_recommender, measure_serving
+from benchmarks.serving import measure_api, measure_cold_start, measure_recommender, measure_serving, measure_startup
 from benchmarks.training import measure_training, measure_training_scaling
 from dtrec.config import ModelConfig
 from dtrec.encoders.base import resolve_device
 from dtrec.model import DualTower
 from dtrec.train.finetune import load_dataset_features
 
-SECTIONS = ("training", "serving", "api", "cold_start", "features", "scaling")
+SECTIONS = ("training", "serving", "api", "startup", "cold_start", "features", "scaling")
 TRAIN_VARIANTS = ("fp32", "bf16", "compile")
 
 
@@ -87,6 +87,7 @@ class _Plan:
     approx_max: int | None = None
     api: dict = field(default_factory=dict)
     cold_n: int = 8
+    startup_repetitions: int = 3
     feature_items: int = 64
     recommender_requests: int = 100
 
@@ -98,7 +99,8 @@ def _plan(cfg: BenchConfig) -> _Plan:
                      scaling=dict(catalog_sizes=(500, 2000), history_lengths=(5, 20), base_catalog=500,
                                   batch_size=16, steps=1, model=dict(d_model=64, n_heads=4, d_ff=128)),
                      n_queries=50, ef_grid=(32, 128), nprobe_grid=(16, 64), ivf_train=5_000, tower_requests=10,
-                     api=dict(clients=2, requests=5), cold_n=3, feature_items=8, recommender_requests=30)
+                     api=dict(clients=2, requests=5), cold_n=3, feature_items=8, recommender_requests=30,
+                     startup_repetitions=1)
     return _Plan(sizes=cfg.sizes or (1_000, 10_000, 100_000, 1_000_000), train_seconds=cfg.train_seconds or 150.0,
                  scaling=dict(catalog_sizes=(1000, 3000, 10000), history_lengths=(5, 10, 20, 40), batch_size=32,
                               steps=2),
@@ -195,6 +197,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
                     results["serving"] = _serving(cfg, plan, device, need_data, get_demo, log)
                 elif section == "api":
                     results["api"] = measure_api(get_demo(), seed=cfg.seed, threads=cfg.threads, **plan.api)
+                elif section == "startup":
+                    results["startup"] = measure_startup(get_demo(), repetitions=plan.startup_repetitions,
+                                                         threads=cfg.threads)
                 elif section == "cold_start":
                     results["cold_start"] = measure_cold_start(get_demo(), n=plan.cold_n, seed=cfg.seed)
                 elif section == "features":

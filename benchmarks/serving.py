@@ -257,8 +257,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def launched_app(demo_dir: str | Path, *, app: str | Path | None = None, timeout: float = 180.0,
-                 store_dir: str | Path | None = None, threads: int | None = None) -> Iterator[str]:
-    """`app.py` serving `demo_dir` on a free local port in a child process; yields its URL."""
+                 store_dir: str | Path | None = None, threads: int | None = None,
+                 poll_s: float = 0.5) -> Iterator[str]:
+    """`app.py` serving `demo_dir` on a free local port in a child process; yields its URL once `/config`
+    answers (asked every `poll_s`)."""
     app = Path(app) if app else REPO / "app.py"
     if not app.is_file():
         raise BenchError(f"{app} not found: the API benchmark needs the repository's app.py")
@@ -287,7 +289,7 @@ def launched_app(demo_dir: str | Path, *, app: str | Path | None = None, timeout
                     pass
                 if time.time() > deadline:
                     raise BenchError(f"app.py did not answer on {url} within {timeout:.0f} s")
-                time.sleep(0.5)
+                time.sleep(poll_s)
             yield url
         finally:
             proc.terminate()
@@ -297,6 +299,39 @@ def launched_app(demo_dir: str | Path, *, app: str | Path | None = None, timeout
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+def _import_gradio_s(env: dict[str, str]) -> float:
+    """Wall time of a fresh `python -c "import gradio"`: the yardstick start-up is divided by."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import gradio"], env=env, check=True, cwd=str(REPO),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def measure_startup(demo_dir: str | Path, *, repetitions: int = 3, app: str | Path | None = None,
+                    threads: int | None = None) -> dict[str, Any]:
+    """Time-to-ready of a fresh `app.py` process (launch until `/config` answers): a first start over an
+    empty store and a restart over the store it left, `repetitions` times, each beside a bare
+    `python -c "import gradio"` in a fresh process, so that the ratios hold on a busy machine."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    first, restart, gradio = [], [], []
+    for _ in range(repetitions):
+        gradio.append(_import_gradio_s(env))
+        with tempfile.TemporaryDirectory(prefix="dtrec-bench-startup-") as store:
+            for times in (first, restart):
+                t0 = time.perf_counter()
+                with launched_app(demo_dir, app=app, store_dir=store, threads=threads, poll_s=0.1):
+                    times.append(time.perf_counter() - t0)
+
+    def summary(xs: list[float]) -> dict[str, Any]:
+        return {"median_s": float(np.median(xs)), "min_s": min(xs), "max_s": max(xs), "runs": xs}
+
+    g = float(np.median(gradio))
+    return {"demo": str(demo_dir), "repetitions": repetitions, "app_threads": threads,
+            "first": summary(first), "restart": summary(restart), "import_gradio": summary(gradio),
+            "first_vs_import_gradio": float(np.median(first)) / g,
+            "restart_vs_import_gradio": float(np.median(restart)) / g}
 
 
 def measure_api(demo_dir: str | Path, *, clients: int = 4, requests: int = 25, k: int = 10, seed: int = 0,

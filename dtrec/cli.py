@@ -293,7 +293,10 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--data", required=True, help="prepared data folder")
     f.add_argument("--encoder", required=True, help="feature encoder whose cached features to read")
     f.add_argument("--out", required=True, help="output folder: best/, last/, metrics.jsonl, valid.json")
-    f.add_argument("--init", default=None, help="start from this checkpoint (e.g. a `dtrec pretrain` output)")
+    f.add_argument("--init", default=None,
+                   help="start from this checkpoint (a `dtrec pretrain` output, or `pretrained`: the shipped "
+                        "multi-domain model); default: `pretrained` for the offline encoder, else from scratch; "
+                        "`none`: from scratch")
     f.add_argument("--config", default=None, help="JSON file of FinetuneConfig fields (model fields under 'model')")
     f.add_argument("--resume", action="store_true", help="continue OUT/last with OUT's saved config")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -327,11 +330,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from dtrec.train.finetune import finetune, load_dataset_features
+    from dtrec.weights import resolve_init
 
     out = Path(args.out)
     config = resolve_config(FinetuneConfig, args, _resumed_config(args))
     dataset, features = load_dataset_features(args.data, args.encoder)
-    result = finetune(dataset, features, config, out, init=args.init, resume=args.resume,
+    init = None if args.resume else resolve_init(args.init, args.encoder)
+    if init is not None and not args.quiet:
+        print(f"starting from {init}", file=sys.stderr)
+    result = finetune(dataset, features, config, out, init=init, resume=args.resume,
                       progress=not args.quiet, record={"data": str(args.data), "encoder": args.encoder})
     if os.environ.get("RANK", "0") == "0" and result.get("valid"):
         print(json.dumps({k: result[k] for k in ("best_epoch", "valid", "test") if k in result}))

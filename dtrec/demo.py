@@ -13,6 +13,9 @@ Demo folder layout::
     DIR/model/config.json, DIR/model/model.safetensors     DualTower checkpoint
     DIR/catalog/items.parquet, DIR/catalog/images/*.jpg     catalog (dtrec.data.catalog layout), thumbnails
     DIR/catalog/features/<encoder>.safetensors              raw encoder features (dtrec.features)
+    DIR/item_embeddings.safetensors   the item tower's embeddings of the catalog, keyed (metadata "key")
+                          by catalog, features and weights: a start with a fresh store reads them
+                          instead of running the item tower; a stale file is recomputed and rewritten
     DIR/histories.json    real test users' histories (lists of item ids)
     DIR/results.json      evaluation table {model: {"valid": {...}, "test": {...}, "cold_start": {...}}}
     DIR/README.md, DIR/NOTICE.md   model card and data notice
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -39,6 +43,9 @@ from dtrec.features import Features, cache_path, load_features
 from dtrec.model import DualTower
 from dtrec.modelcard import check_results, make_model_card
 from dtrec.results import metric_table
+from dtrec.serving.encoding import item_tower
+from dtrec.serving.sync import (ITEM_EMBEDDINGS, catalog_fingerprint, item_embeddings_key, save_item_embeddings,
+                                state_fingerprint)
 
 MAX_HISTORIES = 300  # the data notice promises no more than this many ratings-derived histories
 POSTER_ASPECT = 1.5  # height / width of a film poster (2:3)
@@ -226,7 +233,8 @@ def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str
                       thumbnail_px: int = 256, seed: int = 0, half: bool = False) -> Path:
     """Write a demo folder (layout in the module docstring) from a prepared data set, its features and a
     DualTower (or a checkpoint folder). Histories default to `n_histories` test users' histories; `half`
-    writes fp16 weights and features."""
+    writes fp16 weights and features. Last come the carried item embeddings (`write_item_embeddings`), made
+    from the weights and features as written."""
     out = Path(out)
     if isinstance(model, (str, Path)):
         model = DualTower.from_pretrained(str(model))
@@ -290,7 +298,23 @@ def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str
     (out / "NOTICE.md").write_text(notice or dataset.info.get("notice") or
                                    f"# Data notice\n\nCatalog and histories derived from {dataset.name!r}; "
                                    "see the source's own licence before reusing them.\n")
+    write_item_embeddings(out)
     return out
+
+
+def write_item_embeddings(folder: str | Path) -> Path:
+    """Write a demo folder's carried item embeddings (`ITEM_EMBEDDINGS`), computed from the folder's own
+    weights and features exactly as `Recommender` reads them, so that a fresh store can skip the item tower."""
+    folder = Path(folder)
+    model = DualTower.from_pretrained(str(folder / "model")).eval()
+    cat_dir = folder / "catalog"
+    catalog = Catalog.from_frame(pd.read_parquet(cat_dir / "items.parquet"), root=cat_dir)
+    catalog_fp = catalog.fingerprint()
+    features = load_features(cat_dir, model.config.encoder, catalog, fingerprint=catalog_fp)
+    model.check_features(features)
+    features = features.select(dict(model.config.modality_dims))
+    key = item_embeddings_key(catalog_fingerprint(catalog_fp, features), state_fingerprint(model), features)
+    return save_item_embeddings(folder / ITEM_EMBEDDINGS, item_tower(model, features), key)
 
 
 def _default_card(dataset: Dataset, model: Any, results: dict) -> str:

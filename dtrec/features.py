@@ -310,8 +310,10 @@ def extract(data: "Dataset | Catalog", encoder: "str | Encoder" = "offline", bat
     return feats
 
 
-def load_features(data_dir: str | Path, encoder: str, catalog: "Catalog | None" = None) -> Features:
-    """The cached features of `encoder` for the prepared data set in `data_dir`, checked against its catalog."""
+def load_features(data_dir: str | Path, encoder: str, catalog: "Catalog | None" = None, *,
+                  fingerprint: str | None = None) -> Features:
+    """The cached features of `encoder` for the prepared data set in `data_dir`, checked against its catalog
+    (`fingerprint`: the catalog's, when the caller has computed it already)."""
     data_dir = Path(data_dir)
     path = cache_path(data_dir, encoder)
     fix = f"run `dtrec extract {data_dir} --encoder {encoder}`"
@@ -319,7 +321,7 @@ def load_features(data_dir: str | Path, encoder: str, catalog: "Catalog | None" 
         raise FileNotFoundError(f"no {encoder!r} features for {data_dir} ({path} is missing): {fix}")
     if catalog is None:
         catalog = Dataset.load(data_dir).catalog
-    feats = _cached(path, encoder, catalog.fingerprint(), len(catalog))
+    feats = _cached(path, encoder, fingerprint or catalog.fingerprint(), len(catalog))
     if feats is None:
         raise FileNotFoundError(f"the {encoder!r} features in {path} are stale (the catalog or encoder changed): {fix}")
     return feats

@@ -12,8 +12,10 @@ item-tower embeddings, raw features, titles) and answers them; each other job is
 of `dtrec.serving` it delegates to: `sync` (the store seeded and refreshed), `uploads`
 (validation), `limits` (caps and eviction), `sessions` (who sees which upload),
 `encoding` (the frozen encoder). A demo folder (layout in `dtrec.demo`, which writes it) is
-read by `Recommender.from_folder`; the store lives in `store_dir` (default `DIR/store`, or a
-per-folder cache directory when `DIR` is read-only). On start, what the store had to repair
+read by `Recommender.from_folder`; a fresh store seeds from the folder's carried item
+embeddings when they match its own model and catalog (`sync.ITEM_EMBEDDINGS`). The store lives
+in `store_dir` (default `DIR/store`, or a per-folder cache directory when `DIR` is read-only).
+On start, what the store had to repair
 (corrupt database, interrupted writes, missing images, a rebuilt index) is logged and listed
 in `about()["recovery"]`.
 """
@@ -47,7 +49,7 @@ from dtrec.serving.encoding import ContentEncoder, user_tower, zero_gpu
 from dtrec.serving.errors import ImageError, InputError, human_bytes
 from dtrec.serving.limits import UploadLimits, stored_size
 from dtrec.serving.sessions import Sessions, current_client, current_session, session_scope
-from dtrec.serving.sync import catalog_image, default_store_dir, sync_store
+from dtrec.serving.sync import carried_path, catalog_image, default_store_dir, sync_store
 from dtrec.serving.uploads import check_item_text, clean_text, jpeg_bytes, read_image
 from dtrec.serving.views import ItemView, Recommendation, Result
 from dtrec.store import ItemStore, NewItem, StoredItem
@@ -87,7 +89,9 @@ class Recommender:
         if not items_file.is_file():
             raise FileNotFoundError(f"{items_file} is missing: is {catalog_dir} a catalog folder?")
         self.catalog = Catalog.from_frame(pd.read_parquet(items_file), root=catalog_dir)
-        catalog_features = load_features(catalog_dir, self.encoder_name, self.catalog)
+        # hashes every image file: computed once, for the feature check and the store's key alike
+        catalog_fp = self.catalog.fingerprint()
+        catalog_features = load_features(catalog_dir, self.encoder_name, self.catalog, fingerprint=catalog_fp)
         self.model.check_features(catalog_features)
         catalog_features = catalog_features.select(self.dims)  # only what the model reads
 
@@ -97,7 +101,8 @@ class Recommender:
         self.sessions = Sessions(self.upload_visibility)
         self.store = ItemStore(config.store_dir)
         existed = len(self.store) > 0
-        sync_store(self.store, self.catalog, catalog_features, self.model, self.encoder.encode)
+        sync_store(self.store, self.catalog, catalog_features, self.model, self.encoder.encode, catalog_fp=catalog_fp,
+                   carried=carried_path(self.demo_dir, config.model, config.catalog))
         self.store.check_files(restore=lambda it: catalog_image(self.catalog, it))
         self.limits = UploadLimits(config, self.store, self.sessions, self._lock)
         self._load_state()

@@ -63,7 +63,7 @@ run_models() {
 run_adaptor_models() {
   local data=$1 enc=$2 recipe=$3
   # shellcheck disable=SC2046
-  dtrec finetune --data "$data" --encoder "$enc" --out "$OUT/dtrec" --seed "$SEED" --tower adaptor \
+  dtrec finetune --data "$data" --encoder "$enc" --out "$OUT/dtrec" --seed "$SEED" --init none --tower adaptor \
     --d-model 128 --n-heads 2 --d-ff 256 --temperature 0.07 --epochs 200 --patience 10 --quiet \
     $(device_flag) $(extra_args FINETUNE) > /dev/null
   dtrec baseline popularity --data "$data" --out "$OUT/popularity" > /dev/null

@@ -329,3 +329,15 @@ def test_start_up_log_has_no_faiss_loader_misses():
     assert r.returncode == 0, r.stderr
     assert "loaded" in r.stdout
     assert "Could not load library" not in r.stderr and "faiss.loader" not in r.stderr
+
+
+def test_the_app_imports_gradio_without_its_stub_writer():
+    """`dtrec.app` calls `dtrec.fastimport.skip_gradio_stub_writing()` before any of its modules imports Gradio."""
+    import subprocess
+
+    code = ("import dtrec.app, gradio.component_meta as cm; "
+            "print(cm.create_or_modify_pyi.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "_no_stub"

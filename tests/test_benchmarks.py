@@ -20,9 +20,9 @@ from benchmarks.__main__ import main as bench_main
 from benchmarks.common import BenchError, latency_summary, machine_info, peak_memory
 from benchmarks.data import synthetic_embeddings, synthetic_training_data
 from benchmarks.features import measure_feature_extraction
-from benchmarks.report import TARGET_TRAIN_RATIO, check_targets, write_report
+from benchmarks.report import TARGET_TRAIN_RATIO, check_targets, render_markdown, write_report
 from benchmarks.run import BenchConfig, _load_training_data, run_bench
-from benchmarks.serving import measure_api, measure_cold_start, measure_index, measure_recommender
+from benchmarks.serving import measure_api, measure_cold_start, measure_index, measure_recommender, measure_startup
 from benchmarks.training import measure_training, measure_training_scaling
 from dtrec.baselines import sasrec
 from dtrec.train import finetune
@@ -344,3 +344,13 @@ def test_api_through_gradio(tiny_demo):
     assert out["concurrent"]["n"] == 6 and out["single_client"]["n"] == 3
     assert out["throughput_rps"] > 0 and out["items"] > 0
     json.dumps(out)  # plain data only: it goes straight into bench.json
+
+
+@pytest.mark.slow
+def test_startup_times_a_first_start_and_a_restart_beside_import_gradio(tiny_demo):
+    out = measure_startup(tiny_demo, repetitions=1)
+    for part in ("first", "restart", "import_gradio"):
+        assert len(out[part]["runs"]) == 1 and out[part]["median_s"] > 0
+    assert out["first_vs_import_gradio"] > 0 and out["restart_vs_import_gradio"] > 0
+    json.dumps(out)
+    assert "## Start-up (time-to-ready)" in render_markdown({"startup": out})

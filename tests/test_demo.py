@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from app_server import start_server, stop_server
 from PIL import Image
 from safetensors import safe_open
@@ -56,12 +57,32 @@ def test_demo_folder_contents(tiny_demo):
 def test_demo_folder_layout(synthetic_demo):
     d = synthetic_demo["dir"]
     for f in ("model/config.json", "model/model.safetensors", "catalog/items.parquet",
-              "catalog/features/tiny-clip.safetensors", "histories.json", "results.json", "README.md", "NOTICE.md"):
+              "catalog/features/tiny-clip.safetensors", "item_embeddings.safetensors", "histories.json",
+              "results.json", "README.md", "NOTICE.md"):
         assert (d / f).is_file(), f
     thumbs = list((d / "catalog" / "images").glob("*.jpg"))
     assert len(thumbs) == N_ITEMS - N_ITEMS // 4
     hist = json.loads((d / "histories.json").read_text())
     assert hist and all(isinstance(i, str) for h in hist for i in h)
+
+
+def test_the_built_folder_carries_the_embeddings_a_fresh_store_would_compute(tiny_demo, tmp_path, monkeypatch):
+    """Written after the fp16 features and weights, so the key matches what the service reads."""
+    import dtrec.serving.sync as sync
+    from dtrec.service import Recommender
+
+    calls = []
+    monkeypatch.setattr(sync, "item_tower", lambda *a: calls.append(1))
+    rec = Recommender.from_folder(tiny_demo, store_dir=tmp_path)
+    try:
+        assert calls == [], "a fresh store took the carried embeddings"
+        with safe_open(str(tiny_demo / "item_embeddings.safetensors"), framework="pt") as f:
+            carried = f.get_tensor("embeddings")
+        monkeypatch.undo()
+        expect = rec.model.item_embeddings(rec._features).numpy()[: len(carried)]
+        assert carried.dtype == torch.float32 and abs(carried.numpy() - expect).max() < 1e-5
+    finally:
+        rec.close()
 
 
 def test_wide_images_are_capped_in_width(tmp_path, monkeypatch):

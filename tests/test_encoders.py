@@ -377,3 +377,19 @@ def test_offline_encoder_fast_paths_match_unoptimised(monkeypatch):
     ref = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     assert got.shape == (9, 384)
     assert (got - ref).abs().max() <= 1e-5, f"{(got - ref).abs().max():.2e}"
+
+
+def test_torch_threads_sets_the_count_for_the_block_and_restores_the_callers():
+    from dtrec.encoders.base import torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), torch_threads(1):
+            raise RuntimeError("the count comes back on an error too")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -171,3 +171,24 @@ def test_init_from_reinitialises_positions_and_fills_separate_towers(tmp_path):
     assert dst.user_encoder.position.weight.shape[0] == 5
     torch.testing.assert_close(dst.separate_item_encoder.in_proj["text"][0].weight,
                                src.user_encoder.in_proj["text"][0].weight)
+
+
+def test_init_from_a_shared_adaptor_checkpoint_gives_separate_towers_a_zero_correction(tmp_path):
+    f = _features()
+    src = DualTower(tiny_model_config(f, tower="adaptor"))
+    src.save_pretrained(tmp_path / "pre")
+    dst = DualTower(tiny_model_config(f, tower="adaptor", share_towers=False))
+    notes = init_from(dst, tmp_path / "pre")  # the checkpoint has no correction: it must start at zero
+    assert any("history correction" in n for n in notes)
+    for p in dst.history_correction.parameters():
+        assert bool((p == 0).all())
+    torch.testing.assert_close(dst.item_adaptor.adaptor["text"].gate.weight, src.item_adaptor.adaptor["text"].gate.weight)
+
+
+def test_merge_init_config_takes_the_checkpoints_tower_and_experts(tmp_path):
+    from dtrec.train.checkpoint import merge_init_config
+
+    f = _features()
+    DualTower(tiny_model_config(f, tower="adaptor", n_experts=3)).save_pretrained(tmp_path / "pre")
+    merged = merge_init_config(tiny_model_config(f), tmp_path / "pre")
+    assert merged.tower == "adaptor" and merged.n_experts == 3

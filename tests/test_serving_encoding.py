@@ -1,8 +1,10 @@
-"""The frozen encoder (dtrec.serving.encoding): built and warmed once, however many requests race its first use."""
+"""The frozen encoder (dtrec.serving.encoding): built and warmed once, however many requests race its first use;
+a search's query encoded with one torch thread."""
 
 import threading
 import time
 
+import torch
 from synthetic import open_demo
 
 
@@ -62,3 +64,23 @@ def test_requests_racing_the_encoder_warm_up_wait_for_it(synthetic_demo, tmp_pat
     for t in threads:
         t.join(60)
     assert not errors and len(built) == 1
+
+
+def test_a_search_encodes_its_query_with_one_thread_and_restores_the_callers(synthetic_demo, tmp_path):
+    rec = open_demo(synthetic_demo, tmp_path)
+    enc = rec.encoder.get()
+    seen, real = [], enc.encode_text
+
+    def encode_text(texts):
+        seen.append(torch.get_num_threads())
+        return real(texts)
+
+    enc.encode_text = encode_text
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert rec.search("a film about thing 3", k=3).items
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        rec.close()

@@ -16,8 +16,13 @@ rows, request parsing, the "About" tables), `server` (options, launch settings, 
 
 import os
 
+from dtrec.fastimport import skip_gradio_stub_writing
+
 # A local demo sends no usage statistics unless the user opts in: set before Gradio is imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Every module of this package imports Gradio and runs after these lines, whichever way in (`dtrec serve`,
+# app.py, a test): Gradio is then imported without rewriting its type stubs (half its import time).
+skip_gradio_stub_writing()
 
 from dtrec.app.server import (DEFAULT_DEMO, AppOptions, configure_logging, default_store_dir,  # noqa: E402
                               launch_kwargs, load_recommender, serve)

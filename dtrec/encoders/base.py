@@ -7,9 +7,10 @@ vector, and it hands back float32 CPU tensors whatever device it runs on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -142,6 +143,24 @@ def one_thread_per_core(fn: Callable[[T], R], shards: list[T]) -> list[R]:
     # a pool per call: its threads are ours alone, so their one-thread setting never leaks to other work
     with ThreadPoolExecutor(workers, thread_name_prefix=_POOL_THREAD) as pool:
         return list(pool.map(run, shards))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch intra-op threads in this thread, then restore the caller's count.
+
+    One short query gains nothing from a second thread, and on a busy machine the threads wait on
+    each other (a single search's encoding took 500 ms with two). The count is per thread with
+    OpenMP, so concurrent requests on other threads keep theirs.
+    """
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def balanced_shards(costs: list[float], n: int) -> list[list[int]]:

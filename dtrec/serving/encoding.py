@@ -13,6 +13,7 @@ from PIL import Image
 
 from dtrec import encoders
 from dtrec.data.catalog import item_text
+from dtrec.encoders.base import torch_threads
 from dtrec.features import Features
 
 
@@ -99,8 +100,10 @@ class ContentEncoder:
 
     def text_scores(self, query: str, features: Features) -> np.ndarray:
         """Cosine between the encoder's embedding of `query` and each row's text feature in `features`
-        (-inf for rows without one), by row."""
-        q = self.get().encode_text([query])[0].float()
+        (-inf for rows without one), by row; the query is encoded with one torch thread (`torch_threads`)."""
+        encoder = self.get()
+        with torch_threads(1):
+            q = encoder.encode_text([query])[0].float()
         vals, present = features.values["text"], features.present["text"]
         q = q.to(vals.device)
         cos = (vals @ q) / (vals.norm(dim=1) * q.norm()).clamp_min(1e-12)

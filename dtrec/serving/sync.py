@@ -1,12 +1,18 @@
 """The store kept in step with what is served: seeded from the catalog once, and refreshed when the catalog
 (with its features), the model's weights or its encoder change; uploads are kept, re-encoded when the
-encoder changed. The fingerprints of all three are kept in the store's meta table."""
+encoder changed. The fingerprints of all three are kept in the store's meta table.
+
+A demo folder carries its catalog's item-tower embeddings (`ITEM_EMBEDDINGS`, keyed by catalog, weights
+and feature values: `item_embeddings_key`): a fresh store takes them instead of running the item tower,
+and a stale or unreadable file is recomputed and rewritten where the folder is writable.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -17,8 +23,13 @@ from PIL import Image
 
 from dtrec.data.catalog import Catalog
 from dtrec.features import Features
+from dtrec.fileio import atomic_write_bytes
 from dtrec.serving.encoding import item_tower
 from dtrec.store import ItemStore, NewItem, StoredItem
+
+log = logging.getLogger("dtrec.service")  # what a start did is the service's log
+
+ITEM_EMBEDDINGS = "item_embeddings.safetensors"  # a demo folder's carried item-tower embeddings
 
 # Raw features of one item's (title, text, image), per modality (None: absent).
 Encode = Callable[[str, str, "Image.Image | None"], "dict[str, np.ndarray | None]"]
@@ -44,27 +55,91 @@ def state_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def catalog_fingerprint(catalog: Catalog, features: Features) -> str:
-    """Hash of the catalog and of its features (encoder, values, dims)."""
+def catalog_fingerprint(catalog_fp: str, features: Features) -> str:
+    """The store's key for a catalog: its content (`Catalog.fingerprint()`, given as `catalog_fp`: it hashes
+    every image file, so the caller computes it once) and the features read for it (encoder, values, dims)."""
     return hashlib.sha256(json.dumps(
-        [catalog.fingerprint(), features.encoder, features.fingerprint, features.dims]).encode()).hexdigest()[:16]
+        [catalog_fp, features.encoder, features.fingerprint, features.dims]).encode()).hexdigest()[:16]
+
+
+def item_embeddings_key(catalog_key: str, model_fp: str, features: Features) -> str:
+    """What carried item-tower embeddings were made from: catalog, weights and the feature values themselves
+    (a feature file rewritten in place, say in fp16, keeps its fingerprint but changes the embeddings)."""
+    h = hashlib.sha256(json.dumps([catalog_key, model_fp]).encode())
+    for m in sorted(features.modalities):
+        h.update(m.encode())
+        h.update(features.values[m].detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(features.present[m].detach().cpu().numpy().astype(np.uint8).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_item_embeddings(path: str | Path, key: str) -> np.ndarray | None:
+    """The (N, d) float32 embeddings carried in `path` when they were made under `key`, else None."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="np") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return np.asarray(f.get_tensor("embeddings"), dtype=np.float32)
+    except Exception as e:  # a truncated or foreign file is recomputed, never trusted
+        log.warning("dtrec: ignoring unreadable %s (%s)", path.name, e)
+        return None
+
+
+def save_item_embeddings(path: str | Path, embeddings: np.ndarray, key: str) -> Path:
+    """Atomically write carried item-tower embeddings (float32) under `key`."""
+    from safetensors.numpy import save
+
+    data = save({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}, metadata={"key": key})
+    atomic_write_bytes(Path(path), data, fsync=False)  # a lost file is recomputed; a torn one never read
+    return Path(path)
+
+
+def carried_path(demo_dir: Path | None, model_dir: str | Path, catalog_dir: str | Path) -> Path | None:
+    """Where the demo folder carries its catalog's item embeddings; None when model or catalog is not the
+    folder's own (an override's embeddings would only displace the folder's)."""
+    if demo_dir is None:
+        return None
+    own = all(Path(p).resolve() == (demo_dir / sub).resolve()
+              for p, sub in ((model_dir, "model"), (catalog_dir, "catalog")))
+    return demo_dir / ITEM_EMBEDDINGS if own else None
+
+
+def catalog_embeddings(model: torch.nn.Module, features: Features, key: str, carried: Path | None) -> np.ndarray:
+    """Item-tower embeddings of the catalog: the `carried` copy when it was made under `key`, else computed,
+    and carried from now on where the folder is writable."""
+    emb = load_item_embeddings(carried, key) if carried is not None else None
+    if emb is not None and emb.shape == (len(features), int(model.config.d_model)):
+        return emb
+    emb = item_tower(model, features)
+    if carried is not None:
+        try:
+            save_item_embeddings(carried, emb, key)
+        except OSError as e:  # a read-only folder (a Hub snapshot): every fresh store computes them
+            log.info("dtrec: could not write %s (%s)", carried, e)
+    return emb
 
 
 def sync_store(store: ItemStore, catalog: Catalog, features: Features, model: torch.nn.Module,
-               encode: Encode) -> None:
+               encode: Encode, *, catalog_fp: str, carried: Path | None = None) -> None:
     """Seed `store` from the catalog once; refresh it when catalog, encoder or weights changed.
 
-    `features` are the catalog's, of the model's modalities; `encode` re-encodes an upload when the
-    encoder changed.
+    `features` are the catalog's, of the model's modalities; `catalog_fp` is `catalog.fingerprint()`;
+    `carried` is the demo folder's `ITEM_EMBEDDINGS` file a fresh store seeds from (None: none);
+    `encode` re-encodes an upload when the encoder changed.
     """
     encoder = model.config.encoder
     dims = dict(model.config.modality_dims)
-    catalog_fp = catalog_fingerprint(catalog, features)
+    catalog_fp = catalog_fingerprint(catalog_fp, features)
     model_fp = state_fingerprint(model)
     old_encoder = store.get_meta("encoder")
     fresh_catalog = False
     if store.get_meta("catalog_fingerprint") != catalog_fp:
-        emb = item_tower(model, features)
+        emb = catalog_embeddings(model, features, item_embeddings_key(catalog_fp, model_fp, features), carried)
         new = []
         for i, it in enumerate(catalog):
             p = catalog.image_path(i)

@@ -22,7 +22,7 @@ from dtrec.encoders.registry import same_encoder
 from dtrec.model.tower import CheckpointError, DualTower, FeatureMismatchError, load_state_checked
 from dtrec.provenance import git_commit
 
-ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff")
+ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "tower", "n_experts")
 
 
 def rng_state() -> dict[str, Any]:
@@ -103,6 +103,10 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
             del state[k]
         if dropped:
             notes.append("separate item tower of the checkpoint dropped (towers shared)")
+    fresh = [k for k in own if k.startswith("history_correction.") and k not in state]
+    if fresh:  # separate adaptor towers from a shared checkpoint: the correction starts at zero, as built
+        state.update({k: own[k] for k in fresh})
+        notes.append("history correction initialised at zero")
     for k in [k for k in state if k.endswith("position.weight")]:
         if k in own and own[k].shape != state[k].shape:
             state[k] = own[k]
