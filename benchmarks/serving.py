@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import faiss
 import numpy as np
 
+import dtrec.service as service
 from benchmarks.common import REPO, BenchError, latency_summary, sync
 from benchmarks.data import synthetic_embeddings, synthetic_jpeg
 from benchmarks.report import TARGET_ANN_RECALL
@@ -411,14 +412,18 @@ def _raw_http_latencies(url: str, histories: list[list[str]], requests: int, k: 
 def measure_cold_start(demo_dir: str | Path, *, n: int = 8, image_px: tuple[int, int] = (300, 450),
                        seed: int = 0) -> dict[str, Any]:
     """`Recommender.add_item` latency with and without an image, split into its stages."""
-    stages = {"decode": (None, "_read_image"), "encode": (None, "_encode_content"), "item_tower": (None, "_embed"),
+    # (holder: an attribute of the Recommender, or a module, attribute): the upload's validation is a function
+    # of dtrec.serving.uploads that dtrec.service calls by name
+    stages = {"decode": (service, "read_image"), "encode": ("encoder", "encode"), "item_tower": ("encoder", "embed"),
               "store": ("store", "add"), "index": ("index", "add"), "index_save": ("store", "save_index")}
     with tempfile.TemporaryDirectory(prefix="dtrec-bench-cold-") as store:
         rec = Recommender.from_folder(demo_dir, store_dir=store)
         current: dict[str, float] = {}
+        originals: list[tuple[Any, str, Any]] = []
 
         def wrap(owner: Any, attr: str, stage: str) -> None:
             fn = getattr(owner, attr)
+            originals.append((owner, attr, fn))
 
             def timed(*a: Any, **kw: Any) -> Any:
                 t = time.perf_counter()
@@ -427,11 +432,11 @@ def measure_cold_start(demo_dir: str | Path, *, n: int = 8, image_px: tuple[int,
                 finally:
                     current[stage] = current.get(stage, 0.0) + 1000 * (time.perf_counter() - t)
 
-            setattr(owner, attr, timed)  # an instance attribute: profiles this object only
+            setattr(owner, attr, timed)  # an instance attribute profiles this object only; a module's is put back
 
         wrapped = []
         for stage, (holder, attr) in stages.items():
-            owner = rec if holder is None else getattr(rec, holder, None)
+            owner = getattr(rec, holder, None) if isinstance(holder, str) else holder
             if owner is not None and hasattr(owner, attr):
                 wrap(owner, attr, stage)
                 wrapped.append(stage)
@@ -456,5 +461,7 @@ def measure_cold_start(demo_dir: str | Path, *, n: int = 8, image_px: tuple[int,
                 if with_image:
                     out[label]["image_px"] = list(image_px)
         finally:
+            for owner, attr, fn in reversed(originals):
+                setattr(owner, attr, fn)
             rec.close()
     return out

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -157,8 +159,6 @@ def _add_extract_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    import time
-
     from dtrec.data.catalog import Dataset
     from dtrec.features import extract
 
@@ -321,8 +321,6 @@ def _resumed_config(args: argparse.Namespace) -> dict | None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    import os
-
     from dtrec.train.finetune import load_dataset_features
     from dtrec.train.pretrain import pretrain
 
@@ -336,8 +334,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    import os
-
     from dtrec.train.finetune import finetune, load_dataset_features
     from dtrec.weights import resolve_init
 
@@ -394,8 +390,6 @@ def _add_push_flag(p: argparse.ArgumentParser) -> None:
 
 def _push_after(args: argparse.Namespace, rc: int | None, folder: str) -> int:
     """Publish `folder` after a successful command when --push-to-hub was given (rank 0 only)."""
-    import os
-
     repo_id = getattr(args, "push_to_hub", None)
     if rc or not repo_id or os.environ.get("RANK", "0") != "0":
         return int(rc or 0)
@@ -438,17 +432,24 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
     _add_push_flag(b)
     b.set_defaults(func=_cmd_build_demo)
 
-    s = sub.add_parser("serve", help="run the Gradio demo (app.py) on a demo folder or a model + catalog")
-    s.add_argument("--app", default=None, help="path of app.py (default: the repository's, else ./app.py)")
-    s.add_argument("--demo", default=None, help="demo folder or Hub repo id (default: assets/demo)")
-    s.add_argument("--model", default=None, help="model folder or Hub repo id, overriding the demo's")
-    s.add_argument("--catalog", default=None, help="catalog folder, overriding the demo's")
-    s.add_argument("--store-dir", default=None, help="writable folder for uploads")
-    s.add_argument("--index", default=None, choices=INDEX_KINDS,
-                   help="nearest-neighbour index (default: flat, exact; hnsw or ivfpq for large catalogs)")
-    s.add_argument("--host", default=None)
-    s.add_argument("--port", type=int, default=None)
-    s.add_argument("--share", action="store_true", help="open a public gradio.live link")
+    env = os.environ.get
+    s = sub.add_parser("serve", help="run the Gradio demo (dtrec.app) on a demo folder or a model + catalog")
+    s.add_argument("--app", default=None, help=argparse.SUPPRESS)  # removed: refused with one sentence
+    s.add_argument("--demo", default=env("DTREC_DEMO"),
+                   help="demo folder or Hub repo id written by `dtrec build-demo` "
+                        "(default: ./assets/demo; env DTREC_DEMO)")
+    s.add_argument("--model", default=env("DTREC_MODEL"),
+                   help="model folder or Hub repo id, overriding the demo folder's model (env DTREC_MODEL)")
+    s.add_argument("--catalog", default=env("DTREC_CATALOG"),
+                   help="catalog folder (items.parquet, images/, features/), overriding the demo's (env DTREC_CATALOG)")
+    s.add_argument("--store-dir", default=None,
+                   help="writable folder for the item store and uploads (default: ~/.cache/dtrec/store/<hash>)")
+    s.add_argument("--index", default=env("DTREC_INDEX", "flat"), choices=INDEX_KINDS,
+                   help="nearest-neighbour index: flat (exact, default), hnsw, or ivfpq (from 10,000 items; "
+                        "re-ranked with 8-bit vectors) (env DTREC_INDEX)")
+    s.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
+    s.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
     s.set_defaults(func=_cmd_serve)
 
 
@@ -471,32 +472,19 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    # app.py runs as its own program: library code never imports the UI module. On POSIX the
-    # CLI process *becomes* the app (exec), so signals, Ctrl-C and the exit status are the app's
-    # own and no orphan is left behind; elsewhere it runs as a child and we wait for it.
-    import os
-    import subprocess
-
-    candidates = [Path(args.app)] if args.app else [Path(__file__).resolve().parents[1] / "app.py", Path("app.py")]
-    app = next((p for p in candidates if p.is_file()), None)
-    if app is None:
-        raise CLIError(f"app.py not found at {candidates[0]}: run from the repository root or pass --app PATH")
-    cmd = [sys.executable, str(app)]
-    for flag in ("demo", "model", "catalog", "store_dir", "index", "host", "port"):
-        value = getattr(args, flag)
-        if value is not None:
-            cmd += [f"--{flag.replace('_', '-')}", str(value)]
-    if args.share:
-        cmd.append("--share")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if os.name == "posix":
-        os.execv(sys.executable, cmd)
-    proc = subprocess.Popen(cmd)
+    started = time.perf_counter()  # start → ready includes importing gradio and torch
+    if args.app:
+        raise CLIError("--app is gone: the UI is part of the package (dtrec.app), so `dtrec serve` needs no app.py.")
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # the child got the same Ctrl-C; let it shut down cleanly
-        return proc.wait()
+        # the one place outside dtrec/app that imports the UI, here and not at the top: gradio takes seconds
+        from dtrec.app import AppOptions, serve
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "gradio":
+            raise CLIError("the demo needs gradio: pip install 'dtrec[demo]'") from None
+        raise
+    options = AppOptions(demo=args.demo, model=args.model, catalog=args.catalog, store_dir=args.store_dir,
+                         index=args.index, host=args.host, port=args.port, share=args.share)
+    return serve(options, started=started)
 
 
 # --------------------------------------------------------------------------- entry point

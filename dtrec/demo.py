@@ -1,12 +1,24 @@
 """`dtrec build-demo`: the embedded default demo folder (assets/demo) from a prepared data set and a checkpoint.
 
-The folder layout is the one `dtrec.service.write_demo_folder` writes and
-`Recommender.from_folder` reads; this module chooses what goes in it for a
-public demo: poster thumbnails no wider than `thumb_size`, fp16 weights and
+This module is the one writer of demo folders: `write_demo_folder` writes the layout
+that `dtrec.service.Recommender.from_folder` reads, and `build_demo` chooses what goes in
+it for a public demo: poster thumbnails no wider than `thumb_size`, fp16 weights and
 features (half the download, cast back to float32 on load), at most 300 real
 test users' histories cut to the model's window, the run's evaluation table, a
 model card and a data notice. The folder is built beside `out` and swapped in
 whole, so a failed build never leaves a half-written demo behind.
+
+Demo folder layout::
+
+    DIR/model/config.json, DIR/model/model.safetensors     DualTower checkpoint
+    DIR/catalog/items.parquet, DIR/catalog/images/*.jpg     catalog (dtrec.data.catalog layout), thumbnails
+    DIR/catalog/features/<encoder>.safetensors              raw encoder features (dtrec.features)
+    DIR/item_embeddings.safetensors   the item tower's embeddings of the catalog, keyed (metadata "key")
+                          by catalog, features and weights: a start with a fresh store reads them
+                          instead of running the item tower; a stale file is recomputed and rewritten
+    DIR/histories.json    real test users' histories (lists of item ids)
+    DIR/results.json      evaluation table {model: {"valid": {...}, "test": {...}, "cold_start": {...}}}
+    DIR/README.md, DIR/NOTICE.md   model card and data notice
 """
 
 from __future__ import annotations
@@ -14,18 +26,26 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from dtrec.data.catalog import Catalog, Dataset, Item
-from dtrec.features import load_features
+from dtrec.encoders.base import to_rgb
+from dtrec.features import Features, cache_path, load_features
 from dtrec.model import DualTower
 from dtrec.modelcard import check_results, make_model_card
 from dtrec.results import metric_table
-from dtrec.service import write_demo_folder
+from dtrec.serving.encoding import item_tower
+from dtrec.serving.sync import (ITEM_EMBEDDINGS, catalog_fingerprint, item_embeddings_key, save_item_embeddings,
+                                state_fingerprint)
 
 MAX_HISTORIES = 300  # the data notice promises no more than this many ratings-derived histories
 POSTER_ASPECT = 1.5  # height / width of a film poster (2:3)
@@ -204,3 +224,109 @@ def build_demo(cfg: DemoBuildConfig) -> Path:
 def folder_mb(path: str | Path) -> float:
     """Total size of the files under `path` in MB."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
+
+
+# --------------------------------------------------------------------------- the writer
+def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str | Path,
+                      histories: list[list[str]] | None = None, results: dict | str | Path | None = None, *,
+                      n_histories: int = 200, readme: str | None = None, notice: str | None = None,
+                      thumbnail_px: int = 256, seed: int = 0, half: bool = False) -> Path:
+    """Write a demo folder (layout in the module docstring) from a prepared data set, its features and a
+    DualTower (or a checkpoint folder). Histories default to `n_histories` test users' histories; `half`
+    writes fp16 weights and features. Last come the carried item embeddings (`write_item_embeddings`), made
+    from the weights and features as written."""
+    out = Path(out)
+    if isinstance(model, (str, Path)):
+        model = DualTower.from_pretrained(str(model))
+    model.check_features(features)
+    catalog = dataset.catalog
+    if len(features) != len(catalog):
+        raise ValueError(f"features have {len(features)} rows but the catalog has {len(catalog)} items")
+    out.mkdir(parents=True, exist_ok=True)
+
+    model_dir = out / "model"
+    model.save_pretrained(str(model_dir))
+    if half:  # the loader casts back to float32; halves the download
+        st = model_dir / "model.safetensors"
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(st)).items()}, str(st))
+
+    cat_dir = out / "catalog"
+    img_dir = cat_dir / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in tqdm(range(len(catalog)), desc="thumbnails", unit="item"):
+        it = catalog[i]
+        rel = None
+        p = catalog.image_path(i)
+        if p is not None and not p.is_file():
+            warnings.warn(f"item {it.id!r}: image {p} does not exist, shown without one", stacklevel=2)
+        elif p is not None:
+            try:
+                with Image.open(p) as im:
+                    im.seek(0)
+                    im.load()
+                    rgb = to_rgb(im)
+                rgb.thumbnail((thumbnail_px, thumbnail_px), Image.Resampling.LANCZOS)
+                rel = f"images/{i}.jpg"
+                rgb.save(cat_dir / rel, format="JPEG", quality=88)
+            except Exception as e:  # a broken file costs the item its picture, not the build
+                warnings.warn(f"item {it.id!r}: image {p} unreadable, shown without one ({e})", stacklevel=2)
+        items.append(Item(it.id, it.title, it.text, rel, dict(it.meta)))
+    demo_catalog = Catalog(items, root=cat_dir)
+    tmp = cat_dir / "items.parquet.tmp"
+    demo_catalog.to_frame().to_parquet(tmp, index=False)
+    tmp.replace(cat_dir / "items.parquet")
+    # features were extracted from the full-size images; they are kept as they are and bound to this catalog
+    name = model.config.encoder
+    Features(name, features.values, features.present, demo_catalog.fingerprint()).save(cache_path(cat_dir, name),
+                                                                                         half=half)
+
+    if histories is None:
+        cases = [h for h, _ in dataset.eval_cases("test") if len(h) >= 2]
+        random.Random(seed).shuffle(cases)
+        histories = [[catalog[i].id for i in h[-200:]] for h in cases[:n_histories]]
+    else:
+        for h in histories:
+            for iid in h:
+                if not demo_catalog.has(iid):
+                    raise ValueError(f"history item {iid!r} is not in the catalog")
+    (out / "histories.json").write_text(json.dumps(histories))
+    if isinstance(results, (str, Path)):
+        results = json.loads(Path(results).read_text())
+    (out / "results.json").write_text(json.dumps(results or {}, indent=2))
+    (out / "README.md").write_text(readme or _default_card(dataset, model, results or {}))
+    (out / "NOTICE.md").write_text(notice or dataset.info.get("notice") or
+                                   f"# Data notice\n\nCatalog and histories derived from {dataset.name!r}; "
+                                   "see the source's own licence before reusing them.\n")
+    write_item_embeddings(out)
+    return out
+
+
+def write_item_embeddings(folder: str | Path) -> Path:
+    """Write a demo folder's carried item embeddings (`ITEM_EMBEDDINGS`), computed from the folder's own
+    weights and features exactly as `Recommender` reads them, so that a fresh store can skip the item tower."""
+    folder = Path(folder)
+    model = DualTower.from_pretrained(str(folder / "model")).eval()
+    cat_dir = folder / "catalog"
+    catalog = Catalog.from_frame(pd.read_parquet(cat_dir / "items.parquet"), root=cat_dir)
+    catalog_fp = catalog.fingerprint()
+    features = load_features(cat_dir, model.config.encoder, catalog, fingerprint=catalog_fp)
+    model.check_features(features)
+    features = features.select(dict(model.config.modality_dims))
+    key = item_embeddings_key(catalog_fingerprint(catalog_fp, features), state_fingerprint(model), features)
+    return save_item_embeddings(folder / ITEM_EMBEDDINGS, item_tower(model, features), key)
+
+
+def _default_card(dataset: Dataset, model: Any, results: dict) -> str:
+    c = model.config
+    lines = [f"# dtrec demo: {dataset.name}", "",
+             f"DualTower (d={c.d_model}, {c.n_layers} layers, {c.objective}) over `{c.encoder}` features; "
+             f"{len(dataset.catalog)} items.", ""]
+    if results:
+        lines += ["| model | split | " + " | ".join(["recall@10", "ndcg@10", "mrr"]) + " |", "|---|---|---|---|---|"]
+        for name, splits in results.items():
+            for split, m in (splits or {}).items():
+                if isinstance(m, dict):
+                    lines.append(f"| {name} | {split} | " + " | ".join(
+                        f"{m.get(k, float('nan')):.4f}" for k in ("recall@10", "ndcg@10", "mrr")) + " |")
+    return "\n".join(lines) + "\n"

@@ -89,15 +89,17 @@ class Features:
         return Features(self.encoder, {m: v.to(device) for m, v in self.values.items()},
                         {m: p.to(device) for m, p in self.present.items()}, self.fingerprint)
 
-    def save(self, path: str | Path) -> Path:
-        """Atomically write a safetensors file (compact layout) with encoder and fingerprint metadata."""
+    def save(self, path: str | Path, *, half: bool = False) -> Path:
+        """Atomically write a safetensors file (compact layout) with encoder and fingerprint metadata;
+        `half` stores fp16 values (`load` casts them back to float32)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for m in self.modalities:
             mask = self.present[m].bool()
             if bool(mask.any()):  # a modality no item has is stored as dims alone
-                tensors[m] = self.values[m][mask].float().contiguous()
+                rows = self.values[m][mask]
+                tensors[m] = (rows.float().half() if half else rows.float()).contiguous()
                 tensors[f"{m}_present"] = mask.to(torch.uint8).contiguous()
         meta = {"encoder": self.encoder, "fingerprint": self.fingerprint, "dims": json.dumps(self.dims),
                 "layout": LAYOUT, "n_items": str(len(self))}

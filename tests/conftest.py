@@ -44,6 +44,17 @@ def tiny_demo(tmp_path_factory) -> Path:
     return make_tiny_demo(tmp_path_factory.mktemp("tiny-demo"))
 
 
+@pytest.fixture(scope="session")
+def synthetic_demo(tmp_path_factory) -> dict:
+    """A demo folder over 40 synthetic items (`tests/synthetic.py`): {"dir", "dataset", "features"}.
+
+    Shared by the session: tests must not write into it (give the Recommender its own store_dir).
+    """
+    from synthetic import write_synthetic_demo
+
+    return write_synthetic_demo(tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("demo"))
+
+
 @dataclass
 class ServedApp:
     """What the `served_app` fixture launched: its URL, the Recommender behind it, the Gradio Blocks, the store."""
@@ -56,7 +67,7 @@ class ServedApp:
 
 @pytest.fixture(scope="module")
 def served_app(tiny_demo, tmp_path_factory, request) -> Iterator[ServedApp]:
-    """app.py over the tiny demo with its own store, launched once per test module on a free loopback port.
+    """dtrec.app's UI over the tiny demo with its own store, launched once per test module on a free loopback port.
 
     A module sets the Recommender's `ServeConfig` fields with a module-level `SERVE_CONFIG` dict."""
     from dtrec.config import ServeConfig

@@ -1,12 +1,21 @@
-"""Small synthetic catalogs for model and training tests (random features, planted patterns)."""
+"""Small synthetic catalogs for model and training tests (random features, planted patterns), and a
+synthetic demo folder for the service's tests."""
 
 from __future__ import annotations
 
-import torch
+import io
+from pathlib import Path
 
-from dtrec.config import FinetuneConfig, ModelConfig
+import numpy as np
+import torch
+from PIL import Image
+
+from dtrec.config import FinetuneConfig, ModelConfig, ServeConfig
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
+from dtrec.demo import write_demo_folder
 from dtrec.features import Features
+from dtrec.model import DualTower
+from dtrec.service import Recommender
 
 
 def planted_dataset(n_items: int = 40, n_users: int = 200, length: tuple[int, int] = (4, 12), seed: int = 0,
@@ -62,3 +71,53 @@ def paired_features(n: int = 160, seed: int = 0) -> Features:
     present["image"][:10] = False  # some items lack an image: they stay out of the pairs needing one
     image[:10] = 0
     return Features("synthetic", {"text": text, "image": image}, present)
+
+
+# --------------------------------------------------------------------------- a demo folder to serve
+N_ITEMS = 40  # items of the synthetic demo folder; every fourth is text-only
+DEMO_DIMS = {"text": 32, "image": 32}  # the tiny-clip encoder's dims
+GENRES = ["Comedy", "Drama", "Horror"]
+
+
+def png_bytes(w: int = 6, h: int = 4, color=(200, 10, 10), mode: str = "RGB", fmt: str = "PNG", **save) -> bytes:
+    """A small image file's bytes."""
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), color).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def tiny_dual_tower(seed: int) -> DualTower:
+    """An untrained DualTower over tiny-clip features."""
+    torch.manual_seed(seed)
+    return DualTower(ModelConfig(encoder="tiny-clip", modality_dims=DEMO_DIMS, d_model=32, n_layers=1, n_heads=2,
+                                 d_ff=64, max_len=10)).eval()
+
+
+def write_synthetic_demo(data_root: Path, out: Path) -> dict:
+    """A demo folder written by `write_demo_folder` from a synthetic data set and random tiny-clip features:
+    {"dir", "dataset", "features"}."""
+    (data_root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(N_ITEMS):
+        image = None
+        if i % 4:  # every fourth item is text-only
+            image = f"images/{i}.png"
+            (data_root / image).write_bytes(png_bytes(8, 8, tuple(int(c) for c in rng.integers(0, 255, 3))))
+        items.append(Item(f"m{i}", f"Movie {i} ({1990 + i})", f"A film about thing {i}.", image,
+                          {"year": 1990 + i, "genres": [GENRES[i % 3]]}))
+    catalog = Catalog(items, root=data_root)
+    seqs = [rng.choice(N_ITEMS, size=int(rng.integers(4, 9)), replace=False).tolist() for _ in range(12)]
+    dataset = Dataset(catalog, Interactions([f"u{u}" for u in range(12)], seqs), name="synthetic", root=data_root)
+    g = torch.Generator().manual_seed(1)
+    has_image = torch.tensor([bool(it.image) for it in items])
+    features = Features("tiny-clip", {m: torch.randn(N_ITEMS, d, generator=g) for m, d in DEMO_DIMS.items()},
+                        {"text": torch.ones(N_ITEMS, dtype=torch.bool), "image": has_image})
+    features.values["image"][~has_image] = 0
+    folder = write_demo_folder(dataset, features, tiny_dual_tower(0), out, results={"dtrec": {"test": {"ndcg@10": 0.1}}})
+    return {"dir": folder, "dataset": dataset, "features": features}
+
+
+def open_demo(demo: dict, store: Path, **cfg) -> Recommender:
+    """A Recommender over `write_synthetic_demo`'s folder with its own store and `ServeConfig` fields."""
+    return Recommender.from_folder(demo["dir"], store_dir=store, config=ServeConfig(**cfg) if cfg else None)

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from app_server import launch
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+from dtrec.app import DELETE_CACHE, load_recommender
+from dtrec.app.events import client_address, refused, request_session
+from dtrec.app.views import about_markdown, eval_frame, metric_frame, parse_history
+from dtrec.cli import build_parser
+from dtrec.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import app  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -115,46 +116,66 @@ def test_bad_upload_is_refused_and_stores_nothing(served, tmp_path):
     assert rec.about()["n_uploads"] == n
 
 
+def test_the_page_and_the_api_give_the_same_order(served_app):
+    """The UI's search box and /search both call `Recommender.search`: same items, same order."""
+    from dtrec.app import ALL_GENRES, build_app
+
+    demo = build_app(served_app.rec)
+    fns = list(demo.fns.values())
+    api = next(f.fn for f in fns if f.api_name == "search")
+    ui = next(f.fn for f in fns if getattr(f.fn, "__name__", "") == "on_search")
+    for query in ("toy story", "toy sotry", "a space adventure", "jedi"):
+        api_ids = [r["id"] for r in api(query, 10)]
+        _, ui_ids = ui(query, ALL_GENRES)[:2]
+        assert ui_ids[:10] == api_ids, query
+    assert api("toy story", 10)[0]["title"] == "Toy Story (1995)"
+
+
 def test_eval_frame_reads_the_results_table():
     about = {"results": {"dtrec": {"test": {"ndcg@10": 0.123456, "n": 9}}, "popularity": {"test": {"ndcg@10": 0.05}},
                          "meta": {"recipe": "movielens", "seed": 42, "env": {"torch": "2.14"}}}}
-    df = app.eval_frame(about)
+    df = eval_frame(about)
     assert set(df["model"]) == {"dtrec", "popularity"}
     assert df.loc[df["model"] == "dtrec", "ndcg@10"].item() == pytest.approx(0.1235)
-    assert list(app.metric_frame(df, "ndcg@10")["model"]) == ["dtrec", "popularity"]
+    assert list(metric_frame(df, "ndcg@10")["model"]) == ["dtrec", "popularity"]
 
 
 def test_parse_history_forms():
-    assert app.parse_history('["1", 2]') == ["1", "2"]
-    assert app.parse_history("1, 2 3") == ["1", "2", "3"]
-    assert app.parse_history(None) == []
+    assert parse_history('["1", 2]') == ["1", "2"]
+    assert parse_history("1, 2 3") == ["1", "2", "3"]
+    assert parse_history(None) == []
     with pytest.raises(ValueError):
-        app.parse_history({"a": 1})
+        parse_history({"a": 1})
 
 
 def test_a_refused_upload_s_status_line_is_its_sentence_as_text():
     """The cold-start status quotes the service's sentence, which may quote input, as plain text."""
-    line = app.refused("Unknown item id '<img src=x>' in *bold*.")
+    line = refused("Unknown item id '<img src=x>' in *bold*.")
     assert line.startswith("⚠️ **Not added.** ")
     assert "<img" not in line and "&lt;img" in line and r"\*bold\*" in line
 
 
 def test_missing_default_demo_says_to_build_it(tmp_path, monkeypatch, capsys):
-    missing = tmp_path / "assets" / "demo"
-    monkeypatch.setattr(app, "DEFAULT_DEMO", missing)
-    monkeypatch.delenv("DTREC_MODEL", raising=False)
-    monkeypatch.delenv("DTREC_CATALOG", raising=False)
-    monkeypatch.delenv("DTREC_DEMO", raising=False)
-    assert app.main([]) == 2
+    """`dtrec serve` reads ./assets/demo by default (where `dtrec build-demo` writes); `python app.py` names its
+    checkout's through DTREC_DEMO. Either one missing says how to make it, in one line."""
+    for name in ("DTREC_MODEL", "DTREC_CATALOG", "DTREC_DEMO"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli(["serve"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "dtrec build-demo" in err and len(err.splitlines()) == 1
+    assert "dtrec build-demo" in err and "assets/demo" in err and len(err.splitlines()) == 1
+    monkeypatch.setenv("DTREC_DEMO", str(tmp_path / "checkout" / "assets" / "demo"))
+    assert cli(["serve"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "dtrec build-demo" in err and str(tmp_path / "checkout") in err and len(err.splitlines()) == 1
 
 
 def test_index_flag_picks_the_served_index(tiny_demo, tmp_path, monkeypatch):
     monkeypatch.delenv("DTREC_INDEX", raising=False)
-    assert app.parse_args([]).index == "flat"
-    args = app.parse_args(["--demo", str(tiny_demo), "--index", "hnsw", "--store-dir", str(tmp_path)])
-    rec, _ = app.load_recommender(args.demo, args.model, args.catalog, args.store_dir, args.index)
+    assert build_parser().parse_args(["serve"]).index == "flat"
+    args = build_parser().parse_args(["serve", "--demo", str(tiny_demo), "--index", "hnsw",
+                                      "--store-dir", str(tmp_path)])
+    rec, _ = load_recommender(args.demo, args.model, args.catalog, args.store_dir, args.index)
     try:
         assert rec.config.index == "hnsw" and rec.index.effective_kind == "hnsw"
         history = [item.id for item in list(rec.store.items(uploads=False))[:2]]
@@ -162,7 +183,7 @@ def test_index_flag_picks_the_served_index(tiny_demo, tmp_path, monkeypatch):
     finally:
         rec.close()
     with pytest.raises(SystemExit):
-        app.parse_args(["--index", "annoy"])
+        build_parser().parse_args(["serve", "--index", "annoy"])
 
 
 def test_uploads_are_private_to_the_browser_session_that_made_them(tiny_demo, tmp_path):
@@ -249,7 +270,7 @@ def test_refused_files_leave_the_upload_cache_at_once_and_the_cache_is_bounded(t
             # a request past the poster cap is refused before anything is written
             r = http.post("gradio_api/upload", files={"files": ("big.jpg", os.urandom(6 * 1024 * 1024), "image/jpeg")})
             assert r.status_code == 413 and "5 MB" in r.text and cache_bytes() <= limit
-        assert demo.delete_cache == app.DELETE_CACHE  # what is left is swept once an hour old
+        assert demo.delete_cache == DELETE_CACHE  # what is left is swept once an hour old
     finally:
         demo.close()
         rec.close()
@@ -261,7 +282,7 @@ def test_visitors_see_names_and_human_units_never_server_paths(served, tiny_demo
 
     client, rec = served
     about = rec.about()
-    shown = app.about_markdown(about)
+    shown = about_markdown(about)
     for secret in (str(tiny_demo), about["store_dir"], about["weights"], str(REPO)):
         assert secret not in shown
     assert "209715200" not in shown and "200 MB" in shown and "model.safetensors" in shown
@@ -286,24 +307,37 @@ def test_a_request_s_session_and_client(monkeypatch):
     req = SimpleNamespace(session_hash="abc", headers={"x-forwarded-for": "198.51.100.7, 10.0.0.1"},
                           client=SimpleNamespace(host="10.16.3.80"))
     monkeypatch.delenv("SPACE_ID", raising=False)
-    assert app.client_address(req) == "10.16.3.80" and app.request_session(req) == "abc"
+    assert client_address(req) == "10.16.3.80" and request_session(req) == "abc"
     monkeypatch.setenv("SPACE_ID", "someone/dtrec")
-    assert app.client_address(req) == "198.51.100.7"
+    assert client_address(req) == "198.51.100.7"
     token = LocalContext.event_id.set("abc")
     try:
-        assert app.request_session(req) is None
+        assert request_session(req) is None
     finally:
         LocalContext.event_id.reset(token)
-    assert app.request_session(None) is None and app.client_address(None) is None
+    assert request_session(None) is None and client_address(None) is None
 
 
 def test_start_up_log_has_no_faiss_loader_misses():
     """FAISS logs each CPU build it cannot load ("Could not load library with AVX512 support"); the app's log doesn't."""
     import subprocess
 
-    code = "import app; app.configure_logging(); import faiss; print('loaded', faiss.__version__)"
-    r = subprocess.run([sys.executable, "-c", code], cwd=Path(app.__file__).parent, capture_output=True, text=True,
+    code = ("from dtrec.app import configure_logging; configure_logging(); "
+            "import faiss; print('loaded', faiss.__version__)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     assert "loaded" in r.stdout
     assert "Could not load library" not in r.stderr and "faiss.loader" not in r.stderr
+
+
+def test_the_app_imports_gradio_without_its_stub_writer():
+    """`dtrec.app` calls `dtrec.fastimport.skip_gradio_stub_writing()` before any of its modules imports Gradio."""
+    import subprocess
+
+    code = ("import dtrec.app, gradio.component_meta as cm; "
+            "print(cm.create_or_modify_pyi.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "_no_stub"

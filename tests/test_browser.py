@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from app_server import free_port
+from app_server import launch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.browser,
@@ -30,20 +28,15 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def url(request, tmp_path_factory):
     """The app over the tiny demo (or $DTREC_BROWSER_DEMO) on a free local port, with a throwaway store."""
-    sys.path.insert(0, str(REPO))
-    import app
     from dtrec.service import Recommender
 
     env = os.environ.get("DTREC_BROWSER_DEMO")
     tiny_demo = Path(env).resolve() if env else request.getfixturevalue("tiny_demo")
     store = tmp_path_factory.mktemp("browser-store")
     rec = Recommender.from_folder(tiny_demo, store_dir=store)
-    demo = app.build_app(rec)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
+    url, demo = launch(rec, tiny_demo, store)
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield url
     finally:
         demo.close()
         rec.close()
@@ -137,10 +130,11 @@ def _below(upper: dict, lower: dict, tol: float = 0.5) -> bool:
 def test_a_non_image_upload_is_refused_in_one_sentence_and_cleared(url, page, tmp_path):
     """Issue 18, item 4: an HTML page renamed .jpg gets the API's one sentence in the page, the field
     lets go of it, the cache no longer holds it, and the next poster goes in."""
-    import app
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
     from PIL import Image
+
+    from dtrec.app import upload_folder
 
     bad = tmp_path / "not-a-poster-4f1c.jpg"
     bad.write_text("<!doctype html><html><body><h1>not an image</h1></body></html>")
@@ -160,7 +154,7 @@ def test_a_non_image_upload_is_refused_in_one_sentence_and_cleared(url, page, tm
     assert "preprocess" not in body and "Unidentified" not in body and "Traceback" not in body
     page.wait_for_function("() => !document.querySelector('#upload-image img')")  # the field is empty again
     assert page.locator(f"#add-status {ERRORED}").count() == 0
-    assert not list(app.upload_folder().rglob(bad.name)), "the refused file is still in Gradio's cache"
+    assert not list(upload_folder().rglob(bad.name)), "the refused file is still in Gradio's cache"
 
     poster = tmp_path / "good.png"
     Image.new("RGB", (80, 120), (30, 160, 90)).save(poster)
@@ -261,7 +255,6 @@ def test_layout_at_1400_px(url, page, monkeypatch):
 def test_a_fresh_browser_session_uploads_after_a_scripted_flood(tiny_demo, page, tmp_path):
     """Issue 18, item 1, as a visitor: 1,010 scripted uploads (a new session and address each) fill the
     cap of 1,000 private uploads; a fresh tab still uploads its poster and sees it."""
-    import app
     from PIL import Image
 
     from dtrec.config import ServeConfig
@@ -275,12 +268,9 @@ def test_a_fresh_browser_session_uploads_after_a_scripted_flood(tiny_demo, page,
         except InputError:
             pass
     assert rec.about()["n_uploads"] == 1000
-    demo = app.build_app(rec)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs([tiny_demo / "catalog" / "images", store / "images", app.PLACEHOLDER]))
+    url, demo = launch(rec, tiny_demo, store)
     try:
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(url)
         page.locator("#catalog .thumbnail-item").first.wait_for()
         poster = tmp_path / "visitor.png"
         Image.new("RGB", (80, 120), (200, 40, 90)).save(poster)

@@ -1,15 +1,22 @@
-"""`dtrec build-demo` (dtrec.demo) and `dtrec serve`'s argument plumbing."""
+"""`dtrec build-demo` (dtrec.demo) and `dtrec serve` (its flags, and serving from the package alone)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from app_server import start_server, stop_server
 from PIL import Image
 from safetensors import safe_open
+from synthetic import N_ITEMS
 
+import dtrec
 from dtrec.cli import main as cli
 from dtrec.data.catalog import Catalog, Item
 from dtrec.demo import MAX_HISTORIES, DemoBuildConfig, DemoBuildError, _thumb_sources, folder_mb
@@ -47,13 +54,26 @@ def test_demo_folder_contents(tiny_demo):
     assert not list(tiny_demo.parent.glob(".demo.build-*")), "the staging folder is cleaned up"
 
 
+def test_demo_folder_layout(synthetic_demo):
+    d = synthetic_demo["dir"]
+    for f in ("model/config.json", "model/model.safetensors", "catalog/items.parquet",
+              "catalog/features/tiny-clip.safetensors", "item_embeddings.safetensors", "histories.json",
+              "results.json", "README.md", "NOTICE.md"):
+        assert (d / f).is_file(), f
+    thumbs = list((d / "catalog" / "images").glob("*.jpg"))
+    assert len(thumbs) == N_ITEMS - N_ITEMS // 4
+    hist = json.loads((d / "histories.json").read_text())
+    assert hist and all(isinstance(i, str) for h in hist for i in h)
+
+
 def test_the_built_folder_carries_the_embeddings_a_fresh_store_would_compute(tiny_demo, tmp_path, monkeypatch):
     """Written after the fp16 features and weights, so the key matches what the service reads."""
-    import dtrec.service as service
+    import dtrec.serving.sync as sync
+    from dtrec.service import Recommender
 
     calls = []
-    monkeypatch.setattr(service, "_item_tower", lambda *a: calls.append(1))
-    rec = service.Recommender.from_folder(tiny_demo, store_dir=tmp_path)
+    monkeypatch.setattr(sync, "item_tower", lambda *a: calls.append(1))
+    rec = Recommender.from_folder(tiny_demo, store_dir=tmp_path)
     try:
         assert calls == [], "a fresh store took the carried embeddings"
         with safe_open(str(tiny_demo / "item_embeddings.safetensors"), framework="pt") as f:
@@ -98,9 +118,38 @@ def test_build_demo_cli_errors_are_one_line(tmp_path, capsys):
     assert "--thumb-size" in capsys.readouterr().err
 
 
-def test_serve_without_app_file(tmp_path, capsys):
+def test_serve_refuses_the_removed_app_flag(tmp_path, capsys):
     assert cli(["serve", "--app", str(tmp_path / "app.py")]) == 2
-    assert "app.py not found" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "--app is gone" in err and len(err.splitlines()) == 1
+
+
+def test_serve_needs_no_checkout(tiny_demo, tmp_path):
+    """`dtrec serve` from a copy of the package alone (as a wheel installs it), run outside the checkout,
+    starts, answers its API and serves the placeholder it ships."""
+    import httpx
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(dtrec.__file__).parent, site / "dtrec", ignore=shutil.ignore_patterns("__pycache__"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import dtrec.cli; print(dtrec.cli.__file__)"], cwd=elsewhere,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert where.stdout.strip() == str(site / "dtrec" / "cli.py"), where.stderr
+    log = tmp_path / "serve.log"
+    proc, url = start_server(tiny_demo, tmp_path / "store", log, command=[sys.executable, "-m", "dtrec.cli", "serve"],
+                             cwd=elsewhere, pythonpath=site)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            assert {"/recommend", "/search", "/add_item"} <= set(http.get("gradio_api/info").json()["named_endpoints"])
+            event = http.post("gradio_api/call/search", json={"data": ["toy story", 3]}).json()["event_id"]
+            assert "event: complete" in http.get(f"gradio_api/call/search/{event}").text
+            placeholder = site / "dtrec" / "app" / "placeholder.png"
+            assert http.get(f"gradio_api/file={placeholder}").content == placeholder.read_bytes()
+    finally:
+        stop_server(proc)
+    assert "dtrec demo ready" in log.read_text()
 
 
 def test_find_results(tmp_path):

@@ -15,8 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dtrec"
 # Top-level modules of the checkout that an installed dtrec does not have.
 CHECKOUT_ONLY = {"app", "benchmarks", "tests", "scripts", "conftest"}
-# `dtrec serve` still runs the repository's app.py (until the UI moves into the package).
-PATH_READS_ALLOWED = {"cli.py": 1}
+# No module reads a path above the package: `dtrec serve` imports the UI (dtrec.app), no app.py.
+PATH_READS_ALLOWED: dict[str, int] = {}
 
 
 def _sources() -> list[Path]:
@@ -73,13 +73,10 @@ HEAVY = {"torch", "pandas", "faiss", "huggingface_hub", "transformers", "open_cl
 # Function-level imports of dtrec modules: importer -> (the modules it imports inside functions, why).
 FUNCTION_LEVEL_IMPORTS = {
     "dtrec.cli": (
-        {"dtrec.baselines", "dtrec.data.catalog", "dtrec.data.prepare", "dtrec.demo", "dtrec.features", "dtrec.hub",
-         "dtrec.scoring", "dtrec.train.finetune", "dtrec.train.pretrain", "dtrec.weights"},
+        {"dtrec.app", "dtrec.baselines", "dtrec.data.catalog", "dtrec.data.prepare", "dtrec.demo", "dtrec.features",
+         "dtrec.hub", "dtrec.scoring", "dtrec.train.finetune", "dtrec.train.pretrain", "dtrec.weights"},
         "each sub-command imports its library module when it runs: `dtrec --help` need not import torch, "
-        "pandas, FAISS or huggingface_hub (checked below: every one of these is heavy, cli itself is not)"),
-    "dtrec.service": (
-        {"dtrec.encoders", "dtrec.encoders.base", "dtrec.model"},
-        "not moved yet: service.py is being split by job in another branch (issue 15 item 4)"),
+        "pandas, FAISS, huggingface_hub or gradio (checked below: every one of these is heavy, cli itself is not)"),
     "dtrec.train.finetune": (
         {"dtrec.eval"},
         "not moved yet: the training loops are being unified in another branch (issue 15 item 2)"),
@@ -219,6 +216,20 @@ def test_the_cli_imports_lazily_only_what_is_heavy():
     assert not _heavy("dtrec.cli", graph)
     light = sorted(m for m in FUNCTION_LEVEL_IMPORTS["dtrec.cli"][0] if not _heavy(m, graph))
     assert not light, f"import {light} at the top of cli.py: they are light"
+
+
+def test_only_the_serve_command_imports_the_ui():
+    """dtrec.app may import any dtrec module; of the others only cli.py imports it, in its `serve` handler."""
+    graph = _graph()
+    ui = {m for m in MODULES if m == "dtrec.app" or m.startswith("dtrec.app.")}
+    importers = {m for m, deps in graph.items() if deps & ui} - ui
+    assert not importers, f"{sorted(importers)} import dtrec.app at module level"
+    lazy = {m for m, deps in _function_level().items() if deps & ui} - ui
+    assert lazy == {"dtrec.cli"}
+    cli = ast.parse(MODULES["dtrec.cli"].read_text())
+    handlers = {fn.name for fn in ast.walk(cli) if isinstance(fn, ast.FunctionDef)
+                and any(ui & {m for m, _ in _named(n)} for n in ast.walk(fn) if isinstance(n, ast.stmt))}
+    assert handlers == {"_cmd_serve"}
 
 
 def test_registries_import_no_module_that_registers_into_them():

@@ -15,8 +15,6 @@ import random
 import shutil
 import signal
 import struct
-import subprocess
-import sys
 import threading
 import time
 import types
@@ -25,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import free_port, launch
+from app_server import launch, start_server, stop_server
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from dtrec.config import ServeConfig  # noqa: E402
 from dtrec.service import InputError, Recommender, session_scope  # noqa: E402
@@ -501,48 +498,12 @@ def test_a_closed_tab_ends_its_session(served):
         with http.stream("GET", "gradio_api/heartbeat/closing-tab") as r:
             next(r.iter_text())
     deadline = time.time() + 10
-    while "closing-tab" not in rec._ended and time.time() < deadline:
+    while "closing-tab" not in rec.sessions.ended and time.time() < deadline:
         time.sleep(0.05)
-    assert "closing-tab" in rec._ended
+    assert "closing-tab" in rec.sessions.ended
 
 
 # --------------------------------------------------------------------------- slow: the app in a subprocess
-def start_server(demo: Path, store: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    """`python app.py` over `demo` with `store` on a free loopback port; (process, url) once it answers."""
-    port = free_port()
-    child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                 "PYTHONPATH": str(REPO), **env}
-    child_env.pop("SPACE_ID", None)  # a local run: uploads public, as the default says
-    out = open(log, "ab")
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--demo", str(demo), "--store-dir", str(store),
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                            env=child_env, cwd=str(REPO), start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise AssertionError(f"app.py did not answer within 120 s:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM (the app saves its index on the way out), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def run_load(url: str, catalog_ids: list[str], work: Path, *, clients: int = 16, seconds: float = 60.0,
              seed: int = 0) -> dict:
     """`clients` gradio_client clients mixing recommend (50 %), search (30 %) and add_item (20 %) for `seconds`."""
