@@ -14,6 +14,11 @@ DATA=${DTREC_DATA:-$ROOT/../shared/data}
 OUT=${1:?usage: bash scripts/prepare_domains.sh OUTDIR [DOMAIN ...]}
 shift
 ENC=${DTREC_ENCODER:-offline}
+if [[ -z "${DTREC_PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then DTREC_PYTHON=$ROOT/.venv/bin/python; else DTREC_PYTHON=python; fi
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+dtrec() { "$DTREC_PYTHON" -m dtrec.cli "$@"; }  # this checkout's dtrec, whether or not a venv is active
 DOMAINS=("$@")
 if [[ ${#DOMAINS[@]} -eq 0 ]]; then
   DOMAINS=(amazon2014-beauty amazon2014-clothing amazon2014-health amazon2014-toy
