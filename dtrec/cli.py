@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from dtrec import __version__
-from dtrec.config import BASELINE_TYPES, DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
+from dtrec.config import DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
 from dtrec.data.registry import PrepareOptions, get_reader, list_readers
 from dtrec.results import metric_table
 
@@ -30,7 +30,8 @@ class CLIError(Exception):
 
 class _Commands(argparse._SubParsersAction):
     """Sub-commands, some of whose parsers are completed only when chosen (`complete[name](parser)`): `prepare`
-    lists the registered readers, whose modules import pandas and torch, which `dtrec --help` need not wait for."""
+    and `baseline` list the registered readers and baselines, whose modules import pandas and torch, which
+    `dtrec --help` need not wait for."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -231,7 +232,15 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
     b = sub.add_parser("baseline", help="fit a baseline (popularity | sasrec | content-knn) and save it")
-    b.add_argument("kind", choices=BASELINE_TYPES)
+    b.set_defaults(func=_cmd_baseline)
+    sub.complete["baseline"] = _add_baseline_flags
+
+
+def _add_baseline_flags(b: argparse.ArgumentParser) -> None:
+    """`dtrec baseline KIND`: KIND one of the registered baselines (importing them imports torch)."""
+    from dtrec.baselines import list_baselines
+
+    b.add_argument("kind", choices=[baseline.name for baseline in list_baselines()])
     b.add_argument("--data", required=True, help="prepared data folder")
     b.add_argument("--out", required=True, help="checkpoint folder to write (gets valid.json too)")
     b.add_argument("--seed", type=int, default=None)
@@ -254,7 +263,6 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--encoder", default=None, help="content-knn: the features to rank by (e.g. offline)")
     b.add_argument("--query", choices=("last", "mean"), default=None,
                    help="content-knn: the last history item (default) or the mean of the history")
-    b.set_defaults(func=_cmd_baseline)
 
 
 def _json_safe(obj):
@@ -289,15 +297,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from dtrec.baselines import train_baseline
+    from dtrec.baselines import get_baseline, train_baseline
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
                                           "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "group_by_length",
                                           "pad_multiple", "device", "encoder", "query")}
-    if args.kind == "popularity":
-        opts = {k: v for k, v in opts.items() if k in ("seed", "device")}
-    elif args.kind == "sasrec":
-        opts = {k: v for k, v in opts.items() if k not in ("encoder", "query")}
+    flags = get_baseline(args.kind).flags
+    if flags is not None:  # a kind that takes few of these flags ignores the others
+        opts = {k: v for k, v in opts.items() if k in flags}
     valid = train_baseline(args.kind, args.data, args.out, **opts)
     print(json.dumps(_json_safe(valid)))
     return 0

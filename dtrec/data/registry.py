@@ -15,6 +15,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from dtrec.registry import Registry
+
 if TYPE_CHECKING:
     from dtrec.data.catalog import Dataset
 
@@ -55,7 +57,9 @@ class Reader:
         return self.options(**{k: v for k, v in values.items() if v is not None})
 
 
-_READERS: dict[str, Reader] = {}
+_READERS: Registry[Reader] = Registry("reader", lambda name, known: (
+    f"unknown source kind {name!r}; expected {', '.join(known[:-1])} or {known[-1]}" if len(known) > 1
+    else f"unknown source kind {name!r}; expected {', '.join(known)}"))
 
 
 def register_reader(name: str, help: str, options: type[PrepareOptions]) -> Callable[[ReadFn], ReadFn]:
@@ -64,29 +68,13 @@ def register_reader(name: str, help: str, options: type[PrepareOptions]) -> Call
         raise TypeError(f"the options of reader {name!r} must extend PrepareOptions")
 
     def deco(read: ReadFn) -> ReadFn:
-        if name in _READERS:
-            raise ValueError(f"reader {name!r} is registered twice")
-        _READERS[name] = Reader(name, help, options, read)
+        _READERS.add(name, Reader(name, help, options, read))
         return read
 
     return deco
 
 
-def unregister_reader(name: str) -> None:
-    """Remove the reader `name` (a no-op when absent): for readers registered for a while, as tests do."""
-    _READERS.pop(name, None)
-
-
-def list_readers() -> list[Reader]:
-    """The registered readers, in registration order (the order `dtrec prepare --help` lists them in)."""
-    return list(_READERS.values())
-
-
-def get_reader(name: str) -> Reader:
-    """The reader registered as `name`; ValueError naming the known ones otherwise."""
-    if name not in _READERS:
-        known = list(_READERS)
-        expected = ", ".join(known[:-1]) + f" or {known[-1]}" if len(known) > 1 else ", ".join(known)
-        raise ValueError(f"unknown source kind {name!r}; expected {expected}")
-    return _READERS[name]
-
+# the table's own methods, under the names callers use
+unregister_reader = _READERS.remove
+list_readers = _READERS.entries
+get_reader = _READERS.get
