@@ -16,15 +16,33 @@ import sys
 import time
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from dtrec import __version__
-from dtrec.config import BASELINE_TYPES, DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
+from dtrec.config import DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
+from dtrec.data.registry import PrepareOptions, get_reader, list_readers
 from dtrec.results import metric_table
 
 
 class CLIError(Exception):
     """An error reported to the user as one line, without a traceback."""
+
+
+class _Commands(argparse._SubParsersAction):
+    """Sub-commands, some of whose parsers are completed only when chosen (`complete[name](parser)`): `prepare`
+    and `baseline` list the registered readers and baselines, whose modules import pandas and torch, which
+    `dtrec --help` need not wait for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.complete: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        fill = self.complete.pop(values[0], None) if values else None
+        if fill is not None:
+            fill(self._name_parser_map[values[0]])
+        super().__call__(parser, namespace, values, option_string)
 
 
 # --------------------------------------------------------------------------- config flags
@@ -87,26 +105,29 @@ def resolve_config(cls: type[T], args: argparse.Namespace, base: dict | None = N
 
 
 # --------------------------------------------------------------------------- prepare / info
+def add_option_flags(parser: argparse.ArgumentParser, cls: type, names: list[str]) -> None:
+    """One `--field-name` flag per named field of the dataclass `cls`: its type, its default (none: required) and
+    the `metadata["help"]` of the field (or of the field it overrides)."""
+    hints = dict(_fields(cls))
+    for f in [f for name in names for f in dataclasses.fields(cls) if f.name == name]:
+        helps = [c.__dataclass_fields__[f.name].metadata.get("help") for c in cls.__mro__
+                 if f.name in getattr(c, "__dataclass_fields__", {})]
+        kw: dict[str, Any] = {"dest": f.name, "help": next((h for h in helps if h), None)}
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if hints[f.name] is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = hints[f.name]
+        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="read a raw data set and write the prepared format")
-    psub = p.add_subparsers(dest="source_kind", required=True)
-
-    m = psub.add_parser("movielens", help="MovieLens-100K (u.data, u.item) with MovieLens-1M posters")
-    m.add_argument("--source", required=True, help="folder holding u.data and u.item")
-    m.add_argument("--posters", default=None, help="folder holding movies.dat and posters/<id>.jpg")
-    _add_prep_flags(m)
-
-    u = psub.add_parser("unisrec", help="UniSRec/MISSRec/DeCoRec format (*.inter, item2index, .text, feat*CLS)")
-    u.add_argument("--source", required=True)
-    u.add_argument("--name", required=True, help="file prefix, e.g. Scientific")
-    _add_prep_flags(u, kcore_default=0)
-
-    j = psub.add_parser("jsonl", help="your own catalog: items.jsonl + interactions.csv (plain or .gz)")
-    j.add_argument("--items", required=True, help="items.jsonl or items.jsonl.gz")
-    j.add_argument("--interactions", default=None,
-                   help="interactions.csv or .csv.gz (omit it for a catalog without users)")
-    _add_prep_flags(j, kcore_default=0)
     p.set_defaults(func=_cmd_prepare)
+    sub.complete["prepare"] = _add_reader_commands
 
     i = sub.add_parser("info", help="counts of a prepared data set")
     i.add_argument("data", help="prepared data folder")
@@ -114,23 +135,27 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_cmd_info)
 
 
-def _add_prep_flags(p: argparse.ArgumentParser, kcore_default: int = 5) -> None:
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--kcore", type=int, default=kcore_default, help="iterated k-core on users and items (0: off)")
-    p.add_argument("--cold-fraction", type=float, default=0.0,
-                   help="fraction of items held out of all training data for the cold-start split")
-    p.add_argument("--seed", type=int, default=42)
+def _add_reader_commands(p: argparse.ArgumentParser) -> None:
+    """`dtrec prepare <kind>`, one per registered reader: its own options' flags, `--out`, then the common ones."""
+    import dtrec.data.prepare  # noqa: F401  the built-in readers register themselves on this import
+
+    psub = p.add_subparsers(dest="source_kind", required=True)
+    common = [f.name for f in dataclasses.fields(PrepareOptions)]
+    for reader in list_readers():
+        r = psub.add_parser(reader.name, help=reader.help)
+        add_option_flags(r, reader.options, [f.name for f in dataclasses.fields(reader.options)
+                                             if f.name not in common])
+        r.add_argument("--out", required=True, help="output folder")
+        add_option_flags(r, reader.options, common)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-
     from dtrec.data.prepare import prepare, summary
 
+    reader = get_reader(args.source_kind)
+    options = reader.options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(reader.options)})
     out = Path(args.out)
-    ds = prepare(args.source_kind, out, source=getattr(args, "source", None), posters=getattr(args, "posters", None),
-                 name=getattr(args, "name", None), items=getattr(args, "items", None),
-                 interactions=getattr(args, "interactions", None), kcore=args.kcore,
-                 cold_fraction=args.cold_fraction, seed=args.seed)
+    ds = prepare(reader.name, out, options)
     print(summary(ds, out))
     return 0
 
@@ -207,7 +232,15 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
     b = sub.add_parser("baseline", help="fit a baseline (popularity | sasrec | content-knn) and save it")
-    b.add_argument("kind", choices=BASELINE_TYPES)
+    b.set_defaults(func=_cmd_baseline)
+    sub.complete["baseline"] = _add_baseline_flags
+
+
+def _add_baseline_flags(b: argparse.ArgumentParser) -> None:
+    """`dtrec baseline KIND`: KIND one of the registered baselines (importing them imports torch)."""
+    from dtrec.baselines import list_baselines
+
+    b.add_argument("kind", choices=[baseline.name for baseline in list_baselines()])
     b.add_argument("--data", required=True, help="prepared data folder")
     b.add_argument("--out", required=True, help="checkpoint folder to write (gets valid.json too)")
     b.add_argument("--seed", type=int, default=None)
@@ -230,7 +263,6 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--encoder", default=None, help="content-knn: the features to rank by (e.g. offline)")
     b.add_argument("--query", choices=("last", "mean"), default=None,
                    help="content-knn: the last history item (default) or the mean of the history")
-    b.set_defaults(func=_cmd_baseline)
 
 
 def _json_safe(obj):
@@ -265,15 +297,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from dtrec.baselines import train_baseline
+    from dtrec.baselines import get_baseline, train_baseline
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
                                           "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "group_by_length",
                                           "pad_multiple", "device", "encoder", "query")}
-    if args.kind == "popularity":
-        opts = {k: v for k, v in opts.items() if k in ("seed", "device")}
-    elif args.kind == "sasrec":
-        opts = {k: v for k, v in opts.items() if k not in ("encoder", "query")}
+    flags = get_baseline(args.kind).flags
+    if flags is not None:  # a kind that takes few of these flags ignores the others
+        opts = {k: v for k, v in opts.items() if k in flags}
     valid = train_baseline(args.kind, args.data, args.out, **opts)
     print(json.dumps(_json_safe(valid)))
     return 0
@@ -492,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = argparse.ArgumentParser(prog="dtrec", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.register("action", "parsers", _Commands)
     sub = parser.add_subparsers(dest="command")
     _add_data_commands(sub)
     _add_extract_command(sub)

@@ -158,9 +158,8 @@ class PretrainConfig(TrainConfig):
 
 
 # --------------------------------------------------------------------------- checkpoint folders
-BASELINE_TYPES = ("popularity", "sasrec", "content-knn")
-# A checkpoint's config.json names its `model_type`; a DualTower's names none (or "dtrec").
-MODEL_TYPES = ("dtrec",) + BASELINE_TYPES
+# A checkpoint's config.json names its `model_type`: a registered baseline (dtrec.baselines.registry), or for a
+# DualTower none (or "dtrec").
 DUAL_TOWER_FILES = ("config.json", "model.safetensors")
 
 
@@ -189,12 +188,9 @@ def read_model_config(path: str | Path) -> ModelConfig:
 
 
 def checkpoint_type(path: str | Path) -> str:
-    """Which model a checkpoint folder (or a training output's `best/`) holds: one of `MODEL_TYPES`."""
-    folder = checkpoint_folder(path)
-    kind = read_checkpoint_config(folder).get("model_type", "dtrec")
-    if kind not in MODEL_TYPES:
-        raise ValueError(f"{folder / 'config.json'} names an unknown model_type {kind!r}")
-    return kind
+    """Which model a checkpoint folder (or a training output's `best/`) holds: its `model_type`, "dtrec" when none
+    (`dtrec.baselines.baseline_of` checks that a baseline's is registered)."""
+    return read_checkpoint_config(checkpoint_folder(path)).get("model_type", "dtrec")
 
 
 # --------------------------------------------------------------------------- nearest-neighbour index (dtrec.index)

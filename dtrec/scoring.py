@@ -1,8 +1,8 @@
 """Checkpoints as score functions, one loader per model type, and `evaluate_checkpoint`.
 
-A checkpoint folder's `config.json` names its model type (`dtrec.config.checkpoint_type`);
-`LOADERS` maps each type to the function that turns the folder and a prepared data set
-into `(histories) -> scores (B, N)`, which `dtrec.eval.evaluate` ranks. This module
+A checkpoint folder's `config.json` names its model type (`dtrec.config.checkpoint_type`): a DualTower,
+loaded here, or a registered baseline, whose `scorer` (`dtrec.baselines.registry`) turns the folder and a
+prepared data set into `(histories) -> scores (B, N)`, which `dtrec.eval.evaluate` ranks. This module
 sits above both the model and the baselines, so neither imports the other.
 """
 
@@ -11,22 +11,15 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from dtrec.baselines import load_baseline
-from dtrec.baselines.knn import ContentKNN
-from dtrec.config import DEFAULT_TIES, checkpoint_folder, checkpoint_type, read_checkpoint_config
+from dtrec.baselines import baseline_of, get_baseline
+from dtrec.config import DEFAULT_TIES, checkpoint_folder, read_checkpoint_config
 from dtrec.data.catalog import Dataset
 from dtrec.eval import ScoreFn, evaluate
 from dtrec.features import Features, load_features
 from dtrec.model import DualTower
-
-COLD_NOTES = {
-    "popularity": "popularity: cold items never occur in training, so they score 0",
-    "sasrec": "ID model: cold items never seen in training (their embeddings are untrained)",
-}
 
 
 def dual_tower_score_fn(model: DualTower, features: Features, device: str | torch.device = "cpu",
@@ -55,28 +48,15 @@ def _dual_tower(ckpt: Path, data_dir: str | Path, encoder: str | None, device: t
     return dual_tower_score_fn(model, features, device)
 
 
-def _content_knn(ckpt: Path, data_dir: str | Path, encoder: str | None, device: torch.device) -> ScoreFn:
-    name = encoder or read_checkpoint_config(ckpt)["encoder"]
-    return ContentKNN.from_pretrained(ckpt, load_features(data_dir, name)).scores
-
-
-def _trained_baseline(ckpt: Path, data_dir: str | Path, encoder: str | None, device: torch.device) -> ScoreFn:
-    return load_baseline(ckpt).to(device).scores
-
-
-# model type -> loader(checkpoint folder, data folder, encoder override, device) -> score function
-LOADERS: dict[str, Callable[[Path, "str | Path", "str | None", torch.device], ScoreFn]] = {
-    "dtrec": _dual_tower, "content-knn": _content_knn, "popularity": _trained_baseline, "sasrec": _trained_baseline,
-}
-
-
 def load_scorer(checkpoint: str | Path, data_dir: str | Path, encoder: str | None = None,
                 device: str | torch.device | None = None) -> tuple[str, ScoreFn]:
     """(model type, score function) for a DualTower or baseline checkpoint over the data set at `data_dir`."""
     ckpt = checkpoint_folder(checkpoint)
-    kind = checkpoint_type(ckpt)
+    baseline = baseline_of(ckpt)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return kind, LOADERS[kind](ckpt, data_dir, encoder, device)
+    if baseline is None:
+        return "dtrec", _dual_tower(ckpt, data_dir, encoder, device)
+    return baseline.name, baseline.scorer(ckpt, Path(data_dir), encoder, device)
 
 
 def evaluate_checkpoint(
@@ -106,8 +86,9 @@ def evaluate_checkpoint(
         out[split] = evaluate(score_fn, dataset.eval_cases(split), desc=f"evaluate {split}", **opts)
     if dataset.cold_items:
         cold = evaluate(score_fn, dataset.cold_cases("test"), desc="evaluate cold start", **opts)
-        if kind in COLD_NOTES:
-            cold["note"] = COLD_NOTES[kind]
+        note = get_baseline(kind).cold_note if kind != "dtrec" else None
+        if note:
+            cold["note"] = note
         out["cold_start"] = cold
     for metrics in out.values():  # what the numbers mean travels with them
         metrics["protocol"] = "serving" if exclude_history else "reference"

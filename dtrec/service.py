@@ -14,7 +14,7 @@ of `dtrec.serving` it delegates to: `sync` (the store seeded and refreshed), `up
 `encoding` (the frozen encoder). A demo folder (layout in `dtrec.demo`, which writes it) is
 read by `Recommender.from_folder`; a fresh store seeds from the folder's carried item
 embeddings when they match its own model and catalog (`sync.ITEM_EMBEDDINGS`). The store lives
-in `store_dir` (default `DIR/store`, or a per-folder cache directory when `DIR` is read-only).
+in `store_dir` (default: `dtrec.serving.sync.default_store_dir`, outside the folder served).
 On start, what the store had to repair
 (corrupt database, interrupted writes, missing images, a rebuilt index) is logged and listed
 in `about()["recovery"]`.
@@ -123,7 +123,7 @@ class Recommender:
             raise FileNotFoundError(f"{path} is not a demo folder: it needs model/ and catalog/ "
                                     f"(write one with `dtrec build-demo`)")
         base = config or ServeConfig()
-        store = store_dir or base.store_dir or default_store_dir(path)
+        store = store_dir or base.store_dir or default_store_dir(path.resolve() / "model", path.resolve() / "catalog")
         cfg = dataclasses.replace(base, model=str(path / "model"), catalog=str(path / "catalog"), store_dir=str(store))
         return cls(cfg, demo_dir=path)
 
@@ -187,13 +187,14 @@ class Recommender:
             out.append(row)
         return out
 
-    def _check_k(self, k: int) -> int:
+    def _check_k(self, k: Any) -> int:
+        # the one rule for a result count: the UI and the API pass theirs on as given (a number or its text)
         try:
             k = int(k)
         except (TypeError, ValueError):
-            raise InputError("The number of results must be a whole number.") from None
+            raise InputError(f"k must be a whole number between 1 and {self.config.max_k}.") from None
         if not 1 <= k <= self.config.max_k:
-            raise InputError(f"The number of results must be between 1 and {self.config.max_k}.")
+            raise InputError(f"k must be between 1 and {self.config.max_k}, not {k}.")
         return k
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, k: int, skip: set[int],

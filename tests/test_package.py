@@ -235,6 +235,12 @@ def test_only_the_serve_command_imports_the_ui():
 def test_registries_import_no_module_that_registers_into_them():
     graph = _graph()
     assert _closure(graph, "dtrec.encoders.registry") == {"dtrec.encoders.registry", "dtrec.encoders.base"}
+    assert _closure(graph, "dtrec.data.registry") == {"dtrec.data.registry", "dtrec.registry"}
+    assert not _heavy("dtrec.data.registry", graph)
+    readers = {"dtrec.data.movielens", "dtrec.data.unisrec", "dtrec.data.jsonl"}
+    assert all("dtrec.data.registry" in graph[m] for m in readers), "each reader registers itself"
+    assert readers <= graph["dtrec.data.prepare"], "dtrec.data.prepare imports the built-in readers"
+    assert _closure(graph, "dtrec.baselines.registry") == {"dtrec.baselines.registry", "dtrec.registry"}
 
 
 @pytest.mark.slow

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from dtrec.baselines import list_baselines
 from dtrec.cli import main
-from dtrec.config import MODEL_TYPES
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.results import METRIC_KEYS
-from dtrec.scoring import COLD_NOTES, LOADERS, evaluate_checkpoint, load_scorer
+from dtrec.scoring import evaluate_checkpoint, load_scorer
 
 
 def _tiny_dataset(path: Path) -> Dataset:
@@ -24,8 +24,10 @@ def _tiny_dataset(path: Path) -> Dataset:
     return ds
 
 
-def test_every_model_type_has_a_loader():
-    assert set(LOADERS) == set(MODEL_TYPES) and set(COLD_NOTES) <= set(MODEL_TYPES)
+def test_every_registered_baseline_trains_and_scores():
+    assert [b.name for b in list_baselines()][:3] == ["popularity", "sasrec", "content-knn"]
+    assert all(callable(b.train) and callable(b.scorer) for b in list_baselines())
+    assert {b.name for b in list_baselines() if b.cold_note} >= {"popularity", "sasrec"}
 
 
 def test_evaluate_checkpoint_accepts_a_training_folder_with_best(tmp_path):

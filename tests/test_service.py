@@ -98,8 +98,11 @@ def test_bad_queries_raise_input_error(synthetic_demo, tmp_path):
         rec.recommend(["m1", "nope-42"])
     with pytest.raises(InputError, match="longer than 5"):
         rec.recommend([f"m{i}" for i in range(6)])
-    with pytest.raises(InputError, match="between 1 and"):
+    with pytest.raises(InputError, match=r"^k must be between 1 and 100, not 0\.$"):
         rec.recommend(["m1"], k=0)
+    with pytest.raises(InputError, match=r"^k must be a whole number between 1 and 100\.$"):
+        rec.similar("m1", k="ten")
+    assert len(rec.recommend(["m1"], k="3").items) == 3  # the API's text is parsed here, the one place
     with pytest.raises(InputError, match="Unknown"):
         rec.similar("zzz")
     with pytest.raises(InputError, match="Type something"):

@@ -37,6 +37,30 @@ def test_new_weights_refresh_stored_embeddings_and_keep_uploads(synthetic_demo, 
     assert [r.item.id for r in a.items] == [r.item.id for r in b.items]
 
 
+def test_the_default_store_is_one_per_model_and_catalog_outside_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("DTREC_STORE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    a = sync.default_store_dir(tmp_path / "demo" / "model", tmp_path / "demo" / "catalog")
+    assert a.parent == tmp_path / "cache" / "dtrec" / "store"
+    assert a == sync.default_store_dir(str(tmp_path / "demo" / "model"), str(tmp_path / "demo" / "catalog"))
+    assert a != sync.default_store_dir(tmp_path / "demo" / "model", tmp_path / "other" / "catalog")
+    monkeypatch.setenv("DTREC_STORE_DIR", str(tmp_path / "mine"))
+    assert sync.default_store_dir(tmp_path / "demo" / "model", tmp_path / "demo" / "catalog") == tmp_path / "mine"
+
+
+def test_a_demo_folder_and_serve_share_the_default_store(synthetic_demo, tmp_path, monkeypatch):
+    monkeypatch.delenv("DTREC_STORE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = synthetic_demo["dir"]
+    rec = Recommender.from_folder(folder)
+    try:
+        assert rec.config.store_dir == str(sync.default_store_dir(folder.resolve() / "model",
+                                                                  folder.resolve() / "catalog"))
+        assert not (folder / "store").exists(), "the store is never written inside the folder served"
+    finally:
+        rec.close()
+
+
 # --------------------------------------------------------------------------- start-up (issue 18, item 10)
 def _counting_item_tower(monkeypatch) -> list[int]:
     calls, real = [], sync.item_tower

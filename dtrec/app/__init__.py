@@ -24,11 +24,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # app.py, a test): Gradio is then imported without rewriting its type stubs (half its import time).
 skip_gradio_stub_writing()
 
-from dtrec.app.server import (DEFAULT_DEMO, AppOptions, configure_logging, default_store_dir,  # noqa: E402
-                              launch_kwargs, load_recommender, serve)
+from dtrec.app.server import (DEFAULT_DEMO, AppOptions, configure_logging, launch_kwargs,  # noqa: E402
+                              load_recommender, serve)
 from dtrec.app.ui import ALL_GENRES, build_app  # noqa: E402
 from dtrec.app.uploads import DELETE_CACHE, upload_folder  # noqa: E402
 from dtrec.app.views import PLACEHOLDER  # noqa: E402
 
 __all__ = ["ALL_GENRES", "DEFAULT_DEMO", "DELETE_CACHE", "PLACEHOLDER", "AppOptions", "build_app",
-           "configure_logging", "default_store_dir", "launch_kwargs", "load_recommender", "serve", "upload_folder"]
+           "configure_logging", "launch_kwargs", "load_recommender", "serve", "upload_folder"]

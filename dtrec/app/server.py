@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -20,6 +18,7 @@ from dtrec.app.views import PLACEHOLDER
 from dtrec.config import ServeConfig
 from dtrec.hub import resolve_demo, resolve_model
 from dtrec.service import Recommender
+from dtrec.serving.sync import default_store_dir
 
 log = logging.getLogger("dtrec.app")
 
@@ -56,21 +55,13 @@ def launch_kwargs(allowed: list[str | Path], cache_max_bytes: int | None = None)
             "footer_links": ["api"]}
 
 
-def default_store_dir(source: str) -> Path:
-    """A writable per-source folder for uploads, outside the repo: $DTREC_STORE_DIR or ~/.cache/dtrec/store/<hash>."""
-    if os.environ.get("DTREC_STORE_DIR"):
-        return Path(os.environ["DTREC_STORE_DIR"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "dtrec" / "store" / hashlib.sha256(source.encode()).hexdigest()[:12]
-
-
 def load_recommender(demo: str | None, model: str | None, catalog: str | None,
                      store_dir: str | None, index: str = "flat") -> tuple[Recommender, list[Path]]:
     """The Recommender the options name, and the folders whose images the app may serve."""
     demo_dir = resolve_demo(demo) if demo and not (model and catalog) else None
     model_dir = resolve_model(model) if model else demo_dir / "model"
     catalog_dir = Path(catalog).resolve() if catalog else demo_dir / "catalog"
-    store = Path(store_dir) if store_dir else default_store_dir(f"{model_dir}|{catalog_dir}")
+    store = Path(store_dir) if store_dir else default_store_dir(model_dir, catalog_dir)
     cfg = ServeConfig(model=str(model_dir), catalog=str(catalog_dir), store_dir=str(store), index=index)
     rec = Recommender(cfg, demo_dir=demo_dir)
     # Only the catalog's and the store's images are served; never the store's database.

@@ -13,7 +13,7 @@ import gradio as gr
 from dtrec.app.events import BadInput, handler, md_text, refused, warn
 from dtrec.app.uploads import DELETE_CACHE, discard_upload, upload_path
 from dtrec.app.views import (NEW_BADGE, about_markdown, browse_caption, eval_frame, image, metric_frame,
-                             parse_history, parse_k, rec_caption, rec_json, short, y_lim)
+                             parse_history, rec_caption, rec_json, short, y_lim)
 from dtrec.serving.errors import ImageError, InputError
 
 TITLE = "dtrec — movies by content"
@@ -157,12 +157,12 @@ def on_refresh(rec: Any, history: list[str], k: int, new_id: str | None) -> tupl
     ranked = rank_text(rec, new_id, history)
     if not history:
         # a starting point rather than an empty box: what the demo's sample users watched most
-        start = rec.popular(k=parse_k(k)).items
+        start = rec.popular(k=k).items
         gal = [(image(r.item), f"#{r.rank} {short(r.item.title)}\n{short(r.reason, 60)}") for r in start]
         note = (START_NOTE if start else
                 "Click posters above, or press *Load a real user's history*, to get recommendations.")
         return gal, [r.item.id for r in start], note, ranked
-    res = rec.recommend(history, k=parse_k(k))
+    res = rec.recommend(history, k=k)
     gal = [(image(r.item), rec_caption(r)) for r in res.items]
     return gal, [r.item.id for r in res.items], f"{len(res.items)} recommendations in **{res.latency_ms:.1f} ms**.", ranked
 
@@ -207,12 +207,12 @@ def on_unload(rec: Any) -> None:
 # --------------------------------------------------------------------------- API endpoints (JSON in, JSON out)
 def api_recommend(rec: Any, history: str | list[str], k: int = 10) -> list[dict]:
     """Recommend k items for a history of item ids (a JSON list or 'id1, id2, ...'), oldest first."""
-    return [rec_json(r) for r in rec.recommend(parse_history(history), k=parse_k(k)).items]
+    return [rec_json(r) for r in rec.recommend(parse_history(history), k=k).items]
 
 
 def api_search(rec: Any, text: str, k: int = 10) -> list[dict]:
     """Items for a title or a description: titles the text names first, then items by meaning."""
-    return [rec_json(r) for r in rec.search(text or "", k=parse_k(k)).items]
+    return [rec_json(r) for r in rec.search(text or "", k=k).items]
 
 
 def api_add_item(rec: Any, blocks: Any, image: Any, title: str, text: str) -> dict:

@@ -15,7 +15,6 @@ from dtrec.serving.errors import human_bytes
 
 PLACEHOLDER = Path(__file__).resolve().parent / "placeholder.png"  # shipped with the package (package data)
 NEW_BADGE = "new — never interacted with"
-MAX_K = 100
 
 
 def image(view: Any) -> str:
@@ -67,17 +66,6 @@ def parse_history(history: Any) -> list[str]:
     if not isinstance(history, (list, tuple)):
         raise BadInput("The history must be a list of item ids or a comma-separated string.")
     return [str(h).strip() for h in history if str(h).strip()]
-
-
-def parse_k(k: Any) -> int:
-    """A result count between 1 and MAX_K."""
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise BadInput(f"k must be a whole number between 1 and {MAX_K}.") from None
-    if not 1 <= k <= MAX_K:
-        raise BadInput(f"k must be between 1 and {MAX_K}, not {k}.")
-    return k
 
 
 def eval_frame(about: dict) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import gzip
 import io
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from dtrec.data import preprocess
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.data.errors import DataFormatError, require_file
+from dtrec.data.registry import PrepareOptions, register_reader
 
 IMAGE_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 MAX_TEXT = 20_000
@@ -189,3 +191,20 @@ def read_jsonl(items_path: str | Path, interactions_path: str | Path | None, out
             "kcore": kcore}
     return Dataset(catalog, inter, name=items_path.parent.name or "jsonl", info=info, root=out)
 
+
+
+@dataclass(kw_only=True)
+class JsonlOptions(PrepareOptions):
+    """The options of `dtrec prepare jsonl`."""
+
+    items: Path = field(metadata={"help": "items.jsonl or items.jsonl.gz"})
+    interactions: Path | None = field(default=None, metadata={
+        "help": "interactions.csv or .csv.gz (omit it for a catalog without users)"})
+
+
+@register_reader("jsonl", "your own catalog: items.jsonl + interactions.csv (plain or .gz)", JsonlOptions)
+def read(options: JsonlOptions, out: Path) -> Dataset:
+    """`read_jsonl` with the options of `dtrec prepare jsonl`."""
+    if options.interactions is None and options.cold_fraction:
+        raise ValueError("--cold-fraction holds out items from interactions: it needs --interactions")
+    return read_jsonl(options.items, options.interactions, out, kcore=options.kcore)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.data.errors import DataFormatError, require_file
 from dtrec.data import preprocess
+from dtrec.data.registry import PrepareOptions, register_reader
 
 # Articles that MovieLens moves behind the title ("Shawshank Redemption, The").
 ARTICLES = {"the", "a", "an", "les", "la", "le", "l'", "los", "las", "el", "il", "lo", "i", "gli", "der", "die",
@@ -351,3 +352,18 @@ def read_movielens(source: str | Path, posters: str | Path | None, out: str | Pa
     if posters is not None:
         info["posters"] = {"matched": len(matches), "movies": len(movies), "unmatched_list": "unmatched_posters.txt"}
     return Dataset(catalog, inter, name="ml100k", info=info, root=out)
+
+
+@dataclass(kw_only=True)
+class MovieLensOptions(PrepareOptions):
+    """The options of `dtrec prepare movielens`."""
+
+    source: Path = field(metadata={"help": "folder holding u.data and u.item"})
+    posters: Path | None = field(default=None, metadata={"help": "folder holding movies.dat and posters/<id>.jpg"})
+    kcore: int = 5
+
+
+@register_reader("movielens", "MovieLens-100K (u.data, u.item) with MovieLens-1M posters", MovieLensOptions)
+def read(options: MovieLensOptions, out: Path) -> Dataset:
+    """`read_movielens` with the options of `dtrec prepare movielens`."""
+    return read_movielens(options.source, options.posters, out, kcore=options.kcore)

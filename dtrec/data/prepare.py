@@ -1,4 +1,4 @@
-"""`dtrec prepare`: run a reader, apply the cold-start split, write the prepared data set."""
+"""`dtrec prepare`: run a registered reader (`dtrec.data.registry`), apply the cold-start split, write the data set."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import contextlib
 import datetime as _dt
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from dtrec.data.catalog import Dataset
-from dtrec.data.jsonl import read_jsonl
-from dtrec.data.movielens import read_movielens
 from dtrec.data.preprocess import cold_start_split
-from dtrec.data.unisrec import read_unisrec
+from dtrec.data.registry import PrepareOptions, get_reader
+
+# The built-in readers register themselves on import, in the order `dtrec prepare --help` lists them. Imported here,
+# not by dtrec/data/__init__.py: unisrec imports dtrec.features, which imports dtrec.data.catalog (a cycle there).
+from dtrec.data import movielens, unisrec, jsonl  # noqa: E402,F401  isort: skip
 
 
 def check_out_dir(out: Path) -> None:
@@ -79,23 +82,27 @@ def _replace_dir(staging: Path, out: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def prepare(kind: str, out: str | Path, *, source: str | Path | None = None, posters: str | Path | None = None,
-            name: str | None = None, items: str | Path | None = None, interactions: str | Path | None = None,
-            kcore: int | None = None, cold_fraction: float = 0.0, seed: int = 42) -> Dataset:
-    """Read one source kind ("movielens" | "unisrec" | "jsonl"), split off cold items, save to `out`.
+def prepare(kind: str, out: str | Path, options: PrepareOptions | None = None, **values: Any) -> Dataset:
+    """Read one source kind (a registered reader: movielens, unisrec, jsonl, ...), split off cold items, save to `out`.
 
+    `options` is the reader's options object, or else built from `values` (its field names: `source`, `posters`,
+    `name`, `items`, `interactions`, `kcore`, `cold_fraction`, `seed`, ...; None: the reader's default).
     The data set is written to a staging folder beside `out` and takes `out`'s place only when
     complete: a failed run leaves an earlier preparation as it was, and a new one leaves no file of
     the old one behind (feature caches excepted: they are checked against the catalog on load).
     """
+    reader = get_reader(kind)
+    if options is None:
+        options = reader.make_options(**values)
+    elif values or not isinstance(options, reader.options):
+        raise ValueError(f"prepare {kind!r} takes one {reader.options.__name__} and no other option")
     out = Path(out)
     check_out_dir(out)
     with _exclusive(out):
         staging = out.parent / f".{out.name}.prepare-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            ds = _prepare_into(kind, staging, source=source, posters=posters, name=name, items=items,
-                               interactions=interactions, kcore=kcore, cold_fraction=cold_fraction, seed=seed)
+            ds = _prepare_into(reader.read, options, staging)
             _replace_dir(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -103,25 +110,12 @@ def prepare(kind: str, out: str | Path, *, source: str | Path | None = None, pos
     return ds
 
 
-def _prepare_into(kind: str, out: Path, *, source: str | Path | None, posters: str | Path | None,
-                  name: str | None, items: str | Path | None, interactions: str | Path | None,
-                  kcore: int | None, cold_fraction: float, seed: int) -> Dataset:
-    if kind == "movielens":
-        ds = read_movielens(source, posters, out, kcore=5 if kcore is None else kcore)
-    elif kind == "unisrec":
-        if kcore:
-            raise ValueError("--kcore is not supported for the unisrec format: its splits are given and fixed")
-        ds = read_unisrec(source, name, out)
-    elif kind == "jsonl":
-        if interactions is None and cold_fraction:
-            raise ValueError("--cold-fraction holds out items from interactions: it needs --interactions")
-        ds = read_jsonl(items, interactions, out, kcore=0 if kcore is None else kcore)
-    else:
-        raise ValueError(f"unknown source kind {kind!r}; expected movielens, unisrec or jsonl")
-    ds.cold_items = cold_start_split(ds, cold_fraction, seed)
+def _prepare_into(read: Callable[[Any, Path], Dataset], options: PrepareOptions, out: Path) -> Dataset:
+    ds = read(options, out)
+    ds.cold_items = cold_start_split(ds, options.cold_fraction, options.seed)
     ds.info.update({
-        "seed": seed,
-        "cold_fraction": cold_fraction,
+        "seed": options.seed,
+        "cold_fraction": options.cold_fraction,
         "cold_test_cases": len(ds.cold_cases("test")),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })

@@ -17,6 +17,7 @@ history: 35 items; `meta.json` records `longest_given_history`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.data.errors import DataFormatError, require_file
+from dtrec.data.registry import PrepareOptions, register_reader
 from dtrec.features import Features, cache_path
 
 FEATURE_ENCODER = "clip-vit-b-32"
@@ -229,3 +231,19 @@ def read_unisrec(source: str | Path, name: str, out: str | Path, max_len: int = 
     out.mkdir(parents=True, exist_ok=True)
     Features(FEATURE_ENCODER, values, present, catalog.fingerprint()).save(cache_path(out, FEATURE_ENCODER))
     return dataset
+
+
+@dataclass(kw_only=True)
+class UniSRecOptions(PrepareOptions):
+    """The options of `dtrec prepare unisrec`."""
+
+    source: Path
+    name: str = field(metadata={"help": "file prefix, e.g. Scientific"})
+
+
+@register_reader("unisrec", "UniSRec/MISSRec/DeCoRec format (*.inter, item2index, .text, feat*CLS)", UniSRecOptions)
+def read(options: UniSRecOptions, out: Path) -> Dataset:
+    """`read_unisrec` with the options of `dtrec prepare unisrec` (no k-core: the splits are given)."""
+    if options.kcore:
+        raise ValueError("--kcore is not supported for the unisrec format: its splits are given and fixed")
+    return read_unisrec(options.source, options.name, out)

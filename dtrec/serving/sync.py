@@ -35,15 +35,13 @@ ITEM_EMBEDDINGS = "item_embeddings.safetensors"  # a demo folder's carried item-
 Encode = Callable[[str, str, "Image.Image | None"], "dict[str, np.ndarray | None]"]
 
 
-def default_store_dir(demo_dir: Path) -> Path:
-    """`DIR/store` when DIR is writable, else a per-folder directory under the user's cache."""
-    env = os.environ.get("DTREC_STORE_DIR")
-    if env:
-        return Path(env)
-    if os.access(demo_dir, os.W_OK):
-        return demo_dir / "store"
-    key = hashlib.sha256(str(demo_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dtrec" / f"store-{key}"
+def default_store_dir(model_dir: str | Path, catalog_dir: str | Path) -> Path:
+    """The store of a model and catalog when none is given: `$DTREC_STORE_DIR`, else `~/.cache/dtrec/store/<hash>`
+    (`$XDG_CACHE_HOME` for `~/.cache`), one per (model, catalog) pair and never inside the folders served."""
+    if os.environ.get("DTREC_STORE_DIR"):
+        return Path(os.environ["DTREC_STORE_DIR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "dtrec" / "store" / hashlib.sha256(f"{model_dir}|{catalog_dir}".encode()).hexdigest()[:12]
 
 
 def state_fingerprint(model: torch.nn.Module) -> str:
