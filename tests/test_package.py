@@ -77,9 +77,6 @@ FUNCTION_LEVEL_IMPORTS = {
          "dtrec.hub", "dtrec.scoring", "dtrec.train.finetune", "dtrec.train.pretrain", "dtrec.weights"},
         "each sub-command imports its library module when it runs: `dtrec --help` need not import torch, "
         "pandas, FAISS, huggingface_hub or gradio (checked below: every one of these is heavy, cli itself is not)"),
-    "dtrec.train.finetune": (
-        {"dtrec.eval"},
-        "not moved yet: the training loops are being unified in another branch (issue 15 item 2)"),
 }
 
 

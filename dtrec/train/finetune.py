@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from dtrec.config import FinetuneConfig, resolve_negatives
 from dtrec.data.catalog import Dataset
+from dtrec.eval import evaluate
 from dtrec.features import Features, load_features
 from dtrec.model.losses import candidate_set, item_log_frequency, retrieval_loss
 from dtrec.model.tower import DualTower
@@ -77,8 +78,6 @@ def finetune_step(trainer: nn.Module, model: DualTower, optimizer: torch.optim.O
 
 def evaluate_model(model: DualTower, features: Features, cases: list, batch_size: int = 256) -> dict[str, float]:
     """Full-ranking metrics of `model` on `(history, target)` cases (eval mode, no grad)."""
-    from dtrec.eval import evaluate
-
     was_training = model.training
     model.eval()
     with torch.no_grad():
