@@ -22,6 +22,7 @@ from dtrec import __version__
 from dtrec.config import DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
 from dtrec.data.registry import PrepareOptions, get_reader, list_readers
 from dtrec.results import metric_table
+from dtrec.weights import SHIPPED, resolve_init, shipped_checkpoint
 
 
 class CLIError(Exception):
@@ -276,7 +277,6 @@ def _json_safe(obj):
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dtrec.scoring import evaluate_checkpoint
-    from dtrec.weights import SHIPPED, shipped_checkpoint
 
     checkpoint = args.checkpoint
     if checkpoint in SHIPPED and not Path(checkpoint).exists():  # a shipped model by name, e.g. `pretrained`
@@ -331,8 +331,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="output folder: best/, last/, metrics.jsonl, valid.json")
     f.add_argument("--init", default=None,
                    help="start from this checkpoint (a `dtrec pretrain` output, or `pretrained`: the shipped "
-                        "multi-domain model); default: `pretrained` for the offline encoder, else from scratch; "
-                        "`none`: from scratch")
+                        "multi-domain model for the offline encoder); default: from scratch")
     f.add_argument("--config", default=None, help="JSON file of FinetuneConfig fields (model fields under 'model')")
     f.add_argument("--resume", action="store_true", help="continue OUT/last with OUT's saved config")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -366,12 +365,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from dtrec.train.finetune import finetune, load_dataset_features
-    from dtrec.weights import resolve_init
 
     out = Path(args.out)
     config = resolve_config(FinetuneConfig, args, _resumed_config(args))
     dataset, features = load_dataset_features(args.data, args.encoder)
-    init = None if args.resume else resolve_init(args.init, args.encoder)
+    init = None if args.resume else resolve_init(args.init)
     if init is not None and not args.quiet:
         print(f"starting from {init}", file=sys.stderr)
     result = finetune(dataset, features, config, out, init=init, resume=args.resume,

@@ -1,0 +1,90 @@
+"""The shipped checkpoints (dtrec/weights): found as package data, the offline encoder's default init, zero-shot use."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dtrec.config import read_model_config
+from dtrec.model.tower import DualTower
+from dtrec.weights import SHIPPED, resolve_init, shipped_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_pretrained_checkpoint_ships_with_the_package_and_reads_the_offline_features():
+    folder = shipped_checkpoint("pretrained")
+    assert folder.parent == ROOT / "dtrec" / "weights"
+    cfg = read_model_config(folder)
+    assert cfg.encoder == "offline" and cfg.tower == "adaptor"
+    assert cfg.modality_dims == {"text": 384, "image": 1280}
+    model = DualTower.from_pretrained(str(folder))
+    assert sum(p.numel() for p in model.parameters()) > 0
+    card = (folder / "README.md").read_text()
+    assert "license: other" in card  # trained on MovieLens and Amazon reviews: their terms, not apache-2.0
+
+
+def test_the_checkouts_assets_folder_is_the_shipped_checkpoint():
+    assert (ROOT / "assets" / "models" / "pretrained").resolve() == shipped_checkpoint("pretrained").resolve()
+
+
+def test_resolve_init_names_the_shipped_model_and_defaults_to_scratch():
+    shipped = str(shipped_checkpoint("pretrained"))
+    assert resolve_init("pretrained") == shipped
+    assert resolve_init(None) is None
+    assert resolve_init("none") is None and resolve_init("None") is None
+    assert resolve_init("runs/mine") == "runs/mine"
+
+
+def test_an_unknown_shipped_name_is_one_clear_error():
+    with pytest.raises(KeyError, match="shipped: " + ", ".join(SHIPPED)):
+        shipped_checkpoint("nope")
+
+
+@pytest.mark.slow
+def test_cli_finetune_starts_from_the_pretrained_model_by_name_and_from_scratch_by_default(tmp_path):
+    """Offline features of the small jsonl fixture, then two one-epoch fine-tunings and a zero-shot evaluation."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "dtrec.cli", *map(str, args)], capture_output=True, text=True,
+                           timeout=600, env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    fx = ROOT / "tests" / "fixtures" / "jsonl"
+    cli("prepare", "jsonl", "--items", fx / "items.jsonl", "--interactions", fx / "interactions.csv",
+        "--out", tmp_path / "data")
+    cli("extract", tmp_path / "data", "--encoder", "offline")
+    small = ["--data", tmp_path / "data", "--encoder", "offline", "--epochs", 1, "--device", "cpu", "--no-amp"]
+    r = cli("finetune", *small, "--init", "pretrained", "--out", tmp_path / "pre")
+    assert "starting from" in r.stderr
+    rec = json.loads((tmp_path / "pre" / "train_config.json").read_text())
+    assert Path(rec["init"]).resolve() == shipped_checkpoint("pretrained").resolve()
+    assert rec["config"]["model"]["tower"] == "adaptor" and rec["config"]["model"]["n_experts"] == 4
+    cli("finetune", *small, "--out", tmp_path / "scratch")
+    assert json.loads((tmp_path / "scratch" / "train_config.json").read_text())["init"] is None
+    out = json.loads(cli("evaluate", "--checkpoint", "pretrained", "--data", tmp_path / "data",
+                         "--json", "--quiet").stdout)
+    assert 0.0 <= out["test"]["ndcg@10"] <= 1.0 and out["test"]["n"] > 0
+
+
+def test_evaluate_takes_the_shipped_model_by_name(tmp_path):
+    """`--checkpoint pretrained` with no such folder in the working directory means the shipped model: on a data set
+    with only CLIP features the one-line refusal then speaks of the shipped model's encoder, not of a missing folder."""
+    fx = ROOT / "tests" / "fixtures" / "unisrec"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-m", "dtrec.cli"]
+    r = subprocess.run([*run, "prepare", "unisrec", "--source", fx, "--name", "Tiny", "--out", tmp_path / "d"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*run, "evaluate", "--checkpoint", "pretrained", "--data", tmp_path / "d", "--json"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode != 0
+    assert "offline" in r.stderr and "holds no" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
