@@ -63,6 +63,19 @@ class FinetuneObjective(nn.Module):
         return retrieval_loss(queries, labels, item_emb, model.config.temperature, log_q, exclude)
 
 
+def dataset_objective(model: DualTower, dataset: Dataset, table: Features, sequences: list[list[int]],
+                      negatives: str, num_negatives: int) -> FinetuneObjective:
+    """The `FinetuneObjective` of one data set: its items as candidates (`negatives` already resolved), logQ
+    frequencies from `sequences` when sampling, its cold-start items held out of all training, not even negatives."""
+    device = table.values[model.modalities[0]].device
+    log_freq = item_log_frequency(sequences, len(table)).to(device) if negatives != "all" else None
+    held_out = None
+    if dataset.cold_items:
+        held_out = torch.zeros(len(table), dtype=torch.bool, device=device)
+        held_out[torch.as_tensor(dataset.cold_items, dtype=torch.long, device=device)] = True
+    return FinetuneObjective(model, table, negatives, num_negatives, log_freq, held_out)
+
+
 def finetune_step(trainer: nn.Module, model: DualTower, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
                   device: torch.device, *, amp: bool, grad_clip: float | None) -> Tensor:
     """One fine-tuning update on a collated batch: to `device`, the objective (bf16 autocast if `amp`), then the step.
@@ -171,12 +184,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     examples = build_examples(seqs, model_cfg.objective, model_cfg.max_len)
     if not examples:
         raise ValueError("no training sequence has two items: nothing to learn from")
-    log_freq = item_log_frequency(seqs, len(features)).to(device) if config.negatives != "all" else None
-    held_out = None
-    if dataset.cold_items:  # held out of all training data: not even as negatives
-        held_out = torch.zeros(len(features), dtype=torch.bool, device=device)
-        held_out[torch.as_tensor(dataset.cold_items, dtype=torch.long, device=device)] = True
-    objective = FinetuneObjective(model, table, config.negatives, config.num_negatives, log_freq, held_out)
+    objective = dataset_objective(model, dataset, table, seqs, config.negatives, config.num_negatives)
     trainer: nn.Module = objective
     if info.enabled:
         # Unused parameters exist by design (the mask token under the causal objective).

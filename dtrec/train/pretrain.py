@@ -37,13 +37,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from dtrec.config import PretrainConfig, resolve_negatives
 from dtrec.data.catalog import Dataset
 from dtrec.features import Features
-from dtrec.model.losses import cross_modal_accuracy, info_nce, item_log_frequency
+from dtrec.model.losses import cross_modal_accuracy, info_nce
 from dtrec.model.tower import DualTower, FeatureMismatchError, same_encoder
 from dtrec.sequences import build_examples
 from dtrec.train import distributed as D
 from dtrec.train.batching import BatchPlan, Collator
 from dtrec.train.checkpoint import init_from, merge_init_config
-from dtrec.train.finetune import FinetuneObjective, evaluate_model
+from dtrec.train.finetune import FinetuneObjective, dataset_objective, evaluate_model
 from dtrec.train.loop import FitConfig, Task, fit, seed_everything, train_step
 
 
@@ -395,13 +395,8 @@ def _pretrain_sequences(sources: list[tuple[Dataset | None, Features]], config: 
     for (ds, f), table in zip(sources, tables):
         seqs = ds.train_sequences()
         examples.append(build_examples(seqs, model_cfg.objective, model_cfg.max_len))
-        negatives = resolve_negatives(config.negatives, len(f))
-        log_freq = item_log_frequency(seqs, len(f)).to(device) if negatives != "all" else None
-        held_out = None
-        if ds.cold_items:  # cold items are never candidates, as in fine-tuning
-            held_out = torch.zeros(len(f), dtype=torch.bool, device=device)
-            held_out[torch.as_tensor(ds.cold_items, dtype=torch.long, device=device)] = True
-        seq_objectives.append(FinetuneObjective(model, table, negatives, config.num_negatives, log_freq, held_out))
+        seq_objectives.append(dataset_objective(model, ds, table, seqs, resolve_negatives(config.negatives, len(f)),
+                                                config.num_negatives))
     item_rows = multimodal_table(sources).to(device)
     objective = MultiDomainObjective(model, seq_objectives, PretrainObjective(model, info), config.item_weight)
     trainer: nn.Module = objective
