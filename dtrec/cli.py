@@ -22,7 +22,7 @@ from dtrec import __version__
 from dtrec.config import DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
 from dtrec.data.registry import PrepareOptions, get_reader, list_readers
 from dtrec.results import metric_table
-from dtrec.weights import SHIPPED, resolve_init, shipped_checkpoint
+from dtrec.weights import resolve_checkpoint, resolve_init
 
 
 class CLIError(Exception):
@@ -232,6 +232,14 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bar (default: one on stderr when a terminal)")
     e.set_defaults(func=_cmd_evaluate)
 
+    a = sub.add_parser("adapt", help="refit an adaptor checkpoint's feature standardisation on a new catalog's "
+                                     "items (zero-shot, no interactions read) and save the result as a checkpoint")
+    a.add_argument("--checkpoint", required=True, help="adaptor checkpoint folder, or `pretrained`: the shipped model")
+    a.add_argument("--data", required=True, help="prepared data (or catalog-only) folder with extracted features")
+    a.add_argument("--out", required=True, help="checkpoint folder to write (config.json, model.safetensors, adapt.json)")
+    a.add_argument("--encoder", default=None, help="feature encoder (default: the checkpoint's)")
+    a.set_defaults(func=_cmd_adapt)
+
     b = sub.add_parser("baseline", help="fit a baseline (popularity | sasrec | content-knn) and save it")
     b.set_defaults(func=_cmd_baseline)
     sub.complete["baseline"] = _add_baseline_flags
@@ -278,10 +286,7 @@ def _json_safe(obj):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dtrec.scoring import evaluate_checkpoint
 
-    checkpoint = args.checkpoint
-    if checkpoint in SHIPPED and not Path(checkpoint).exists():  # a shipped model by name, e.g. `pretrained`
-        checkpoint = str(shipped_checkpoint(checkpoint))
-    res = evaluate_checkpoint(checkpoint, args.data, encoder=args.encoder, batch_size=args.batch_size,
+    res = evaluate_checkpoint(resolve_checkpoint(args.checkpoint), args.data, encoder=args.encoder, batch_size=args.batch_size,
                               device=args.device, progress=False if args.quiet else None,
                               exclude_history=args.exclude_history, ties=args.ties)
     protocol = "serving (history hidden)" if args.exclude_history else "reference (nothing hidden)"
@@ -293,6 +298,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             nums = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
             print(f"{split:>10} (n={m['n']}, {m['n_tied']} tied): {nums}"
                   + (f"  [{m['note']}]" if "note" in m else ""))
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from dtrec.train.adapt import adapt_checkpoint
+
+    record = adapt_checkpoint(resolve_checkpoint(args.checkpoint), args.data, args.out, encoder=args.encoder)
+    fitted = ", ".join(f"{n:,} with {m}" for m, n in record["items_fitted"].items())
+    print(f"standardisation refitted on {fitted}; checkpoint: {args.out}")
     return 0
 
 

@@ -120,6 +120,12 @@ class FinetuneConfig(TrainConfig):
     num_negatives: int = 1024
     evaluate_test: bool = True
     modalities: str = ""  # comma-separated subset of the features' modalities to train on ("text"); "" = all
+    # With an init: refit the adaptor's feature standardisation on this catalog instead of keeping the
+    # init's (UniSRec re-learns its whitening for each new domain; docs/pretraining.md measures both).
+    refit_norm: bool = False
+    # Comma-separated top-level modules held at their init, e.g. "sequence_encoder": UniSRec's inductive
+    # fine-tuning trains only the item adaptor on a new domain. "" trains everything.
+    freeze: str = ""
 
     def __post_init__(self):
         super().__post_init__()

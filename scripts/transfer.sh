@@ -4,7 +4,8 @@
 #     when DTREC_DOMAINS points to one folder);
 #  2. `dtrec pretrain --sequences` over every domain but the held-out one (skipped when PRETRAINED is given:
 #     the seed then changes only the fine-tunings);
-#  3. on the held-out domain: popularity, content kNN, the pretrained model zero-shot, and dtrec fine-tuned for
+#  3. on the held-out domain: popularity, content kNN, the pretrained model zero-shot (as shipped, and adapted: its
+#     feature standardisation refitted on the domain's items, `dtrec adapt`), and dtrec fine-tuned for
 #     the same number of steps from the pretrained model and from scratch (same architecture), each evaluated
 #     under both protocols: OUT/results.json (reference) and OUT/results-serving.json (history hidden).
 # usage: DTREC_SEED=42 bash scripts/transfer.sh OUTDIR [PRETRAINED]
@@ -38,6 +39,7 @@ if [[ -z $PRE ]]; then
   PRE=$OUT/pretrained
 fi
 H=$DOMAINS/$HELD
+dtrec adapt --checkpoint "$PRE" --data "$H" --out "$OUT/adapted" > /dev/null
 dtrec baseline popularity --data "$H" --out "$OUT/popularity" > /dev/null
 dtrec baseline content-knn --data "$H" --out "$OUT/content-knn" --encoder $ENC > /dev/null
 FT=(--data "$H" --encoder $ENC --seed "$SEED" --max-steps "$STEPS" --epochs 1000 --quiet "${ARCH[@]}")
@@ -48,8 +50,8 @@ dtrec finetune "${FT[@]}" --init none --out "$OUT/scratch" $(device_flag) $(extr
   > /dev/null
 mkdir -p "$OUT/eval-serving"
 declare -A CKPT=([popularity]=$OUT/popularity [content-knn]=$OUT/content-knn [zero-shot]=$PRE
-                 [finetuned]=$OUT/finetuned [scratch]=$OUT/scratch)
-for m in popularity content-knn zero-shot finetuned scratch; do
+                 [zero-shot-adapted]=$OUT/adapted [finetuned]=$OUT/finetuned [scratch]=$OUT/scratch)
+for m in popularity content-knn zero-shot zero-shot-adapted finetuned scratch; do
   # shellcheck disable=SC2046
   dtrec evaluate --checkpoint "${CKPT[$m]}" --data "$H" --json --quiet $(device_flag) > "$OUT/eval/$m.json"
   # shellcheck disable=SC2046
@@ -60,6 +62,7 @@ for p in "" -serving; do
   "$DTREC_PYTHON" "$ROOT/scripts/_results.py" "$OUT/results$p.json" --recipe transfer \
     --data "$DATA" --seed "$SEED" --commands "$OUT/commands.txt" \
     popularity="$OUT/eval$p/popularity.json" content-knn="$OUT/eval$p/content-knn.json" \
-    dtrec-zero-shot="$OUT/eval$p/zero-shot.json" dtrec-pretrained-finetuned="$OUT/eval$p/finetuned.json" \
+    dtrec-zero-shot="$OUT/eval$p/zero-shot.json" dtrec-zero-shot-adapted="$OUT/eval$p/zero-shot-adapted.json" \
+    dtrec-pretrained-finetuned="$OUT/eval$p/finetuned.json" \
     dtrec-scratch="$OUT/eval$p/scratch.json"
 done

@@ -350,3 +350,41 @@ def test_pretraining_domains_with_the_same_item_ids_stay_apart():
     assert len(table) == 6 and rows == [0, 1, 2, 4, 5]  # beauty's cold item 0 is row 3
     assert table.values["text"][:3].eq(1).all() and table.values["text"][3:].eq(2).all()
     assert table.present["image"].tolist() == [True] * 3 + [False] * 3
+
+
+@pytest.mark.parametrize("refit", [False, True])
+def test_finetune_from_an_init_keeps_its_feature_statistics_unless_told_to_refit(tmp_path, refit):
+    ds, f = planted_dataset(n_items=30, n_users=60)
+    arch = dict(tower="adaptor", n_experts=2)
+    init = DualTower(tiny_model_config(f, **arch))
+    shifted = Features(f.encoder, {m: 4.0 + 2.0 * v for m, v in f.values.items()}, f.present)
+    init.fit_feature_norm(shifted)  # the init's statistics come from another catalog
+    init.save_pretrained(tmp_path / "init")
+    cfg = tiny_finetune_config(f, model=arch, epochs=1, refit_norm=refit)
+    finetune(ds, f, cfg, tmp_path / "out", init=tmp_path / "init", progress=False)
+    tuned = DualTower.from_pretrained(str(tmp_path / "out" / "best"))
+    expected = f if refit else shifted
+    for m in f.modalities:
+        assert torch.allclose(tuned.item_adaptor.norm[m].mean, expected.values[m].mean(0), atol=1e-5)
+
+
+def test_finetune_can_hold_the_sequence_encoder_at_its_init(tmp_path):
+    """UniSRec's inductive fine-tuning: only the item adaptor learns on the new domain."""
+    ds, f = planted_dataset(n_items=30, n_users=60)
+    arch = dict(tower="adaptor", n_experts=2)
+    torch.manual_seed(0)
+    DualTower(tiny_model_config(f, **arch)).save_pretrained(tmp_path / "init")
+    cfg = tiny_finetune_config(f, model=arch, epochs=2, freeze="sequence_encoder")
+    finetune(ds, f, cfg, tmp_path / "out", init=tmp_path / "init", progress=False)
+    before = DualTower.from_pretrained(str(tmp_path / "init")).state_dict()
+    after = DualTower.from_pretrained(str(tmp_path / "out" / "best")).state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("item_adaptor.") for k in moved)
+    assert any(k.startswith("item_adaptor.adaptor.") for k in moved)
+
+
+def test_freezing_an_unknown_module_is_one_clear_error(tmp_path):
+    ds, f = planted_dataset(n_items=20, n_users=30)
+    cfg = tiny_finetune_config(f, model=dict(tower="adaptor"), epochs=1, freeze="sequence_encoder, user_head")
+    with pytest.raises(ValueError, match="cannot freeze user_head: the model's modules are item_adaptor"):
+        finetune(ds, f, cfg, tmp_path / "out", progress=False)

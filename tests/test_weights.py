@@ -12,7 +12,7 @@ import pytest
 
 from dtrec.config import read_model_config
 from dtrec.model.tower import DualTower
-from dtrec.weights import SHIPPED, resolve_init, shipped_checkpoint
+from dtrec.weights import SHIPPED, resolve_checkpoint, resolve_init, shipped_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,3 +88,11 @@ def test_evaluate_takes_the_shipped_model_by_name(tmp_path):
     assert r.returncode != 0
     assert "offline" in r.stderr and "holds no" not in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_resolve_checkpoint_prefers_a_folder_of_that_name_over_the_shipped_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint("pretrained") == str(shipped_checkpoint("pretrained"))
+    assert resolve_checkpoint("runs/mine") == "runs/mine"
+    (tmp_path / "pretrained").mkdir()
+    assert resolve_checkpoint("pretrained") == "pretrained"

@@ -174,9 +174,10 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     # The resolved choice is what train_config.json records, so a rerun does not depend on "auto".
     config = dataclasses.replace(config, model=model_cfg, negatives=resolve_negatives(config.negatives, len(features)))
     model = DualTower(model_cfg).to(device)
-    if init is None:  # a pretrained model brings the statistics it was trained with
-        model.fit_feature_norm(features, exclude=dataset.cold_items)
     init_notes = init_from(model, init) if init is not None else []
+    # A pretrained model brings the statistics it was trained with, unless told to refit them here.
+    if init is None or config.refit_norm:
+        model.fit_feature_norm(features, exclude=dataset.cold_items)
     model.check_features(features)
     table = features.to(device)
 
@@ -185,6 +186,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     if not examples:
         raise ValueError("no training sequence has two items: nothing to learn from")
     objective = dataset_objective(model, dataset, table, seqs, config.negatives, config.num_negatives)
+    params = trainable_parameters(model, config.freeze)  # before DDP, which hooks only what trains
     trainer: nn.Module = objective
     if info.enabled:
         # Unused parameters exist by design (the mask token under the causal objective).
@@ -195,7 +197,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
                         seed=config.seed, world_size=info.world_size, rank=info.rank)
     collator = Collator.for_model(model_cfg, config.seed, config.pad_multiple)
     loader = DataLoader(examples, batch_sampler=sampler, collate_fn=collator, pin_memory=device.type == "cuda")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     task = FinetuneTask(model, trainer, optimizer, loader, table, dataset.eval_cases("valid"), config, device,
                         info.rank, out)
     loop = FitConfig(epochs=config.epochs, max_steps=config.max_steps, eval_every=config.eval_every,
@@ -216,6 +218,21 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
             result["test"] = test
     D.barrier(info)
     return result
+
+
+def trainable_parameters(model: nn.Module, freeze: str) -> list[nn.Parameter]:
+    """The parameters left to train once the comma-separated top-level modules `freeze` are held fixed."""
+    names = [n.strip() for n in freeze.split(",") if n.strip()]
+    children = dict(model.named_children())
+    unknown = [n for n in names if n not in children]
+    if unknown:
+        raise ValueError(f"cannot freeze {', '.join(unknown)}: the model's modules are {', '.join(children)}")
+    for n in names:
+        children[n].requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"freezing {freeze!r} leaves nothing to train")
+    return params
 
 
 def load_dataset_features(data_dir: str | Path, encoder: str) -> tuple[Dataset, Features]:

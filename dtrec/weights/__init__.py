@@ -33,3 +33,10 @@ def resolve_init(init: str | None) -> str | None:
     if init in SHIPPED:
         return str(shipped_checkpoint(init))
     return init
+
+
+def resolve_checkpoint(checkpoint: str) -> str:
+    """A shipped checkpoint's folder when `checkpoint` names one (and no such path exists here), else `checkpoint`."""
+    if checkpoint in SHIPPED and not Path(checkpoint).exists():
+        return str(shipped_checkpoint(checkpoint))
+    return checkpoint
