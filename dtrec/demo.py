@@ -181,6 +181,7 @@ served by `python app.py` (or `dtrec serve`), read by `dtrec.service.Recommender
 | `catalog/items.parquet` | {len(dataset.catalog)} items: id, title, text, image, year and genres |
 | `catalog/images/` | poster thumbnails, at most {cfg.thumb_size} px wide (JPEG) |
 | `catalog/features/` | raw `{c.encoder}` features of every item{" (fp16)" if cfg.half else ""} |
+| `item_embeddings.safetensors` | the item tower's embeddings of every item, keyed by catalog, weights and features (recomputed at start-up when stale) |
 | `histories.json` | {n_hist} test users' histories, last {history_len} items each ("load a real user's history") |
 | `results.json` | the evaluation table above |
 | `NOTICE.md` | data sources and their terms |
