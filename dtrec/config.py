@@ -61,6 +61,8 @@ class ModelConfig:
     tower: str = "fusion"
     n_experts: int = 8  # adaptor: whitening experts per modality
     adaptor_dropout: float = 0.2  # adaptor: dropout on the standardised features
+    # adaptor, causal: the user vector minus a learned multiple (from 0) of the last item's own embedding
+    subtract_last: bool = False
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -69,6 +71,8 @@ class ModelConfig:
             raise ValueError(f"tower must be one of {TOWERS}, not {self.tower!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.subtract_last and (self.tower != "adaptor" or self.objective != "causal"):
+            raise ValueError("subtract_last needs the adaptor tower and the causal objective")
         if self.max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {self.max_len}")
         self.modality_dims = {str(k): int(v) for k, v in dict(self.modality_dims).items()}

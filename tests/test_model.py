@@ -1,10 +1,12 @@
 """FusionEncoder and DualTower: shapes, masks, towers, save/load and feature checks."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
+from dtrec.config import ModelConfig
 from dtrec.features import Features
 from dtrec.model import CheckpointError, DualTower, FeatureMismatchError, FusionEncoder
 from dtrec.train.checkpoint import init_from
@@ -192,3 +194,26 @@ def test_merge_init_config_takes_the_checkpoints_tower_and_experts(tmp_path):
     DualTower(tiny_model_config(f, tower="adaptor", n_experts=3)).save_pretrained(tmp_path / "pre")
     merged = merge_init_config(tiny_model_config(f), tmp_path / "pre")
     assert merged.tower == "adaptor" and merged.n_experts == 3
+
+
+def test_subtract_last_starts_as_the_plain_model_and_can_push_the_last_item_down():
+    f = Features("synthetic", {"text": torch.randn(12, 8)}, {"text": torch.ones(12, dtype=torch.bool)})
+    cfg = ModelConfig(encoder="synthetic", modality_dims=f.dims, d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                      max_len=6, tower="adaptor", n_experts=2, dropout=0.0, emb_dropout=0.0, adaptor_dropout=0.0)
+    torch.manual_seed(0)
+    plain = DualTower(cfg).eval()
+    torch.manual_seed(0)
+    sub = DualTower(dataclasses.replace(cfg, subtract_last=True)).eval()
+    histories = [[0, 3, 5], [7, 2]]
+    assert torch.allclose(plain.user_embeddings(histories, f), sub.user_embeddings(histories, f), atol=1e-6)
+    items = sub.item_embeddings(f)
+    with torch.no_grad():
+        sub.last_item_weight.fill_(5.0)
+    scores = sub.user_embeddings(histories, f) @ items.T
+    assert int(scores[0].argmin()) == 5 and int(scores[1].argmin()) == 2
+
+
+def test_subtract_last_needs_the_adaptor_and_the_causal_read_out():
+    with pytest.raises(ValueError, match="subtract_last needs"):
+        ModelConfig(modality_dims={"text": 8}, d_model=16, n_heads=2, tower="adaptor", objective="cloze",
+                    subtract_last=True)

@@ -60,6 +60,10 @@ class DualTower(
             # the user vector is free to leave the neighbourhood of the last item's candidate embedding.
             self.history_correction = None if c.share_towers else HistoryCorrection(
                 c.modality_dims, canonical_order(c.modality_dims), c.d_model)
+            # The user vector sits near the last item's own embedding, so that item ranks first though it is
+            # almost never the next one (the echo). A learned weight on minus that embedding lets training
+            # push it down; at 0 it is the plain model. Registered only when asked for.
+            self.last_item_weight = nn.Parameter(torch.zeros(())) if c.subtract_last else None
             return
         self.user_encoder = self._make_encoder()
         # Registered only when separate, so a shared checkpoint holds each weight once.
@@ -114,9 +118,14 @@ class DualTower(
             values = {m: table.values[m][uniq].to(self.device) for m in self.modalities}
             present = {m: table.present[m][uniq].to(self.device) for m in self.modalities}
             emb = self.item_adaptor(values, present)
+            tokens = emb
             if self.history_correction is not None:
-                emb = emb + self.history_correction(self.item_adaptor.standardise(values), present)
-            return self.sequence_encoder(emb[inverse.to(self.device)], padding, masked=masked, causal=causal)
+                tokens = emb + self.history_correction(self.item_adaptor.standardise(values), present)
+            inverse = inverse.to(self.device)
+            h = self.sequence_encoder(tokens[inverse], padding, masked=masked, causal=causal)
+            if self.last_item_weight is not None:  # each causal position reads the item it sits on
+                h = F.normalize(h, dim=-1) - self.last_item_weight * F.normalize(emb, dim=-1)[inverse]
+            return h
         values = {m: table.values[m][idx].to(self.device) for m in self.modalities}
         present = {m: table.present[m][idx].to(self.device) & ~padding for m in self.modalities}
         return self.user_encoder(values, present, padding, masked=masked, causal=causal)

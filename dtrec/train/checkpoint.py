@@ -107,6 +107,12 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
     if fresh:  # separate adaptor towers from a shared checkpoint: the correction starts at zero, as built
         state.update({k: own[k] for k in fresh})
         notes.append("history correction initialised at zero")
+    if "last_item_weight" in own and "last_item_weight" not in state:
+        state["last_item_weight"] = own["last_item_weight"]  # zero, as built: the init's own user vector
+        notes.append("last-item weight initialised at zero")
+    if "last_item_weight" in state and "last_item_weight" not in own:
+        del state["last_item_weight"]
+        notes.append("the checkpoint's last-item weight dropped (subtract_last off)")
     for k in [k for k in state if k.endswith("position.weight")]:
         if k in own and own[k].shape != state[k].shape:
             state[k] = own[k]
