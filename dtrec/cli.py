@@ -236,7 +236,8 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
                                      "items (zero-shot, no interactions read) and save the result as a checkpoint")
     a.add_argument("--checkpoint", required=True, help="adaptor checkpoint folder, or `pretrained`: the shipped model")
     a.add_argument("--data", required=True, help="prepared data (or catalog-only) folder with extracted features")
-    a.add_argument("--out", required=True, help="checkpoint folder to write (config.json, model.safetensors, adapt.json)")
+    a.add_argument("--out", required=True,
+                   help="checkpoint folder to write (config.json, model.safetensors, adapt.json)")
     a.add_argument("--encoder", default=None, help="feature encoder (default: the checkpoint's)")
     a.set_defaults(func=_cmd_adapt)
 
@@ -286,8 +287,8 @@ def _json_safe(obj):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dtrec.scoring import evaluate_checkpoint
 
-    res = evaluate_checkpoint(resolve_checkpoint(args.checkpoint), args.data, encoder=args.encoder, batch_size=args.batch_size,
-                              device=args.device, progress=False if args.quiet else None,
+    res = evaluate_checkpoint(resolve_checkpoint(args.checkpoint), args.data, encoder=args.encoder,
+                              batch_size=args.batch_size, device=args.device, progress=False if args.quiet else None,
                               exclude_history=args.exclude_history, ties=args.ties)
     protocol = "serving (history hidden)" if args.exclude_history else "reference (nothing hidden)"
     if args.json:

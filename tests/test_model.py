@@ -198,8 +198,8 @@ def test_merge_init_config_takes_the_checkpoints_tower_and_experts(tmp_path):
 
 def test_subtract_last_starts_as_the_plain_model_and_can_push_the_last_item_down():
     f = Features("synthetic", {"text": torch.randn(12, 8)}, {"text": torch.ones(12, dtype=torch.bool)})
-    cfg = ModelConfig(encoder="synthetic", modality_dims=f.dims, d_model=16, n_layers=1, n_heads=2, d_ff=32,
-                      max_len=6, tower="adaptor", n_experts=2, dropout=0.0, emb_dropout=0.0, adaptor_dropout=0.0)
+    cfg = ModelConfig(encoder="synthetic", modality_dims=f.dims, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=6,
+                      tower="adaptor", n_experts=2, dropout=0.0, emb_dropout=0.0, adaptor_dropout=0.0)
     torch.manual_seed(0)
     plain = DualTower(cfg).eval()
     torch.manual_seed(0)
@@ -217,3 +217,17 @@ def test_subtract_last_needs_the_adaptor_and_the_causal_read_out():
     with pytest.raises(ValueError, match="subtract_last needs"):
         ModelConfig(modality_dims={"text": 8}, d_model=16, n_heads=2, tower="adaptor", objective="cloze",
                     subtract_last=True)
+
+
+def test_init_from_moves_between_models_with_and_without_the_last_item_weight(tmp_path):
+    f = Features("synthetic", {"text": torch.randn(10, 8)}, {"text": torch.ones(10, dtype=torch.bool)})
+    cfg = ModelConfig(encoder="synthetic", modality_dims=f.dims, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=6,
+                      tower="adaptor", n_experts=2)
+    DualTower(cfg).save_pretrained(tmp_path / "plain")
+    with_weight = DualTower(dataclasses.replace(cfg, subtract_last=True))
+    assert "last-item weight initialised at zero" in init_from(with_weight, tmp_path / "plain")
+    assert float(with_weight.last_item_weight) == 0.0
+    with torch.no_grad():
+        with_weight.last_item_weight.fill_(0.7)
+    with_weight.save_pretrained(tmp_path / "weighted")
+    assert any("dropped" in n for n in init_from(DualTower(cfg), tmp_path / "weighted"))
