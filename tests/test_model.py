@@ -226,7 +226,7 @@ def test_init_from_moves_between_models_with_and_without_the_last_item_weight(tm
     DualTower(cfg).save_pretrained(tmp_path / "plain")
     with_weight = DualTower(dataclasses.replace(cfg, subtract_last=True))
     assert "last-item weight initialised at zero" in init_from(with_weight, tmp_path / "plain")
-    assert float(with_weight.last_item_weight) == 0.0
+    assert with_weight.last_item_weight.item() == 0.0
     with torch.no_grad():
         with_weight.last_item_weight.fill_(0.7)
     with_weight.save_pretrained(tmp_path / "weighted")
