@@ -483,7 +483,8 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
                    help="demo folder or Hub repo id written by `dtrec build-demo` "
                         "(default: ./assets/demo; env DTREC_DEMO)")
     s.add_argument("--model", default=env("DTREC_MODEL"),
-                   help="model folder or Hub repo id, overriding the demo folder's model (env DTREC_MODEL)")
+                   help="model folder, Hub repo id or `pretrained` (the shipped model), overriding the demo "
+                        "folder's model (env DTREC_MODEL)")
     s.add_argument("--catalog", default=env("DTREC_CATALOG"),
                    help="catalog folder (items.parquet, images/, features/), overriding the demo's (env DTREC_CATALOG)")
     s.add_argument("--store-dir", default=None,
@@ -526,7 +527,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if e.name and e.name.split(".")[0] == "gradio":
             raise CLIError("the demo needs gradio: pip install 'dtrec[demo]'") from None
         raise
-    options = AppOptions(demo=args.demo, model=args.model, catalog=args.catalog, store_dir=args.store_dir,
+    model = resolve_checkpoint(args.model) if args.model else None  # `pretrained`: the shipped model
+    options = AppOptions(demo=args.demo, model=model, catalog=args.catalog, store_dir=args.store_dir,
                          index=args.index, host=args.host, port=args.port, share=args.share)
     return serve(options, started=started)
 

@@ -14,6 +14,7 @@ from dtrec.app.events import client_address, refused, request_session
 from dtrec.app.views import about_markdown, eval_frame, metric_frame, parse_history
 from dtrec.cli import build_parser
 from dtrec.cli import main as cli
+from dtrec.weights import shipped_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,6 +169,23 @@ def test_missing_default_demo_says_to_build_it(tmp_path, monkeypatch, capsys):
     assert cli(["serve"]) == 2
     err = capsys.readouterr().err.strip()
     assert "dtrec build-demo" in err and str(tmp_path / "checkout") in err and len(err.splitlines()) == 1
+
+
+def test_serve_takes_the_shipped_model_by_name(tmp_path, monkeypatch):
+    """`dtrec serve --model pretrained --catalog DIR`: the shipped multi-domain model, zero-shot on a catalog."""
+    import dtrec.app
+
+    seen = {}
+
+    def fake_serve(options, started=None):
+        seen["options"] = options
+        return 0
+
+    monkeypatch.setattr(dtrec.app, "serve", fake_serve)
+    monkeypatch.chdir(tmp_path)  # no folder named `pretrained` here
+    assert cli(["serve", "--model", "pretrained", "--catalog", str(tmp_path / "catalog")]) == 0
+    assert seen["options"].model == str(shipped_checkpoint("pretrained"))
+    assert seen["options"].catalog == str(tmp_path / "catalog")
 
 
 def test_index_flag_picks_the_served_index(tiny_demo, tmp_path, monkeypatch):
