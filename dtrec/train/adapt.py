@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dtrec.config import DUAL_TOWER_FILES, checkpoint_folder
 from dtrec.data.catalog import Dataset
 from dtrec.features import load_features
@@ -37,8 +39,9 @@ def adapt_checkpoint(checkpoint: str | Path, data_dir: str | Path, out: str | Pa
     features = load_features(data_dir, encoder or model.config.encoder, dataset.catalog)
     model.check_features(features)
     cold = list(dataset.cold_items)
-    fitted = {m: int(features.present[m].sum()) - sum(bool(features.present[m][i]) for i in cold)
-              for m in model.modalities}
+    warm = torch.ones(len(features), dtype=torch.bool)
+    warm[torch.as_tensor(cold, dtype=torch.long)] = False
+    fitted = {m: int((features.present[m].cpu() & warm).sum()) for m in model.modalities}
     if all(n < 2 for n in fitted.values()):  # FeatureNorm.fit needs two rows to change anything
         raise ValueError(f"no item of {data_dir} has any of the modalities {', '.join(model.modalities)}: "
                          "nothing to fit the standardisation on")
@@ -52,7 +55,7 @@ def adapt_checkpoint(checkpoint: str | Path, data_dir: str | Path, out: str | Pa
         "encoder": features.encoder,
         "items_fitted": fitted,
         "cold_items_left_out": len(cold),
-        "code_commit": git_commit(),
+        "git_commit": git_commit(),  # the key train_config.json uses
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (out / ADAPT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
