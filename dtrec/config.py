@@ -63,6 +63,8 @@ class ModelConfig:
     adaptor_dropout: float = 0.2  # adaptor: dropout on the standardised features
     # adaptor, causal: the user vector minus a learned multiple (from 0) of the last item's own embedding
     subtract_last: bool = False
+    # causal: a learned score offset for items already in the history, by recency (dtrec/model/repeat.py)
+    repeat_bias: bool = False
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -73,6 +75,8 @@ class ModelConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.subtract_last and (self.tower != "adaptor" or self.objective != "causal"):
             raise ValueError("subtract_last needs the adaptor tower and the causal objective")
+        if self.repeat_bias and self.objective != "causal":
+            raise ValueError("repeat_bias needs the causal objective: Cloze has no history position to read")
         if self.max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {self.max_len}")
         self.modality_dims = {str(k): int(v) for k, v in dict(self.modality_dims).items()}

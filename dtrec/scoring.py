@@ -32,7 +32,7 @@ def dual_tower_score_fn(model: DualTower, features: Features, device: str | torc
 
     def score(histories: list[list[int]]) -> torch.Tensor:
         with torch.no_grad():
-            return (model.user_embeddings(histories, features) @ items.T).float()
+            return model.scores(histories, features, items).float()
 
     return score
 

@@ -208,6 +208,13 @@ class Recommender:
                 break
         return out
 
+    def _with_history(self, hits: list[tuple[int, float]], history: list[int], user: np.ndarray,
+                      offsets: Any, k: int, session: str | None) -> list[tuple[int, float]]:
+        """The top k of `hits` (no history item among them) and the `history` rows scored with the repeat term."""
+        extra = [(r, float(self._emb[r] @ user) + float(offsets[r])) for r in history
+                 if r in self._views and self.sessions.visible(r, session)]
+        return sorted(hits + extra, key=lambda h: -h[1])[:k]
+
     def warm_up(self) -> None:
         """Load and warm the frozen encoder and index the titles now, so that the first upload or
         search does not wait for them."""
@@ -244,9 +251,12 @@ class Recommender:
             rows = self._rows(list(history_ids), session)
             tail = rows[-self.model.config.max_len:]
             user = self._user_tower(self.model, [tail], self._features)
-            skip = set(rows) if exclude_history else set()
+            offsets = None if exclude_history else self.model.history_offsets([tail], len(self._emb))
+            skip = set(rows) if exclude_history or offsets is not None else set()
             scores, ids = self.index.search(user, k + len(skip) + self.sessions.n_hidden(session))
             hits = self._hits(scores[0], ids[0], k, skip, session)
+            if offsets is not None:  # the repeat term moves history items: score them exactly and merge
+                hits = self._with_history(hits, sorted(set(rows)), user[0], offsets[0], k, session)
             hist = np.asarray(sorted(set(rows)), dtype=np.int64)
             recs = []
             if hits:

@@ -23,15 +23,20 @@ def retrieval_loss(
     temperature: float,
     log_q: Tensor | None = None,
     exclude: Tensor | None = None,
+    offsets: Tensor | None = None,
 ) -> Tensor:
     """Softmax cross-entropy of cosine(query, candidate) / temperature; `targets` index `candidates` (-1: skip).
 
     `log_q` (C,) subtracts each candidate's log sampling probability (logQ
-    correction); `exclude` (P, C) bool hides candidates from a query's softmax.
+    correction); `exclude` (P, C) bool hides candidates from a query's softmax;
+    `offsets` (P, C) are added to the cosines (the repeat term, `dtrec.model.repeat`).
     """
     # float32 even under autocast: bf16 cannot resolve cosines divided by a small temperature.
     with torch.autocast(queries.device.type, enabled=False):
-        logits = F.normalize(queries.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T / temperature
+        scores = F.normalize(queries.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T
+        if offsets is not None:
+            scores = scores + offsets.float()
+        logits = scores / temperature
         if log_q is not None:
             logits = logits - log_q.float()
         if exclude is not None:

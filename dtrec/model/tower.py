@@ -24,6 +24,7 @@ from dtrec.encoders.registry import same_encoder
 from dtrec.features import Features
 from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
 from dtrec.model.fusion import FusionEncoder, canonical_order
+from dtrec.model.repeat import RepeatBias
 from dtrec.sequences import history_batch
 
 class FeatureMismatchError(ValueError):
@@ -51,6 +52,8 @@ class DualTower(
         self.config = config
         self._hub_mixin_config = config
         c = config
+        # Registered only when asked for, so a checkpoint without it loads unchanged.
+        self.repeat_bias = RepeatBias(c.max_len) if c.repeat_bias else None
         if c.tower == "adaptor":
             self.item_adaptor = AdaptorItemEncoder(c.modality_dims, canonical_order(c.modality_dims), c.d_model,
                                                    c.n_experts, c.adaptor_dropout)
@@ -196,6 +199,25 @@ class DualTower(
         read = batch["read"].to(self.device)
         out = h[torch.arange(h.shape[0], device=self.device), read]
         return F.normalize(out.float(), dim=-1)
+
+    @torch.no_grad()
+    def history_offsets(self, histories: list[list[int]], num_items: int) -> Tensor | None:
+        """The repeat term's score offsets (B, num_items) of each history's items, or None without one."""
+        if self.repeat_bias is None:
+            return None
+        batch = history_batch(histories, self.config.max_len, self.config.objective)
+        return self.repeat_bias(batch["items"].to(self.device), batch["padding"].to(self.device),
+                                torch.arange(num_items, device=self.device), read=batch["read"]).float()
+
+    @torch.no_grad()
+    def scores(self, histories: list[list[int]], features: Features, items: Tensor) -> Tensor:
+        """Scores (B, N) of every item for each history: the cosine of the two towers plus the repeat term.
+
+        `items` are `item_embeddings(features)`, computed once by the caller.
+        """
+        out = self.user_embeddings(histories, features) @ items.T
+        offsets = self.history_offsets(histories, items.shape[0])
+        return out if offsets is None else out + offsets
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -113,6 +113,13 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
     if "last_item_weight" in state and "last_item_weight" not in own:
         del state["last_item_weight"]
         notes.append("the checkpoint's last-item weight dropped (subtract_last off)")
+    key = "repeat_bias.weight"
+    if key in own and (key not in state or state[key].shape != own[key].shape):
+        state[key] = own[key]  # zero, as built (a matching checkpoint brings its learned offsets)
+        notes.append("repeat term initialised at zero")
+    if key in state and key not in own:
+        del state[key]
+        notes.append("the checkpoint's repeat term dropped (repeat_bias off)")
     for k in [k for k in state if k.endswith("position.weight")]:
         if k in own and own[k].shape != state[k].shape:
             state[k] = own[k]

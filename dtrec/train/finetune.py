@@ -60,7 +60,10 @@ class FinetuneObjective(nn.Module):
         else:
             item_emb = model.encode_items({m: table.values[m][cand] for m in model.modalities},
                                           {m: table.present[m][cand] for m in model.modalities})
-        return retrieval_loss(queries, labels, item_emb, model.config.temperature, log_q, exclude)
+        offsets = None
+        if model.repeat_bias is not None:  # the repeat term over the same candidates, one row per query position
+            offsets = model.repeat_bias(items, padding, cand).reshape(queries.shape[0], -1)
+        return retrieval_loss(queries, labels, item_emb, model.config.temperature, log_q, exclude, offsets)
 
 
 def dataset_objective(model: DualTower, dataset: Dataset, table: Features, sequences: list[list[int]],
@@ -97,7 +100,7 @@ def evaluate_model(model: DualTower, features: Features, cases: list, batch_size
         items = model.item_embeddings(features)
 
         def score(histories: list[list[int]]) -> Tensor:
-            return model.user_embeddings(histories, features) @ items.T
+            return model.scores(histories, features, items)
 
         out = evaluate(score, cases, batch_size=batch_size)
     model.train(was_training)

@@ -1,0 +1,72 @@
+"""The repeat term: a learned score offset for items the user already has, by how recently they had them.
+
+A two-tower score is a cosine, and an item is closest to itself: a user vector that points at the
+neighbours of the last item points at that item too, so with nothing hidden the model recommends what
+the user just had (the echo, docs/results.md). A dot product cannot learn "not this one" for every
+item, but the history is in the input, so the model can: `RepeatBias` adds `weight[p]` to the score of
+an item that sits `p` places from the end of the history the user tower reads (0 = the last item), once
+per occurrence. The weights start at zero (the plain model) and are learned with the retrieval loss,
+so a catalog where people never repeat learns to rank history items down and one where they re-buy
+learns to rank them up. This is RepeatNet's repeat mode (Ren et al., AAAI 2019) reduced to a bias.
+
+`repeat_offsets` is the batched form used in training and scoring; `repeat_offsets_reference` is the
+plain-Python definition the tests hold it to.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RepeatBias(nn.Module):
+    """One learned offset per recency position of the user tower's window, from zero."""
+
+    def __init__(self, max_len: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(max_len))
+
+    def forward(self, items: Tensor, padding: Tensor, candidates: Tensor | None = None,
+                read: Tensor | None = None) -> Tensor:
+        """`repeat_offsets` with this module's weights."""
+        return repeat_offsets(self.weight, items, padding, candidates, read)
+
+
+def repeat_offsets(weight: Tensor, items: Tensor, padding: Tensor, candidates: Tensor | None = None,
+                   read: Tensor | None = None) -> Tensor:
+    """Score offsets of candidates for the queries of a right-padded history batch.
+
+    `items` (B, L) item ids, `padding` (B, L) True where there is no item. Each causal position `t`
+    is a query whose history is positions `0..t`; an item at position `j` of it gets `weight[t - j]`
+    (positions past the weights' length share the last one). `candidates` (C,) item ids, or None for
+    every id `0..max(items)` (pass `candidates=torch.arange(N)` for a catalog of N). Returns (B, L, C),
+    or (B, C) for the one query per row at `read` (B,) (inference).
+    """
+    b, length = items.shape
+    dev = items.device
+    pos = torch.arange(length, device=dev)
+    lag = pos.unsqueeze(1) - pos.unsqueeze(0)  # (t, j) -> t - j
+    w = weight[lag.clamp(0, weight.numel() - 1)]  # (L, L)
+    w = w.masked_fill(lag < 0, 0.0).unsqueeze(0).expand(b, -1, -1)
+    w = w.masked_fill(padding.unsqueeze(1) | padding.unsqueeze(2), 0.0)  # padding neither gives nor asks
+    if read is not None:
+        w = w[torch.arange(b, device=dev), read.to(dev)].unsqueeze(1)  # (B, 1, L)
+    if candidates is None:
+        candidates = torch.arange(int(items.max()) + 1 if items.numel() else 0, device=dev)
+    hit = (items.unsqueeze(-1) == candidates.to(dev).view(1, 1, -1)).to(w.dtype)  # (B, L, C)
+    out = torch.bmm(w, hit)
+    return out[:, 0] if read is not None else out
+
+
+def repeat_offsets_reference(weight: list[float], histories: list[list[int]], num_items: int) -> list[list[float]]:
+    """The offsets of every item 0..num_items-1 for each history read at its last item, by loops."""
+    out = []
+    for h in histories:
+        row = [0.0] * num_items
+        for p, item in enumerate(reversed(h)):
+            row[item] += weight[min(p, len(weight) - 1)]
+        out.append(row)
+    return out
+
+
+__all__ = ["RepeatBias", "repeat_offsets", "repeat_offsets_reference"]

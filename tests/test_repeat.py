@@ -1,0 +1,145 @@
+"""The repeat term (dtrec/model/repeat.py): the batched offsets against the plain definition, the model with
+it at zero is the model without it, training learns its sign from the data, and serving applies it."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from synthetic import open_demo, planted_dataset, tiny_finetune_config, tiny_model_config
+
+from dtrec.config import ModelConfig
+from dtrec.model import DualTower
+from dtrec.model.repeat import RepeatBias, repeat_offsets, repeat_offsets_reference
+from dtrec.sequences import pad
+from dtrec.train.checkpoint import init_from
+from dtrec.train.finetune import FinetuneObjective, finetune
+
+
+def _batch(histories):
+    length = max(map(len, histories))
+    items = pad(histories, length)
+    padding = torch.arange(length).unsqueeze(0) >= torch.tensor([len(h) for h in histories]).unsqueeze(1)
+    return items.masked_fill(padding, -1), padding
+
+
+def test_batched_offsets_match_the_plain_definition_at_every_position():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(5, generator=g)
+    # repeats inside a history, histories longer than the weights, one of a single item
+    histories = [[3, 1, 3, 3, 0, 2, 3], [4], [2, 2, 1]]
+    items, padding = _batch(histories)
+    n = 6
+    every = repeat_offsets(weight, items, padding, torch.arange(n))
+    assert every.shape == (3, 7, n)
+    for b, h in enumerate(histories):
+        for t in range(len(h)):
+            expect = repeat_offsets_reference(weight.tolist(), [h[: t + 1]], n)[0]
+            torch.testing.assert_close(every[b, t], torch.tensor(expect), rtol=0, atol=1e-6)
+        assert (every[b, len(h):] == 0).all()  # padded positions carry nothing
+    read = torch.tensor([len(h) - 1 for h in histories])
+    torch.testing.assert_close(repeat_offsets(weight, items, padding, torch.arange(n), read=read),
+                               torch.tensor(repeat_offsets_reference(weight.tolist(), histories, n)))
+    # any candidate list, duplicates included, picks the same columns
+    cand = torch.tensor([3, 3, 0, 5])
+    torch.testing.assert_close(repeat_offsets(weight, items, padding, cand), every[:, :, cand])
+
+
+def _features_and_config(**kw):
+    ds, f = planted_dataset(n_items=12, n_users=4)
+    return f, tiny_model_config(f, tower="adaptor", n_heads=2, n_experts=2, max_len=6, **kw)
+
+
+@pytest.mark.parametrize("tower", ["adaptor", "fusion"])
+def test_at_zero_the_model_scores_as_without_it_and_its_weights_move_history_items(tower):
+    f, cfg = _features_and_config()
+    cfg = dataclasses.replace(cfg, tower=tower)
+    torch.manual_seed(0)
+    plain = DualTower(cfg).eval()
+    torch.manual_seed(0)
+    rep = DualTower(dataclasses.replace(cfg, repeat_bias=True)).eval()
+    histories = [[0, 3, 5], [7, 2], [1, 1, 1, 1, 1, 1, 1, 9]]
+    items = plain.item_embeddings(f)
+    assert plain.history_offsets(histories, len(f)) is None
+    torch.testing.assert_close(rep.scores(histories, f, items), plain.scores(histories, f, items))
+    with torch.no_grad():
+        rep.repeat_bias.weight.fill_(-5.0)
+    scores = rep.scores(histories, f, items)
+    for b, h in enumerate(histories):
+        worst = set(scores[b].argsort()[: len(set(h[-cfg.max_len:]))].tolist())
+        assert worst == set(h[-cfg.max_len:])  # only the items the user tower reads
+    assert scores[2, 1] < scores[2, 9] - 10  # each occurrence counts: 1 is five times in the window, 9 once
+
+
+def test_the_repeat_term_needs_the_causal_read_out():
+    with pytest.raises(ValueError, match="repeat_bias needs the causal objective"):
+        ModelConfig(modality_dims={"text": 8}, d_model=16, n_heads=2, objective="cloze", repeat_bias=True)
+
+
+def test_the_loss_pushes_the_term_down_when_targets_are_new_and_up_when_they_repeat():
+    f, cfg = _features_and_config(repeat_bias=True)
+    torch.manual_seed(0)
+    model = DualTower(cfg)
+    objective = FinetuneObjective(model, f)
+    items = torch.tensor([[0, 1, 2, 3], [4, 5, 6, -1]])
+    padding = items < 0
+    new = torch.tensor([[1, 2, 3, 7], [5, 6, 8, -1]])  # each next item is one the user never had
+    same = items.clone()  # each next item is the one the user has just had
+    grads = []
+    for targets in (new, same):
+        model.zero_grad()
+        objective(items, padding, None, targets).backward()
+        grads.append(model.repeat_bias.weight.grad[0].item())
+    assert grads[0] > 0 > grads[1]  # gradient descent: down for new targets, up for repeats
+
+
+def test_training_on_histories_without_repeats_ranks_the_last_item_down(tmp_path):
+    ds, f = planted_dataset(n_items=30, n_users=120)  # the planted next item is never the last one
+    cfg = tiny_finetune_config(f, model={"repeat_bias": True, "tower": "adaptor", "n_heads": 2, "n_experts": 2},
+                               epochs=10, evaluate_test=False)
+    finetune(ds, f, cfg, tmp_path, progress=False)
+    w = DualTower.from_pretrained(str(tmp_path / "last")).repeat_bias.weight.detach()
+    assert w[0] < -0.02 and (w[:-1] < 0).all()  # (no training window here is long enough to read the last)
+
+
+def test_init_from_starts_the_repeat_term_at_zero_keeps_a_matching_one_and_drops_it_when_off(tmp_path):
+    f, cfg = _features_and_config()
+    DualTower(cfg).save_pretrained(tmp_path / "plain")
+    rep = DualTower(dataclasses.replace(cfg, repeat_bias=True))
+    assert "repeat term initialised at zero" in init_from(rep, tmp_path / "plain")
+    assert (rep.repeat_bias.weight == 0).all()
+    with torch.no_grad():
+        rep.repeat_bias.weight.fill_(-0.3)
+    rep.save_pretrained(tmp_path / "rep")
+    again = DualTower(dataclasses.replace(cfg, repeat_bias=True))
+    assert not init_from(again, tmp_path / "rep")
+    assert torch.allclose(again.repeat_bias.weight, torch.full((cfg.max_len,), -0.3))
+    longer = DualTower(dataclasses.replace(cfg, repeat_bias=True, max_len=9))
+    assert "repeat term initialised at zero" in init_from(longer, tmp_path / "rep")
+    assert any("repeat term dropped" in n for n in init_from(DualTower(cfg), tmp_path / "rep"))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_serving_with_history_shown_applies_the_repeat_term(synthetic_demo, tmp_path, sign):
+    rec = open_demo(synthetic_demo, tmp_path)
+    history = ["m3", "m7", "m11"]
+    hidden = [r.item.id for r in rec.recommend(history, k=5).items]
+    rec.model.repeat_bias = RepeatBias(rec.model.config.max_len)
+    with torch.no_grad():
+        rec.model.repeat_bias.weight.fill_(sign * 3.0)
+    assert [r.item.id for r in rec.recommend(history, k=5).items] == hidden  # hiding history: the term changes nothing
+    shown = rec.recommend(history, k=5, exclude_history=False)
+    ids = [r.item.id for r in shown.items]
+    if sign > 0:  # a catalog of re-buys: the history comes first
+        assert set(ids[:3]) == set(history)
+    else:
+        assert not set(ids) & set(history) and ids == hidden
+    scores = [r.score for r in shown.items]
+    assert scores == sorted(scores, reverse=True)
+    # the exact score of a shown history item: its cosine plus its offset
+    model, feats = rec.model, synthetic_demo["features"]
+    user = model.user_embeddings([[3, 7, 11]], feats)[0]
+    cos = (model.item_embeddings(feats) @ user).numpy()
+    for r in shown.items:
+        if r.item.id in history:
+            assert np.isclose(r.score, cos[int(r.item.id[1:])] + 3.0, atol=1e-4)
