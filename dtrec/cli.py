@@ -269,6 +269,8 @@ def _add_baseline_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("--dropout", type=float, default=None)
     b.add_argument("--attn-dropout", type=float, default=None)
     b.add_argument("--max-len", type=int, default=None)
+    b.add_argument("--repeat-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="sasrec: add dtrec's learned repeat term for history items (docs/model.md; default off)")
     b.add_argument("--device", default=None)
     b.add_argument("--encoder", default=None, help="content-knn: the features to rank by (e.g. offline)")
     b.add_argument("--query", choices=("last", "mean"), default=None,
@@ -315,7 +317,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from dtrec.baselines import get_baseline, train_baseline
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
-                                          "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "group_by_length",
+                                          "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "repeat_bias", "group_by_length",
                                           "pad_multiple", "device", "encoder", "query")}
     flags = get_baseline(args.kind).flags
     if flags is not None:  # a kind that takes few of these flags ignores the others

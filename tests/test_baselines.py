@@ -73,6 +73,22 @@ def test_sasrec_learns_a_planted_pattern():
     assert report["valid"]["ndcg@10"] == max(e["valid"]["ndcg@10"] for e in report["log"])
 
 
+def test_sasrec_with_the_repeat_term_learns_to_rank_history_down_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    ds = _planted(n_users=160, length=8)  # the planted next item is never one the user had
+    cfg = SASRecConfig(num_items=40, hidden=32, n_layers=1, dropout=0.1, attn_dropout=0.1, max_len=8, repeat_bias=True)
+    train = SASRecTrainConfig(epochs=6, lr=1e-2, batch_size=32, patience=3, device="cpu", seed=0)
+    model, _ = train_sasrec(ds, cfg, train, out=tmp_path / "s", progress=False)
+    w = model.repeat_bias.values().detach()
+    assert w[0] < -0.02
+    h = [[1, 2, 3], [8], []]
+    plain = model.logits(model.forward(model.encode_histories(h))[:, -1]).float()
+    torch.testing.assert_close(model.scores(h)[0, 3] - plain[0, 3], w[0])  # the last item's offset
+    torch.testing.assert_close(model.scores(h)[2], plain[2])  # an empty history has nothing to offset
+    back = load_baseline(tmp_path / "s")
+    assert back.config.repeat_bias and torch.allclose(back.scores(h), model.scores(h))
+
+
 def test_sasrec_scores_are_finite_for_empty_and_long_histories():
     model = SASRec(SASRecConfig(num_items=7, hidden=16, max_len=4)).eval()
     s = model.scores([[], list(range(7)) * 3, [1]])

@@ -10,7 +10,7 @@ from synthetic import open_demo, planted_dataset, tiny_finetune_config, tiny_mod
 
 from dtrec.config import ModelConfig
 from dtrec.model import DualTower
-from dtrec.model.repeat import RepeatBias, repeat_offsets, repeat_offsets_reference
+from dtrec.model.repeat import RepeatBias, repeat_offsets, repeat_offsets_at, repeat_offsets_reference
 from dtrec.sequences import pad
 from dtrec.train.checkpoint import init_from
 from dtrec.train.finetune import FinetuneObjective, finetune
@@ -43,6 +43,20 @@ def test_batched_offsets_match_the_plain_definition_at_every_position():
     # any candidate list, duplicates included, picks the same columns
     cand = torch.tensor([3, 3, 0, 5])
     torch.testing.assert_close(repeat_offsets(weight, items, padding, cand), every[:, :, cand])
+
+
+def test_offsets_at_chosen_positions_match_the_batched_ones_left_or_right_padded():
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(4, generator=g)
+    histories = [[3, 1, 3, 3, 0, 2, 3], [4], [2, 2, 1]]
+    items, padding = _batch(histories)
+    left = torch.stack([torch.roll(items[b], int(padding[b].sum())) for b in range(3)])
+    lpad = torch.stack([torch.roll(padding[b], int(padding[b].sum())) for b in range(3)])
+    for it, pd in ((items, padding), (left, lpad)):
+        queries = ~pd & (torch.rand(pd.shape, generator=g) < 0.6)
+        queries[1, (~pd[1]).nonzero()[0]] = True  # the one-item history asks too
+        dense = repeat_offsets(weight, it, pd, torch.arange(6))
+        torch.testing.assert_close(repeat_offsets_at(weight, it, pd, 6, queries), dense[queries])
 
 
 def _features_and_config(**kw):
@@ -98,7 +112,7 @@ def test_training_on_histories_without_repeats_ranks_the_last_item_down(tmp_path
     cfg = tiny_finetune_config(f, model={"repeat_bias": True, "tower": "adaptor", "n_heads": 2, "n_experts": 2},
                                epochs=10, evaluate_test=False)
     finetune(ds, f, cfg, tmp_path, progress=False)
-    w = DualTower.from_pretrained(str(tmp_path / "last")).repeat_bias.weight.detach()
+    w = DualTower.from_pretrained(str(tmp_path / "last")).repeat_bias.values().detach()
     assert w[0] < -0.02 and (w[:-1] < 0).all()  # (no training window here is long enough to read the last)
 
 
@@ -126,7 +140,7 @@ def test_serving_with_history_shown_applies_the_repeat_term(synthetic_demo, tmp_
     hidden = [r.item.id for r in rec.recommend(history, k=5).items]
     rec.model.repeat_bias = RepeatBias(rec.model.config.max_len)
     with torch.no_grad():
-        rec.model.repeat_bias.weight.fill_(sign * 3.0)
+        rec.model.repeat_bias.weight.fill_(sign * 0.3)  # offsets of 3 (scale 10)
     assert [r.item.id for r in rec.recommend(history, k=5).items] == hidden  # hiding history: the term changes nothing
     shown = rec.recommend(history, k=5, exclude_history=False)
     ids = [r.item.id for r in shown.items]

@@ -22,6 +22,7 @@ from torch import nn
 from dtrec.data.catalog import Dataset
 from dtrec.eval import evaluate
 from dtrec.model.dropout import use_fast_dropout
+from dtrec.model.repeat import RepeatBias, repeat_offsets_at
 from dtrec.sequences import build_examples, pad, padded_width
 from dtrec.train import distributed as D
 from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches
@@ -40,6 +41,7 @@ class SASRecConfig:
     dropout: float = 0.5
     attn_dropout: float = 0.5
     max_len: int = 50
+    repeat_bias: bool = False  # dtrec's repeat term (dtrec/model/repeat.py), for a like-with-like comparison
     model_type: str = "sasrec"
 
 
@@ -84,6 +86,8 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         self.encoder = nn.TransformerEncoder(layer, c.n_layers, enable_nested_tensor=False)
         use_fast_dropout(self)  # as dtrec's encoder: the benchmark compares the models, not their dropout
         self.apply(self._init_weights)
+        # Logits are unnormalised dot products (tens of units), so the offsets get a larger scale than dtrec's cosines.
+        self.repeat_bias = RepeatBias(c.max_len, scale=100.0) if c.repeat_bias else None
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -118,6 +122,12 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         """Scores of every item (..., N) for hidden states (..., hidden); padding excluded."""
         return hidden @ self.item_emb.weight[1:].T
 
+    def offsets(self, seq: torch.Tensor, queries: torch.Tensor) -> torch.Tensor | None:
+        """The repeat term (K, N) at the `queries` (B, L) positions of left-padded rows `seq`; None without one."""
+        if self.repeat_bias is None:
+            return None
+        return repeat_offsets_at(self.repeat_bias.values(), seq - 1, seq == 0, self.config.num_items, queries)
+
     def encode_histories(self, histories: list[list[int]]) -> torch.Tensor:
         """Left-padded (B, L) tensor of the last `max_len` items of each history, on the model's device."""
         # Pad only to the longest history in the batch: positions count from the end, so
@@ -130,9 +140,14 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         """(B, N) next-item scores for each history (item indices, oldest first)."""
         was = self.training
         self.eval()
-        h = self.forward(self.encode_histories(histories))[:, -1]
+        seq = self.encode_histories(histories)
+        h = self.forward(seq)[:, -1]
         self.train(was)
-        return self.logits(h).float()
+        out = self.logits(h).float()
+        last = torch.zeros_like(seq, dtype=torch.bool)
+        last[:, -1] = True
+        offsets = self.offsets(seq, last)
+        return out if offsets is None else out + offsets
 
 
 def training_windows(sequences: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +182,11 @@ def sasrec_step(model: SASRec, optimizer: torch.optim.Optimizer, x: torch.Tensor
     def compute() -> torch.Tensor:
         h = (forward or model)(x)
         keep = y > 0
-        return F.cross_entropy(model.logits(h[keep]).float(), y[keep] - 1)
+        logits = model.logits(h[keep]).float()
+        offsets = model.offsets(x, keep)
+        if offsets is not None:
+            logits = logits + offsets
+        return F.cross_entropy(logits, y[keep] - 1)
 
     return train_step(model, optimizer, compute, x.device.type, amp=amp, grad_clip=None)
 

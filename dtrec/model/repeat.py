@@ -20,16 +20,28 @@ from torch import Tensor, nn
 
 
 class RepeatBias(nn.Module):
-    """One learned offset per recency position of the user tower's window, from zero."""
+    """One learned offset per recency position of the user tower's window, from zero.
 
-    def __init__(self, max_len: int):
+    The offsets are `scale * weight`. Adam moves a weight by about the learning rate per step whatever
+    its gradient, so without the scale an offset of the size scores differ by (tenths of a cosine) would
+    take thousands of steps, more than a whole fine-tuning run (measured: docs/results.md). `scale` is
+    the size, in score units, that a hundred steps at lr 1e-3 can reach: 10 for cosines, more for
+    unnormalised logits.
+    """
+
+    def __init__(self, max_len: int, scale: float = 10.0):
         super().__init__()
+        self.scale = scale
         self.weight = nn.Parameter(torch.zeros(max_len))
+
+    def values(self) -> Tensor:
+        """The offsets by recency (max_len,): index 0 is the last history item."""
+        return self.scale * self.weight
 
     def forward(self, items: Tensor, padding: Tensor, candidates: Tensor | None = None,
                 read: Tensor | None = None) -> Tensor:
-        """`repeat_offsets` with this module's weights."""
-        return repeat_offsets(self.weight, items, padding, candidates, read)
+        """`repeat_offsets` with this module's offsets."""
+        return repeat_offsets(self.values(), items, padding, candidates, read)
 
 
 def repeat_offsets(weight: Tensor, items: Tensor, padding: Tensor, candidates: Tensor | None = None,
@@ -58,6 +70,24 @@ def repeat_offsets(weight: Tensor, items: Tensor, padding: Tensor, candidates: T
     return out[:, 0] if read is not None else out
 
 
+def repeat_offsets_at(weight: Tensor, items: Tensor, padding: Tensor, num_items: int, queries: Tensor) -> Tensor:
+    """`repeat_offsets` over every item for only the positions where `queries` (B, L) is True: (K, num_items).
+
+    Scatters one value per (query, history item) instead of comparing every item with every candidate, so
+    memory is the output's; the same numbers as `repeat_offsets(...)[queries]`.
+    """
+    b, length = items.shape
+    dev = items.device
+    pos = torch.arange(length, device=dev)
+    lag = pos.view(1, length, 1) - pos.view(1, 1, length)  # (1, t, j)
+    pair = (lag >= 0) & ~padding.unsqueeze(1) & queries.unsqueeze(2)  # (B, t, j): query t reads item j
+    row_of = torch.cumsum(queries.reshape(-1).long(), 0).view(b, length) - 1  # output row of each query
+    bb, tt, jj = pair.nonzero(as_tuple=True)
+    vals = weight[(tt - jj).clamp(max=weight.numel() - 1)]
+    out = torch.zeros(int(queries.sum()), num_items, dtype=weight.dtype, device=dev)
+    return out.index_put((row_of[bb, tt], items[bb, jj]), vals, accumulate=True)
+
+
 def repeat_offsets_reference(weight: list[float], histories: list[list[int]], num_items: int) -> list[list[float]]:
     """The offsets of every item 0..num_items-1 for each history read at its last item, by loops."""
     out = []
@@ -69,4 +99,4 @@ def repeat_offsets_reference(weight: list[float], histories: list[list[int]], nu
     return out
 
 
-__all__ = ["RepeatBias", "repeat_offsets", "repeat_offsets_reference"]
+__all__ = ["RepeatBias", "repeat_offsets", "repeat_offsets_at", "repeat_offsets_reference"]
