@@ -57,14 +57,15 @@ run_models() {
   done
 }
 
-# run_adaptor_models DATA ENCODER RECIPE: the adaptor towers trained from scratch (high epoch cap, early
-# stopping on valid NDCG@10) beside popularity, content kNN and SASRec, each evaluated under both protocols:
+# run_adaptor_models DATA ENCODER RECIPE: the adaptor towers with the repeat term trained from scratch (high
+# epoch cap, early stopping on valid NDCG@10) beside popularity, content kNN and SASRec (RecBole's, without the
+# repeat term), each evaluated under both protocols:
 # OUT/results.json (reference, nothing hidden) and OUT/results-serving.json (serving, history hidden).
 run_adaptor_models() {
   local data=$1 enc=$2 recipe=$3
   # shellcheck disable=SC2046
   dtrec finetune --data "$data" --encoder "$enc" --out "$OUT/dtrec" --seed "$SEED" --init none --tower adaptor \
-    --d-model 128 --n-heads 2 --d-ff 256 --temperature 0.07 --epochs 200 --patience 10 --quiet \
+    --d-model 128 --n-heads 2 --d-ff 256 --temperature 0.07 --epochs 200 --patience 10 --repeat-bias --quiet \
     $(device_flag) $(extra_args FINETUNE) > /dev/null
   dtrec baseline popularity --data "$data" --out "$OUT/popularity" > /dev/null
   dtrec baseline content-knn --data "$data" --out "$OUT/content-knn" --encoder "$enc" > /dev/null

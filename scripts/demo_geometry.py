@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         row = {str(i): j for j, i in enumerate(items["id"])}
         hs = [[row[str(i)] for i in (h["items"] if isinstance(h, dict) else h) if str(i) in row] for h in histories]
         hs = [h for h in hs if h]
-        users = model.user_embeddings(hs, feats) @ emb.T
-        echo = float((users.argmax(1) == torch.tensor([h[-1] for h in hs])).float().mean())
+        last = torch.tensor([h[-1] for h in hs])
+        # the model's score (with its repeat term, if it has one) and the towers' cosine alone
+        echo = float((model.scores(hs, feats, emb).argmax(1) == last).float().mean())
+        echo_cosine = float(((model.user_embeddings(hs, feats) @ emb.T).argmax(1) == last).float().mean())
         examples = {}
         for title in EXAMPLES:
             hit = items.index[items["title"] == title]
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = pd.Series([1 for h in hs for _ in h]).groupby([i for h in hs for i in h]).sum()
     popular = [items["title"][int(j)] for j in counts.sort_values(ascending=False).index[:10]]
     out = {"demo": str(demo), "n_items": n, "item_mean_pairwise_cosine": mean_cos,
-           "histories": len(hs), "last_item_first": echo, "one_movie_top5": examples,
+           "histories": len(hs), "last_item_first": echo, "last_item_first_cosine": echo_cosine,
+           "one_movie_top5": examples,
            "most_frequent_in_histories": popular,
            "provenance": {"commit": git_commit(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                           "command": "python scripts/demo_geometry.py " + " ".join(argv or sys.argv[1:])}}
