@@ -226,8 +226,8 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
         "## Architecture (config.json)",
         "",
         *markdown_table(["setting", "value"], [(k, _fmt_value(cfg[k])) for k in (
-            "d_model", "n_layers", "n_heads", "d_ff", "dropout", "emb_dropout", "max_len", "share_towers",
-            "objective", "temperature") if k in cfg]),
+            "tower", "d_model", "n_layers", "n_heads", "d_ff", "dropout", "emb_dropout", "max_len", "share_towers",
+            "objective", "temperature", "repeat_bias") if k in cfg]),
         "",
         "## Training",
         "",

@@ -23,6 +23,12 @@ from dtrec.provenance import git_commit
 EXAMPLES = ("Star Wars (1977)", "Toy Story (1995)", "Fargo (1996)")
 
 
+def _hit_at_10(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of rows whose target scores within the top 10 (ties counted against it)."""
+    own = scores[torch.arange(len(targets)), targets].unsqueeze(1)
+    return float(((scores >= own).sum(1) <= 10).float().mean())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure and report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,6 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         n = emb.shape[0]
         cos = emb @ emb.T
         mean_cos = float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
+        # An item's own text, as a text-only item through the item tower, among the catalog's embeddings
+        # (text + image), against the raw text features among the catalog's raw text features.
+        has_text = feats.present["text"]
+        text_only = type(feats)(feats.encoder, {m: (v if m == "text" else torch.zeros_like(v))
+                                                for m, v in feats.values.items()},
+                                {m: (p if m == "text" else torch.zeros_like(p)) for m, p in feats.present.items()})
+        own = torch.arange(n)[has_text]
+        tower_hit = _hit_at_10(model.item_embeddings(text_only)[own] @ emb.T, own)
+        raw = torch.nn.functional.normalize(feats.values["text"], dim=-1)
+        raw_hit = _hit_at_10(raw[own] @ raw[has_text].T, torch.arange(len(own)))
         histories = json.loads((demo / "histories.json").read_text())
         row = {str(i): j for j, i in enumerate(items["id"])}
         hs = [[row[str(i)] for i in (h["items"] if isinstance(h, dict) else h) if str(i) in row] for h in histories]
@@ -60,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = pd.Series([1 for h in hs for _ in h]).groupby([i for h in hs for i in h]).sum()
     popular = [items["title"][int(j)] for j in counts.sort_values(ascending=False).index[:10]]
     out = {"demo": str(demo), "n_items": n, "item_mean_pairwise_cosine": mean_cos,
+           "own_text_hit@10": {"item_tower": tower_hit, "raw_text_features": raw_hit},
            "histories": len(hs), "last_item_first": echo, "last_item_first_cosine": echo_cosine,
            "one_movie_top5": examples,
            "most_frequent_in_histories": popular,

@@ -47,7 +47,7 @@ def test_a_folder_without_a_checkpoint_says_so(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shipped, results, row_name", [
-    ("scientific", "scientific-adaptor-seed42.json", "dtrec-adaptor"),
+    ("scientific", "scientific-repeat-seed42.json", "dtrec-adaptor"),
     ("scientific-text", "scientific-text-only-seed42.json", "dtrec-adaptor-text"),
 ])
 def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, shared_data, shipped, results, row_name):
