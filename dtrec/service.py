@@ -251,7 +251,7 @@ class Recommender:
             rows = self._rows(list(history_ids), session)
             tail = rows[-self.model.config.max_len:]
             user = self._user_tower(self.model, [tail], self._features)
-            offsets = None if exclude_history else self.model.history_offsets([tail], len(self._emb))
+            offsets = None if exclude_history else self.model.history_offsets([rows], len(self._emb))
             skip = set(rows) if exclude_history or offsets is not None else set()
             scores, ids = self.index.search(user, k + len(skip) + self.sessions.n_hidden(session))
             hits = self._hits(scores[0], ids[0], k, skip, session)

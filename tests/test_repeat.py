@@ -10,7 +10,8 @@ from synthetic import open_demo, planted_dataset, tiny_finetune_config, tiny_mod
 
 from dtrec.config import ModelConfig
 from dtrec.model import DualTower
-from dtrec.model.repeat import RepeatBias, repeat_offsets, repeat_offsets_at, repeat_offsets_reference
+from dtrec.model.repeat import (RepeatBias, history_offsets, repeat_offsets, repeat_offsets_at,
+                                repeat_offsets_reference)
 from dtrec.sequences import pad
 from dtrec.train.checkpoint import init_from
 from dtrec.train.finetune import FinetuneObjective, finetune
@@ -40,6 +41,10 @@ def test_batched_offsets_match_the_plain_definition_at_every_position():
     read = torch.tensor([len(h) - 1 for h in histories])
     torch.testing.assert_close(repeat_offsets(weight, items, padding, torch.arange(n), read=read),
                                torch.tensor(repeat_offsets_reference(weight.tolist(), histories, n)))
+    # inference's scatter over whole histories: the same, and an item older than the weights gets the last one
+    torch.testing.assert_close(history_offsets(weight, histories, n),
+                               torch.tensor(repeat_offsets_reference(weight.tolist(), histories, n)))
+    assert (history_offsets(weight, [[], [1]], n)[0] == 0).all()
     # any candidate list, duplicates included, picks the same columns
     cand = torch.tensor([3, 3, 0, 5])
     torch.testing.assert_close(repeat_offsets(weight, items, padding, cand), every[:, :, cand])
@@ -80,9 +85,13 @@ def test_at_zero_the_model_scores_as_without_it_and_its_weights_move_history_ite
         rep.repeat_bias.weight.fill_(-5.0)
     scores = rep.scores(histories, f, items)
     for b, h in enumerate(histories):
-        worst = set(scores[b].argsort()[: len(set(h[-cfg.max_len:]))].tolist())
-        assert worst == set(h[-cfg.max_len:])  # only the items the user tower reads
-    assert scores[2, 1] < scores[2, 9] - 10  # each occurrence counts: 1 is five times in the window, 9 once
+        worst = set(scores[b].argsort()[: len(set(h))].tolist())
+        assert worst == set(h)
+    assert scores[2, 1] < scores[2, 9] - 10  # each occurrence counts: 1 is seven times in the history, 9 once
+    # the whole history counts, older than the window or not: item 4 sits eight places from the end
+    long = [[4] + [5] * 7 + [6]]
+    assert rep.scores(long, f, items)[0, 4] < -40 and (rep.scores(long, f, items)[0, 4] -
+                                                      plain.scores(long, f, items)[0, 4]).item() == pytest.approx(-50)
 
 
 def test_the_repeat_term_needs_the_causal_read_out():

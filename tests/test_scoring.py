@@ -48,7 +48,7 @@ def test_a_folder_without_a_checkpoint_says_so(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("shipped, results, row_name", [
     ("scientific", "scientific-repeat-seed42.json", "dtrec-adaptor"),
-    ("scientific-text", "scientific-text-only-seed42.json", "dtrec-adaptor-text"),
+    ("scientific-text", "scientific-text-repeat-seed42.json", "dtrec-adaptor-text"),
 ])
 def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, shared_data, shipped, results, row_name):
     """assets/models/<shipped> + `dtrec evaluate` give the seed-42 row of docs/results exactly."""

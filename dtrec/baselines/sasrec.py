@@ -22,7 +22,7 @@ from torch import nn
 from dtrec.data.catalog import Dataset
 from dtrec.eval import evaluate
 from dtrec.model.dropout import use_fast_dropout
-from dtrec.model.repeat import RepeatBias, repeat_offsets_at
+from dtrec.model.repeat import RepeatBias, history_offsets, repeat_offsets_at
 from dtrec.sequences import build_examples, pad, padded_width
 from dtrec.train import distributed as D
 from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches
@@ -123,7 +123,7 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         return hidden @ self.item_emb.weight[1:].T
 
     def offsets(self, seq: torch.Tensor, queries: torch.Tensor) -> torch.Tensor | None:
-        """The repeat term (K, N) at the `queries` (B, L) positions of left-padded rows `seq`; None without one."""
+        """Training's repeat term (K, N) at the `queries` (B, L) positions of left-padded windows `seq`; None without one."""
         if self.repeat_bias is None:
             return None
         return repeat_offsets_at(self.repeat_bias.values(), seq - 1, seq == 0, self.config.num_items, queries)
@@ -144,10 +144,10 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         h = self.forward(seq)[:, -1]
         self.train(was)
         out = self.logits(h).float()
-        last = torch.zeros_like(seq, dtype=torch.bool)
-        last[:, -1] = True
-        offsets = self.offsets(seq, last)
-        return out if offsets is None else out + offsets
+        if self.repeat_bias is None:
+            return out
+        return out + history_offsets(self.repeat_bias.values().float(), [list(h) for h in histories],
+                                     self.config.num_items)
 
 
 def training_windows(sequences: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

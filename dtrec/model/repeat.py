@@ -9,8 +9,10 @@ per occurrence. The weights start at zero (the plain model) and are learned with
 so a catalog where people never repeat learns to rank history items down and one where they re-buy
 learns to rank them up. This is RepeatNet's repeat mode (Ren et al., AAAI 2019) reduced to a bias.
 
-`repeat_offsets` is the batched form used in training and scoring; `repeat_offsets_reference` is the
-plain-Python definition the tests hold it to.
+At inference the whole history counts: an item older than the window gets the oldest place's offset
+(`history_offsets`). `repeat_offsets` is the batched form used in training, `repeat_offsets_at` its
+scatter for chosen positions, and `repeat_offsets_reference` the plain-Python definition the tests hold
+all three to.
 """
 
 from __future__ import annotations
@@ -88,6 +90,26 @@ def repeat_offsets_at(weight: Tensor, items: Tensor, padding: Tensor, num_items:
     return out.index_put((row_of[bb, tt], items[bb, jj]), vals, accumulate=True)
 
 
+def history_offsets(values: Tensor, histories: list[list[int]], num_items: int) -> Tensor:
+    """Offsets (B, num_items) of each whole history read at its last item, one scatter over its items.
+
+    Inference's form: the history is not cut to the user tower's window, so an item the user had before
+    it gets the oldest place's offset (training windows hold at most `max_len` items, so that offset is
+    learned on the oldest place of the window and applies to every older one). Cost: the total length
+    of the histories, whatever their longest.
+    """
+    dev = values.device
+    lens = torch.tensor([len(h) for h in histories], dtype=torch.long, device=dev)
+    out = torch.zeros(len(histories), num_items, dtype=values.dtype, device=dev)
+    if not int(lens.sum()):
+        return out
+    flat = torch.tensor([int(i) for h in histories for i in h], dtype=torch.long, device=dev)
+    rows = torch.repeat_interleave(torch.arange(len(histories), device=dev), lens)
+    start = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+    lag = torch.repeat_interleave(lens, lens) - 1 - (torch.arange(len(flat), device=dev) - start)
+    return out.index_put((rows, flat), values[lag.clamp(max=values.numel() - 1)], accumulate=True)
+
+
 def repeat_offsets_reference(weight: list[float], histories: list[list[int]], num_items: int) -> list[list[float]]:
     """The offsets of every item 0..num_items-1 for each history read at its last item, by loops."""
     out = []
@@ -99,4 +121,4 @@ def repeat_offsets_reference(weight: list[float], histories: list[list[int]], nu
     return out
 
 
-__all__ = ["RepeatBias", "repeat_offsets", "repeat_offsets_at", "repeat_offsets_reference"]
+__all__ = ["RepeatBias", "history_offsets", "repeat_offsets", "repeat_offsets_at", "repeat_offsets_reference"]

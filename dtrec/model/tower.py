@@ -24,7 +24,7 @@ from dtrec.encoders.registry import same_encoder
 from dtrec.features import Features
 from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
 from dtrec.model.fusion import FusionEncoder, canonical_order
-from dtrec.model.repeat import RepeatBias
+from dtrec.model.repeat import RepeatBias, history_offsets
 from dtrec.sequences import history_batch
 
 class FeatureMismatchError(ValueError):
@@ -202,12 +202,10 @@ class DualTower(
 
     @torch.no_grad()
     def history_offsets(self, histories: list[list[int]], num_items: int) -> Tensor | None:
-        """The repeat term's score offsets (B, num_items) of each history's items, or None without one."""
+        """The repeat term's score offsets (B, num_items) of every item of each whole history, or None without one."""
         if self.repeat_bias is None:
             return None
-        batch = history_batch(histories, self.config.max_len, self.config.objective)
-        return self.repeat_bias(batch["items"].to(self.device), batch["padding"].to(self.device),
-                                torch.arange(num_items, device=self.device), read=batch["read"]).float()
+        return history_offsets(self.repeat_bias.values().float(), histories, num_items)
 
     @torch.no_grad()
     def scores(self, histories: list[list[int]], features: Features, items: Tensor) -> Tensor:
