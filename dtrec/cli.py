@@ -317,8 +317,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from dtrec.baselines import get_baseline, train_baseline
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
-                                          "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "repeat_bias", "group_by_length",
-                                          "pad_multiple", "device", "encoder", "query")}
+                                          "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "repeat_bias",
+                                          "group_by_length", "pad_multiple", "device", "encoder", "query")}
     flags = get_baseline(args.kind).flags
     if flags is not None:  # a kind that takes few of these flags ignores the others
         opts = {k: v for k, v in opts.items() if k in flags}

@@ -146,8 +146,8 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         out = self.logits(h).float()
         if self.repeat_bias is None:
             return out
-        return out + history_offsets(self.repeat_bias.values().float(), [list(h) for h in histories],
-                                     self.config.num_items)
+        whole = [list(history) for history in histories]  # the term reads past the window (model.md)
+        return out + history_offsets(self.repeat_bias.values().float(), whole, self.config.num_items)
 
 
 def training_windows(sequences: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,8 +4,7 @@ A two-tower score is a cosine, and an item is closest to itself: a user vector t
 neighbours of the last item points at that item too, so with nothing hidden the model recommends what
 the user just had (the echo, docs/results.md). A dot product cannot learn "not this one" for every
 item, but the history is in the input, so the model can: `RepeatBias` adds `weight[p]` to the score of
-an item that sits `p` places from the end of the history the user tower reads (0 = the last item), once
-per occurrence. The weights start at zero (the plain model) and are learned with the retrieval loss,
+an item that sits `p` places from the end of the history (0 = the last item), once per occurrence. The weights start at zero (the plain model) and are learned with the retrieval loss,
 so a catalog where people never repeat learns to rank history items down and one where they re-buy
 learns to rank them up. This is RepeatNet's repeat mode (Ren et al., AAAI 2019) reduced to a bias.
 
