@@ -38,9 +38,6 @@ def test_batched_offsets_match_the_plain_definition_at_every_position():
             expect = repeat_offsets_reference(weight.tolist(), [h[: t + 1]], n)[0]
             torch.testing.assert_close(every[b, t], torch.tensor(expect), rtol=0, atol=1e-6)
         assert (every[b, len(h):] == 0).all()  # padded positions carry nothing
-    read = torch.tensor([len(h) - 1 for h in histories])
-    torch.testing.assert_close(repeat_offsets(weight, items, padding, torch.arange(n), read=read),
-                               torch.tensor(repeat_offsets_reference(weight.tolist(), histories, n)))
     # inference's scatter over whole histories: the same, and an item older than the weights gets the last one
     torch.testing.assert_close(history_offsets(weight, histories, n),
                                torch.tensor(repeat_offsets_reference(weight.tolist(), histories, n)))

@@ -39,21 +39,18 @@ class RepeatBias(nn.Module):
         """The offsets by recency (max_len,): index 0 is the last history item."""
         return self.scale * self.weight
 
-    def forward(self, items: Tensor, padding: Tensor, candidates: Tensor | None = None,
-                read: Tensor | None = None) -> Tensor:
+    def forward(self, items: Tensor, padding: Tensor, candidates: Tensor) -> Tensor:
         """`repeat_offsets` with this module's offsets."""
-        return repeat_offsets(self.values(), items, padding, candidates, read)
+        return repeat_offsets(self.values(), items, padding, candidates)
 
 
-def repeat_offsets(weight: Tensor, items: Tensor, padding: Tensor, candidates: Tensor | None = None,
-                   read: Tensor | None = None) -> Tensor:
-    """Score offsets of candidates for the queries of a right-padded history batch.
+def repeat_offsets(weight: Tensor, items: Tensor, padding: Tensor, candidates: Tensor) -> Tensor:
+    """Score offsets (B, L, C) of candidates for every causal position of a padded history batch.
 
     `items` (B, L) item ids, `padding` (B, L) True where there is no item. Each causal position `t`
     is a query whose history is positions `0..t`; an item at position `j` of it gets `weight[t - j]`
-    (positions past the weights' length share the last one). `candidates` (C,) item ids, or None for
-    every id `0..max(items)` (pass `candidates=torch.arange(N)` for a catalog of N). Returns (B, L, C),
-    or (B, C) for the one query per row at `read` (B,) (inference).
+    (positions past the weights' length share the last one). `candidates` (C,) item ids
+    (`torch.arange(N)` for a catalog of N).
     """
     b, length = items.shape
     dev = items.device
@@ -62,13 +59,8 @@ def repeat_offsets(weight: Tensor, items: Tensor, padding: Tensor, candidates: T
     w = weight[lag.clamp(0, weight.numel() - 1)]  # (L, L)
     w = w.masked_fill(lag < 0, 0.0).unsqueeze(0).expand(b, -1, -1)
     w = w.masked_fill(padding.unsqueeze(1) | padding.unsqueeze(2), 0.0)  # padding neither gives nor asks
-    if read is not None:
-        w = w[torch.arange(b, device=dev), read.to(dev)].unsqueeze(1)  # (B, 1, L)
-    if candidates is None:
-        candidates = torch.arange(int(items.max()) + 1 if items.numel() else 0, device=dev)
     hit = (items.unsqueeze(-1) == candidates.to(dev).view(1, 1, -1)).to(w.dtype)  # (B, L, C)
-    out = torch.bmm(w, hit)
-    return out[:, 0] if read is not None else out
+    return torch.bmm(w, hit)
 
 
 def repeat_offsets_at(weight: Tensor, items: Tensor, padding: Tensor, num_items: int, queries: Tensor) -> Tensor:
