@@ -134,6 +134,11 @@ class FinetuneConfig(TrainConfig):
     # Comma-separated top-level modules held at their init, e.g. "sequence_encoder": UniSRec's inductive
     # fine-tuning trains only the item adaptor on a new domain. "" trains everything.
     freeze: str = ""
+    # The item-level multi-modal views (dtrec.train.views) beside the next-item loss, with this weight, over
+    # `item_batch_size` items a step: they keep an item's text-only, image-only and full embeddings together,
+    # as the encoders had them (docs/model.md, "Item views"). 0 = off.
+    item_weight: float = 0.0
+    item_batch_size: int = 512
 
     def __post_init__(self):
         super().__post_init__()
@@ -141,6 +146,8 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"negatives must be one of {NEGATIVES}, not {self.negatives!r}")
         if self.pad_multiple < 1:
             raise ValueError("pad_multiple must be at least 1")
+        if self.item_weight < 0 or self.item_batch_size < 2:
+            raise ValueError("item_weight must be at least 0 and item_batch_size at least 2")
 
 
 @dataclass

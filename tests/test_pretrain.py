@@ -18,7 +18,7 @@ from dtrec.features import Features
 from dtrec.model.tower import DualTower
 from dtrec.train.batching import Collator
 from dtrec.train.finetune import evaluate_model
-from dtrec.train.pretrain import DomainBatches, multimodal_table, pretrain
+from dtrec.train.pretrain import DomainBatches, pretrain
 
 RULE_SEED = 1234  # one rule for every domain: that is what transfers
 
@@ -114,15 +114,6 @@ def test_an_absent_image_placeholder_changes_nothing():
     torch.testing.assert_close(model.item_embeddings(f), model.item_embeddings(garbage))
     hist = [[0, 1, 2], [5]]
     torch.testing.assert_close(model.user_embeddings(hist, f), model.user_embeddings(hist, garbage))
-
-
-def test_multimodal_table_takes_items_with_every_modality_and_no_cold_ones():
-    a = rule_domain("a", 1, image=False)
-    b = rule_domain("b", 2, image=True, cold=[3])
-    table = multimodal_table([a, b])
-    assert len(table) == len(b[1]) - 1
-    assert bool(table.present["image"].all())
-    torch.testing.assert_close(table.values["text"][3], b[1].values["text"][4])
 
 
 @pytest.mark.slow

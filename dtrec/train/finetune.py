@@ -30,13 +30,20 @@ from dtrec.train import distributed as D
 from dtrec.train.batching import BatchPlan, Collator
 from dtrec.train.checkpoint import init_from, merge_init_config
 from dtrec.train.loop import FitConfig, Task, fit, seed_everything, train_step
+from dtrec.train.views import ItemViewObjective, multimodal_table
 
 
 class FinetuneObjective(nn.Module):
-    """The training forward pass as one module, so DDP sees every parameter it uses."""
+    """The training forward pass as one module, so DDP sees every parameter it uses.
+
+    With `views` (an `ItemViewObjective`) and `item_weight` > 0, each step adds the item views' loss over
+    `item_batch` items drawn afresh from `view_items`, weighted: the next-item loss alone lets the item
+    tower forget what the frozen encoders know about content (docs/model.md, "Item views")."""
 
     def __init__(self, model: DualTower, table: Features, negatives: str = "all", num_negatives: int = 1024,
-                 item_log_freq: Tensor | None = None, held_out: Tensor | None = None):
+                 item_log_freq: Tensor | None = None, held_out: Tensor | None = None,
+                 views: ItemViewObjective | None = None, view_items: Features | None = None,
+                 item_weight: float = 0.0, item_batch: int = 512):
         super().__init__()
         self.model = model
         # A plain attribute, not a buffer: DDP would otherwise broadcast the whole table every step.
@@ -45,8 +52,34 @@ class FinetuneObjective(nn.Module):
         self.num_negatives = num_negatives
         self.item_log_freq = item_log_freq
         self.held_out = held_out  # (N,) bool: the cold-start items, never candidates in training
+        if item_weight > 0 and (views is None or view_items is None or len(view_items) < 2):
+            raise ValueError("item_weight > 0 needs the item views and at least two items to contrast")
+        self.views = views
+        self.view_items = view_items  # plain attribute, like `table`
+        self.item_weight = item_weight
+        self.item_batch = item_batch
 
     def forward(self, items: Tensor, padding: Tensor, masked: Tensor | None, targets: Tensor) -> Tensor:
+        """Mean retrieval loss over every position with a target (plus the weighted item views' loss)."""
+        loss = self.next_item_loss(items, padding, masked, targets)
+        if self.item_weight > 0:
+            loss = loss + self.item_weight * self.item_view_loss()
+        return loss
+
+    def item_view_loss(self) -> Tensor:
+        """The item views' loss over a fresh random batch of `view_items`."""
+        rows, info = self.view_items, self.views.info
+        n = len(rows)
+        per_rank = max(1, min(self.item_batch, n) // info.world_size)
+        # Every process draws the same permutation (one seed, the same draws so far) and takes its own slice,
+        # so the batch gathered across processes holds no item twice (a duplicate would be a false negative).
+        perm = torch.randperm(n, device=rows.values[self.model.modalities[0]].device)
+        idx = perm[info.rank * per_rank:(info.rank + 1) * per_rank]
+        loss, _ = self.views({m: rows.values[m][idx] for m in self.model.modalities},
+                             {m: rows.present[m][idx] for m in self.model.modalities})
+        return loss
+
+    def next_item_loss(self, items: Tensor, padding: Tensor, masked: Tensor | None, targets: Tensor) -> Tensor:
         """Mean retrieval loss over every position with a target."""
         model, table = self.model, self.table
         h = model.encode_sequences(items, padding, table, masked)
@@ -67,16 +100,22 @@ class FinetuneObjective(nn.Module):
 
 
 def dataset_objective(model: DualTower, dataset: Dataset, table: Features, sequences: list[list[int]],
-                      negatives: str, num_negatives: int) -> FinetuneObjective:
+                      negatives: str, num_negatives: int, item_weight: float = 0.0, item_batch: int = 512,
+                      info: D.DistInfo | None = None) -> FinetuneObjective:
     """The `FinetuneObjective` of one data set: its items as candidates (`negatives` already resolved), logQ
-    frequencies from `sequences` when sampling, its cold-start items held out of all training, not even negatives."""
+    frequencies from `sequences` when sampling, its cold-start items held out of all training, not even negatives;
+    with `item_weight` > 0, the item views over its (non-cold) items that have every modality."""
     device = table.values[model.modalities[0]].device
     log_freq = item_log_frequency(sequences, len(table)).to(device) if negatives != "all" else None
     held_out = None
     if dataset.cold_items:
         held_out = torch.zeros(len(table), dtype=torch.bool, device=device)
         held_out[torch.as_tensor(dataset.cold_items, dtype=torch.long, device=device)] = True
-    return FinetuneObjective(model, table, negatives, num_negatives, log_freq, held_out)
+    views = view_items = None
+    if item_weight > 0:
+        views, view_items = ItemViewObjective(model, info), multimodal_table([(dataset, table)])
+    return FinetuneObjective(model, table, negatives, num_negatives, log_freq, held_out, views, view_items,
+                             item_weight, item_batch)
 
 
 def finetune_step(trainer: nn.Module, model: DualTower, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
@@ -188,7 +227,8 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     examples = build_examples(seqs, model_cfg.objective, model_cfg.max_len)
     if not examples:
         raise ValueError("no training sequence has two items: nothing to learn from")
-    objective = dataset_objective(model, dataset, table, seqs, config.negatives, config.num_negatives)
+    objective = dataset_objective(model, dataset, table, seqs, config.negatives, config.num_negatives,
+                                  config.item_weight, config.item_batch_size, info)
     params = trainable_parameters(model, config.freeze)  # before DDP, which hooks only what trains
     trainer: nn.Module = objective
     if info.enabled:

@@ -1,12 +1,9 @@
 """Self-supervised multi-modal pretraining, over items and optionally over sequences from many domains
 (docs/design.md "The model"; docs/pretraining.md).
 
-Items, from one or more catalogs that share an encoder (cold items left out): each
-item is seen in three views, image-only (v), text-only (t) and image+text (vt),
-each encoded twice with dropout as the only augmentation; the loss averages
-symmetric InfoNCE over (v, v'), (v, t), (t, t'), (vt, vt'), each over the items
-that have what the pair needs. Negatives are the other items of the batch,
-gathered from every process under DDP.
+Items, from one or more catalogs that share an encoder (cold items left out): the
+item-level multi-modal contrastive views of `dtrec.train.views`, negatives the
+other items of the batch.
 
 Sequences (`PretrainConfig.sequences`), as UniSRec pretrains across domains: every
 source's training histories also teach next-item prediction, the fine-tuning
@@ -37,116 +34,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from dtrec.config import PretrainConfig, resolve_negatives
 from dtrec.data.catalog import Dataset
 from dtrec.features import Features
-from dtrec.model.losses import cross_modal_accuracy, info_nce
-from dtrec.model.tower import DualTower, FeatureMismatchError, same_encoder
+from dtrec.model.losses import cross_modal_accuracy
+from dtrec.model.tower import DualTower
 from dtrec.sequences import build_examples
 from dtrec.train import distributed as D
 from dtrec.train.batching import BatchPlan, Collator
 from dtrec.train.checkpoint import init_from, merge_init_config
 from dtrec.train.finetune import FinetuneObjective, dataset_objective, evaluate_model
 from dtrec.train.loop import FitConfig, Task, fit, seed_everything, train_step
-
-
-def views_and_pairs(modalities: tuple[str, ...]) -> tuple[dict[str, tuple[str, ...]], list[tuple[str, str]]]:
-    """The views (name -> visible modalities) and the view pairs of the contrastive loss."""
-    if set(modalities) >= {"text", "image"}:
-        return ({"v": ("image",), "t": ("text",), "vt": ("text", "image")},
-                [("v", "v"), ("v", "t"), ("t", "t"), ("vt", "vt")])
-    return {"x": tuple(modalities)}, [("x", "x")]
-
-
-class PretrainObjective(nn.Module):
-    """Multi-view contrastive loss of a batch of items, as one module for DDP."""
-
-    def __init__(self, model: DualTower, info: D.DistInfo | None = None):
-        super().__init__()
-        self.model = model
-        self.info = info or D.DistInfo()
-        self.views, self.pairs = views_and_pairs(model.modalities)
-
-    def forward(self, values: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(mean loss, per-pair losses) for items `values[m]` (B, D_m), `present[m]` (B,)."""
-        model = self.model
-        b = next(iter(values.values())).shape[0]
-        names = list(self.views)
-        cat_v: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
-        cat_p: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
-        for name in names:
-            for _ in range(2):  # two dropout draws of each view
-                for m in model.modalities:
-                    keep = present[m] & (m in self.views[name])
-                    cat_v[m].append(values[m] * keep.unsqueeze(-1).to(values[m].dtype))
-                    cat_p[m].append(keep)
-        emb = model.encode_items({m: torch.cat(v) for m, v in cat_v.items()},
-                                 {m: torch.cat(p) for m, p in cat_p.items()})
-        chunks = emb.split(b)
-        first = {n: chunks[2 * i] for i, n in enumerate(names)}
-        second = {n: chunks[2 * i + 1] for i, n in enumerate(names)}
-        has = {n: torch.stack([present[m] for m in mods], 0) for n, mods in self.views.items()}
-        ok = {n: (h.all(0) if n != "vt" else h.any(0)) for n, h in has.items()}
-        if "x" in ok:
-            ok["x"] = has["x"].any(0)
-        losses, weights = [], []
-        for a, c in self.pairs:
-            za = D.all_gather_with_grad(first[a], self.info)
-            zc = D.all_gather_with_grad(second[c] if a == c else first[c], self.info)
-            valid = D.all_gather_no_grad(ok[a] & ok[c], self.info)
-            losses.append(info_nce(za, zc, model.config.temperature, valid))
-            weights.append((valid.sum() > 1).float())
-        stacked = torch.stack(losses)
-        w = torch.stack(weights)
-        # A pair with fewer than two valid items has no negatives and no signal: leave it out.
-        return (stacked * w).sum() / w.sum().clamp(min=1.0), stacked.detach()
-
-
-def check_sources(sources: list[tuple[Dataset | None, Features]]) -> None:
-    """Raise unless there is a source and all of them share one encoder and its dims."""
-    if not sources:
-        raise ValueError("pretraining needs at least one data set")
-    enc, dims = sources[0][1].encoder, sources[0][1].dims
-    for _, f in sources:
-        if not same_encoder(f.encoder, enc) or f.dims != dims:
-            raise FeatureMismatchError(
-                f"all pretraining data must share one encoder: {enc!r} {dims} vs {f.encoder!r} {f.dims}"
-            )
-
-
-def multimodal_table(sources: list[tuple[Dataset | None, Features]]) -> Features:
-    """The items of all sources that have every modality (cold items left out), stacked; all items when none has."""
-    check_sources(sources)
-    parts = []
-    for ds, f in sources:
-        keep = torch.ones(len(f), dtype=torch.bool)
-        for m in f.modalities:
-            keep &= f.present[m].cpu()
-        if ds is not None and ds.cold_items:
-            keep[torch.as_tensor(ds.cold_items, dtype=torch.long)] = False
-        parts.append(f.subset(keep.nonzero().flatten()))
-    if sum(len(p) for p in parts) < 2:
-        table, rows = item_table(sources)
-        return table.subset(rows)
-    return Features(parts[0].encoder, {m: torch.cat([p.values[m] for p in parts]) for m in parts[0].modalities},
-                    {m: torch.cat([p.present[m] for p in parts]) for m in parts[0].modalities})
-
-
-def item_table(sources: list[tuple[Dataset | None, Features]]) -> tuple[Features, list[int]]:
-    """All sources' features stacked into one table, and the rows to train on (cold items left out)."""
-    check_sources(sources)
-    enc, dims = sources[0][1].encoder, sources[0][1].dims
-    values: dict[str, list[Tensor]] = {m: [] for m in dims}
-    present: dict[str, list[Tensor]] = {m: [] for m in dims}
-    rows: list[int] = []
-    offset = 0
-    for ds, f in sources:
-        cold = set(ds.cold_items) if ds is not None else set()
-        rows.extend(offset + i for i in range(len(f)) if i not in cold)
-        for m in dims:
-            values[m].append(f.values[m])
-            present[m].append(f.present[m])
-        offset += len(f)
-    table = Features(enc, {m: torch.cat(v) for m, v in values.items()},
-                     {m: torch.cat(p) for m, p in present.items()})
-    return table, rows
+from dtrec.train.views import ItemViewObjective, check_sources, item_table, multimodal_table
 
 
 def cross_modal_eval(model: DualTower, table: Features, rows: list[int], limit: int = 1000) -> dict[str, float]:
@@ -174,7 +70,7 @@ class PretrainTask(Task):
 
     name = "pretrain"
 
-    def __init__(self, model: DualTower, trainer: nn.Module, objective: PretrainObjective,
+    def __init__(self, model: DualTower, trainer: nn.Module, objective: ItemViewObjective,
                  optimizer: torch.optim.Optimizer, loader: DataLoader, table: Features, rows: list[int],
                  config: PretrainConfig, device: torch.device, out: Path):
         self.model, self.trainer, self.objective, self.optimizer, self.loader = (
@@ -265,7 +161,7 @@ class MultiDomainObjective(nn.Module):
     """Next-item loss of one source's batch plus the weighted item-view loss, as one module for DDP."""
 
     def __init__(self, model: DualTower, sequence_objectives: list[FinetuneObjective],
-                 item_objective: PretrainObjective, item_weight: float):
+                 item_objective: ItemViewObjective, item_weight: float):
         super().__init__()
         self.model = model
         self.sequence_objectives = sequence_objectives  # a plain list: they share `model`, registered above
@@ -398,7 +294,7 @@ def _pretrain_sequences(sources: list[tuple[Dataset | None, Features]], config: 
         seq_objectives.append(dataset_objective(model, ds, table, seqs, resolve_negatives(config.negatives, len(f)),
                                                 config.num_negatives))
     item_rows = multimodal_table(sources).to(device)
-    objective = MultiDomainObjective(model, seq_objectives, PretrainObjective(model, info), config.item_weight)
+    objective = MultiDomainObjective(model, seq_objectives, ItemViewObjective(model, info), config.item_weight)
     trainer: nn.Module = objective
     if info.enabled:
         trainer = nn.parallel.DistributedDataParallel(
@@ -466,7 +362,7 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
     kept = set(rows)
     model.fit_feature_norm(table, exclude=[i for i in range(len(table)) if i not in kept])
     table = table.to(device)
-    objective = PretrainObjective(model, info)
+    objective = ItemViewObjective(model, info)
     trainer: nn.Module = objective
     if info.enabled:
         trainer = nn.parallel.DistributedDataParallel(
