@@ -139,6 +139,7 @@ class FinetuneConfig(TrainConfig):
     # as the encoders had them (docs/model.md, "Item views"). 0 = off.
     item_weight: float = 0.0
     item_batch_size: int = 512
+    item_pairs: str = ""  # the view pairs ("t-vt,vt-vt"); "" = pretraining's four (dtrec.train.views)
 
     def __post_init__(self):
         super().__post_init__()

@@ -101,7 +101,7 @@ class FinetuneObjective(nn.Module):
 
 def dataset_objective(model: DualTower, dataset: Dataset, table: Features, sequences: list[list[int]],
                       negatives: str, num_negatives: int, item_weight: float = 0.0, item_batch: int = 512,
-                      info: D.DistInfo | None = None) -> FinetuneObjective:
+                      info: D.DistInfo | None = None, item_pairs: str = "") -> FinetuneObjective:
     """The `FinetuneObjective` of one data set: its items as candidates (`negatives` already resolved), logQ
     frequencies from `sequences` when sampling, its cold-start items held out of all training, not even negatives;
     with `item_weight` > 0, the item views over its (non-cold) items that have every modality."""
@@ -113,7 +113,7 @@ def dataset_objective(model: DualTower, dataset: Dataset, table: Features, seque
         held_out[torch.as_tensor(dataset.cold_items, dtype=torch.long, device=device)] = True
     views = view_items = None
     if item_weight > 0:
-        views, view_items = ItemViewObjective(model, info), multimodal_table([(dataset, table)])
+        views, view_items = ItemViewObjective(model, info, item_pairs), multimodal_table([(dataset, table)])
     return FinetuneObjective(model, table, negatives, num_negatives, log_freq, held_out, views, view_items,
                              item_weight, item_batch)
 
@@ -228,7 +228,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     if not examples:
         raise ValueError("no training sequence has two items: nothing to learn from")
     objective = dataset_objective(model, dataset, table, seqs, config.negatives, config.num_negatives,
-                                  config.item_weight, config.item_batch_size, info)
+                                  config.item_weight, config.item_batch_size, info, config.item_pairs)
     params = trainable_parameters(model, config.freeze)  # before DDP, which hooks only what trains
     trainer: nn.Module = objective
     if info.enabled:

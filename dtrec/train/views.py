@@ -22,22 +22,33 @@ from dtrec.model.tower import DualTower, FeatureMismatchError, same_encoder
 from dtrec.train import distributed as D
 
 
-def views_and_pairs(modalities: tuple[str, ...]) -> tuple[dict[str, tuple[str, ...]], list[tuple[str, str]]]:
-    """The views (name -> visible modalities) and the view pairs of the contrastive loss."""
+def views_and_pairs(modalities: tuple[str, ...], pairs: str = "") -> tuple[dict[str, tuple[str, ...]],
+                                                                           list[tuple[str, str]]]:
+    """The views (name -> visible modalities) and the view pairs of the contrastive loss.
+
+    `pairs` ("t-vt,vt-vt") picks other pairs of the text + image views; "" gives the paper's four."""
     if set(modalities) >= {"text", "image"}:
-        return ({"v": ("image",), "t": ("text",), "vt": ("text", "image")},
-                [("v", "v"), ("v", "t"), ("t", "t"), ("vt", "vt")])
+        views = {"v": ("image",), "t": ("text",), "vt": ("text", "image")}
+        chosen = [("v", "v"), ("v", "t"), ("t", "t"), ("vt", "vt")]
+        if pairs:
+            chosen = [tuple(p.strip().split("-", 1)) for p in pairs.split(",") if p.strip()]
+            bad = [("-".join(p)) for p in chosen if len(p) != 2 or not set(p) <= set(views)]
+            if bad or not chosen:
+                raise ValueError(f"view pairs are two of {', '.join(views)} joined by '-', "
+                                 f"not {', '.join(bad) or pairs!r}")
+        # only the views some pair needs are encoded
+        return {n: m for n, m in views.items() if any(n in p for p in chosen)}, chosen
     return {"x": tuple(modalities)}, [("x", "x")]
 
 
 class ItemViewObjective(nn.Module):
     """Multi-view contrastive loss of a batch of items, as one module for DDP."""
 
-    def __init__(self, model: DualTower, info: D.DistInfo | None = None):
+    def __init__(self, model: DualTower, info: D.DistInfo | None = None, pairs: str = ""):
         super().__init__()
         self.model = model
         self.info = info or D.DistInfo()
-        self.views, self.pairs = views_and_pairs(model.modalities)
+        self.views, self.pairs = views_and_pairs(model.modalities, pairs)
 
     def forward(self, values: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(mean loss, per-pair losses) for items `values[m]` (B, D_m), `present[m]` (B,)."""
