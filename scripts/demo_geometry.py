@@ -19,14 +19,9 @@ from dtrec.data.catalog import Catalog
 from dtrec.features import load_features
 from dtrec.model import DualTower
 from dtrec.provenance import git_commit
+from item_content import item_content  # scripts/ is on the path when a script runs
 
 EXAMPLES = ("Star Wars (1977)", "Toy Story (1995)", "Fargo (1996)")
-
-
-def _hit_at_10(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Share of rows whose target scores within the top 10 (ties counted against it)."""
-    own = scores[torch.arange(len(targets)), targets].unsqueeze(1)
-    return float(((scores >= own).sum(1) <= 10).float().mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,19 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     feats = type(feats)(feats.encoder, {m: v.float() for m, v in feats.values.items()}, feats.present)
     with torch.no_grad():
         emb = model.item_embeddings(feats)
-        n = emb.shape[0]
-        cos = emb @ emb.T
-        mean_cos = float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
-        # An item's own text, as a text-only item through the item tower, among the catalog's embeddings
-        # (text + image), against the raw text features among the catalog's raw text features.
-        has_text = feats.present["text"]
-        text_only = type(feats)(feats.encoder, {m: (v if m == "text" else torch.zeros_like(v))
-                                                for m, v in feats.values.items()},
-                                {m: (p if m == "text" else torch.zeros_like(p)) for m, p in feats.present.items()})
-        own = torch.arange(n)[has_text]
-        tower_hit = _hit_at_10(model.item_embeddings(text_only)[own] @ emb.T, own)
-        raw = torch.nn.functional.normalize(feats.values["text"], dim=-1)
-        raw_hit = _hit_at_10(raw[own] @ raw[has_text].T, torch.arange(len(own)))
+        content = item_content(model, feats)
         histories = json.loads((demo / "histories.json").read_text())
         row = {str(i): j for j, i in enumerate(items["id"])}
         hs = [[row[str(i)] for i in (h["items"] if isinstance(h, dict) else h) if str(i) in row] for h in histories]
@@ -75,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             examples[title] = [items["title"][int(j)] for j in s.topk(5).indices]
     counts = pd.Series([1 for h in hs for _ in h]).groupby([i for h in hs for i in h]).sum()
     popular = [items["title"][int(j)] for j in counts.sort_values(ascending=False).index[:10]]
-    out = {"demo": str(demo), "n_items": n, "item_mean_pairwise_cosine": mean_cos,
-           "own_text_hit@10": {"item_tower": tower_hit, "raw_text_features": raw_hit},
+    out = {"demo": str(demo), "n_items": content["n_items"],
+           "item_mean_pairwise_cosine": content["item_mean_pairwise_cosine"],
+           "own_text_hit@10": {"item_tower": content["own_text_hit@10_item_tower"],
+                               "raw_text_features": content["own_text_hit@10_raw_text"]},
            "histories": len(hs), "last_item_first": echo, "last_item_first_cosine": echo_cosine,
            "one_movie_top5": examples,
            "most_frequent_in_histories": popular,
