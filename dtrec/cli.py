@@ -266,6 +266,9 @@ def _add_baseline_flags(b: argparse.ArgumentParser) -> None:
                    help="sasrec: batches of similar history length (default: on, as dtrec fine-tuning)")
     b.add_argument("--pad-multiple", type=int, default=None,
                    help="sasrec: round batch widths up to a multiple (default 1; fewer shapes on a GPU)")
+    b.add_argument("--prefixes", action=argparse.BooleanOptionalAction, default=None,
+                   help="sasrec: train as RecBole does, one example per prefix with its loss at the last position "
+                        "(default: causal windows, every position predicting)")
     b.add_argument("--dropout", type=float, default=None)
     b.add_argument("--attn-dropout", type=float, default=None)
     b.add_argument("--max-len", type=int, default=None)
@@ -318,7 +321,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
                                           "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "repeat_bias",
-                                          "group_by_length", "pad_multiple", "device", "encoder", "query")}
+                                          "group_by_length", "pad_multiple", "prefixes", "device", "encoder",
+                                          "query")}
     flags = get_baseline(args.kind).flags
     if flags is not None:  # a kind that takes few of these flags ignores the others
         opts = {k: v for k, v in opts.items() if k in flags}

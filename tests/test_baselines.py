@@ -10,7 +10,8 @@ import torch
 
 from dtrec.baselines import load_baseline
 from dtrec.baselines.popularity import PopularityModel
-from dtrec.baselines.sasrec import SASRec, SASRecConfig, SASRecTrainConfig, train_sasrec, training_windows
+from dtrec.baselines.sasrec import (SASRec, SASRecConfig, SASRecTrainConfig, train_sasrec, training_prefixes,
+                                   training_windows)
 from dtrec.cli import main
 from dtrec.config import checkpoint_type
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
@@ -62,15 +63,33 @@ def test_training_windows_cover_every_target_once():
     assert torch.all(x[~keep] == 0)
 
 
-def test_sasrec_learns_a_planted_pattern():
-    torch.manual_seed(0)
-    ds = _planted(n_users=160, length=8)
-    cfg = SASRecConfig(num_items=40, hidden=32, n_layers=1, dropout=0.1, attn_dropout=0.1, max_len=8)
-    train = SASRecTrainConfig(epochs=12, lr=1e-2, batch_size=32, patience=3, device="cpu", seed=0)
-    model, report = train_sasrec(ds, cfg, train, progress=False)
-    res = evaluate(model.scores, ds.eval_cases("test"))
-    assert res["recall@10"] >= 0.9, res
-    assert report["valid"]["ndcg@10"] == max(e["valid"]["ndcg@10"] for e in report["log"])
+def test_training_prefixes_are_recboles_examples():
+    seq = list(range(12))
+    x, y = training_prefixes([seq, [5], [3, 4]], max_len=4)
+    assert x.shape == y.shape == (11 + 1, 4)
+    assert torch.all(y[:, :-1] == 0)  # the loss only at the last position
+    assert sorted(int(t) - 1 for t in y[:, -1]) == sorted(list(range(1, 12)) + [4])
+    # the prefix before target 9 is its last four items, left-padded prefixes for the first targets
+    row = int((y[:, -1] == 9 + 1).nonzero())
+    assert x[row].tolist() == [6, 7, 8, 9]  # items 5..8, as rows (item + 1)
+    row = int((y[:, -1] == 1 + 1).nonzero())
+    assert x[row].tolist() == [0, 0, 0, 1]  # item 0 alone, after padding
+    # every example's last input is the item just before its target in these consecutive sequences
+    assert torch.all(y[:, -1] - x[:, -1] == 1)
+
+
+def test_sasrec_learns_a_planted_pattern_from_either_layout():
+    for prefixes in (False, True):
+        torch.manual_seed(0)
+        ds = _planted(n_users=160, length=8)
+        cfg = SASRecConfig(num_items=40, hidden=32, n_layers=1, dropout=0.1, attn_dropout=0.1, max_len=8)
+        train = SASRecTrainConfig(epochs=12, lr=1e-2, batch_size=32, patience=3, device="cpu", seed=0,
+                                  prefixes=prefixes)
+        model, report = train_sasrec(ds, cfg, train, progress=False)
+        res = evaluate(model.scores, ds.eval_cases("test"))
+        assert res["recall@10"] >= 0.9, (prefixes, res)
+        assert report["valid"]["ndcg@10"] == max(e["valid"]["ndcg@10"] for e in report["log"])
+        assert report["train"]["prefixes"] is prefixes
 
 
 def test_sasrec_with_the_repeat_term_learns_to_rank_history_down_and_reloads(tmp_path):

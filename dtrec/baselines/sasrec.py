@@ -59,6 +59,9 @@ class SASRecTrainConfig:
     seed: int = 42
     eval_batch_size: int = 1024
     device: str | None = None
+    # RecBole's training data: one example per prefix of each sequence, its loss at the last position only
+    # (`training_prefixes`). Off: the causal windows every position of which predicts (`training_windows`).
+    prefixes: bool = False
 
 
 class SASRec(nn.Module, PyTorchModelHubMixin):
@@ -166,6 +169,19 @@ def training_windows(sequences: list[list[int]], max_len: int) -> tuple[torch.Te
     return x, rows[:, 1:].masked_fill(x == 0, 0)
 
 
+def training_prefixes(sequences: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) as RecBole's sequential data: one left-padded example per prefix of every sequence
+    (its last `max_len` items) with a target only at the last position; every next-item target once."""
+    inputs = [s[max(0, t - max_len):t] for s in sequences for t in range(1, len(s))]
+    if not inputs:
+        raise ValueError("no training sequence has two or more items: nothing to train SASRec on")
+    targets = torch.tensor([s[t] + 1 for s in sequences for t in range(1, len(s))])
+    x = pad(inputs, max_len, left=True) + 1  # item i is row i + 1, 0 is padding
+    y = torch.zeros_like(x)
+    y[:, -1] = targets
+    return x, y
+
+
 def trim_padding(x: torch.Tensor, y: torch.Tensor, pad_multiple: int,
                  max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded windows without the columns that are padding in every row (width rounded up to `pad_multiple`)."""
@@ -244,7 +260,8 @@ def train_sasrec(
         raise ValueError(f"config has {config.num_items} items but the data set has {len(dataset.catalog)}")
     seed_everything(train.seed)
     device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    windows = training_windows(dataset.train_sequences(), config.max_len)
+    layout = training_prefixes if train.prefixes else training_windows
+    windows = layout(dataset.train_sequences(), config.max_len)
     model = SASRec(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     task = SASRecTask(model, opt, windows, dataset.eval_cases("valid"), train, device)
