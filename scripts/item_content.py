@@ -5,6 +5,8 @@ usage: python scripts/item_content.py --checkpoint RUN/dtrec --data DIR [--out F
 - own-text hit@10: an item's text alone, as a text-only item through the item tower, finds that item
   (all its modalities) in its top 10 among the catalog; the yardstick is the raw text features among
   the catalog's raw text features (ties counted against the item);
+- the same over the data set's cold-start items only, when it has some: held out of all training, the
+  item views included, they show whether the tower learnt to keep content or only these items';
 - the item embeddings' mean pairwise cosine (a cone when near 1).
 Cross-modal alignment (text-only -> image-only retrieval) is `scripts/alignment.py`'s. Prints the numbers as JSON and writes them with provenance to `--out` when given.
 """
@@ -39,8 +41,9 @@ def only(features: Features, keep: str) -> Features:
 
 
 @torch.no_grad()
-def item_content(model: DualTower, features: Features) -> dict[str, float | int]:
-    """Own-text hit@10 through the item tower and of the raw text features, and the mean pairwise cosine."""
+def item_content(model: DualTower, features: Features, cold: list[int] | None = None) -> dict[str, float | int]:
+    """Own-text hit@10 through the item tower and of the raw text features (also over the `cold` items alone,
+    each still searched for among the whole catalog), and the mean pairwise cosine."""
     model = model.float().eval()
     feats = Features(features.encoder, {m: v.float() for m, v in features.values.items()}, features.present)
     emb = model.item_embeddings(feats)
@@ -52,8 +55,15 @@ def item_content(model: DualTower, features: Features) -> dict[str, float | int]
     own = torch.arange(n)[has_text]
     text_only = model.item_embeddings(only(feats, "text"))
     out["own_text_hit@10_item_tower"] = hit_at_10(text_only[own] @ emb.T, own)
-    raw = torch.nn.functional.normalize(feats.values["text"][has_text], dim=-1)
-    out["own_text_hit@10_raw_text"] = hit_at_10(raw @ raw.T, torch.arange(len(own)))
+    raw = torch.nn.functional.normalize(feats.values["text"], dim=-1)
+    out["own_text_hit@10_raw_text"] = hit_at_10(raw[own] @ raw[has_text].T, torch.arange(len(own)))
+    if cold:
+        rows = torch.tensor([i for i in cold if bool(has_text[i])], dtype=torch.long)
+        # the raw yardstick searches among the items with a text; a row's place there is its rank among them
+        place = torch.cumsum(has_text.long(), 0) - 1
+        out["cold_items"] = len(rows)
+        out["cold_own_text_hit@10_item_tower"] = hit_at_10(text_only[rows] @ emb.T, rows)
+        out["cold_own_text_hit@10_raw_text"] = hit_at_10(raw[rows] @ raw[has_text].T, place[rows])
     return out
 
 
@@ -65,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     model = DualTower.from_pretrained(str(checkpoint_folder(args.checkpoint, ("config.json", "model.safetensors"))))
-    _, features = load_dataset_features(args.data, model.config.encoder)
-    out: dict = item_content(model, features.select(model.modalities))
+    dataset, features = load_dataset_features(args.data, model.config.encoder)
+    out: dict = item_content(model, features.select(model.modalities), dataset.cold_items)
     print(json.dumps(out, indent=2))
     if args.out:
         out["provenance"] = {"commit": git_commit(),

@@ -56,7 +56,7 @@ def test_an_image_the_text_knows_nothing_about_lowers_the_tower_hit(tmp_path):
     assert out["own_text_hit@10_item_tower"] < 0.5 < out["own_text_hit@10_raw_text"]
     # the command line on a prepared data set and a training run's folder
     catalog = Catalog([Item(id=str(i), title=f"t{i}", text="") for i in range(len(f))])
-    ds = Dataset(catalog, Interactions(["u"], [[0, 1, 2]]), name="x")
+    ds = Dataset(catalog, Interactions(["u"], [[0, 1, 2]]), name="x", cold_items=[5, 6, 7])
     ds.save(tmp_path / "d")
     Features(f.encoder, f.values, f.present, ds.catalog.fingerprint()).save(cache_path(tmp_path / "d", "synthetic"))
     model.save_pretrained(tmp_path / "run" / "best")
@@ -64,4 +64,7 @@ def test_an_image_the_text_knows_nothing_about_lowers_the_tower_hit(tmp_path):
                               "--out", str(tmp_path / "o.json")]) == 0
     saved = json.loads((tmp_path / "o.json").read_text())
     assert saved["own_text_hit@10_item_tower"] == out["own_text_hit@10_item_tower"]
+    assert saved["cold_items"] == 3 and saved["cold_own_text_hit@10_raw_text"] == 1.0
+    assert saved["cold_own_text_hit@10_item_tower"] == item_content.item_content(model, f, [5, 6, 7])[
+        "cold_own_text_hit@10_item_tower"]
     assert "item_content.py" in saved["provenance"]["command"]
