@@ -83,7 +83,20 @@ def golden_runs(tmp: Path) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+# The causal run's step (lr 0.1) collapses the model so that several items score exactly alike; which ties
+# hold depends on the CPU model's last-bit rounding, which the ISA pin does not fix across CPU models (the
+# losses agree to 1e-4 on every machine tried). Its ranking metrics are compared to within two of its 40 users.
+TIE_SENSITIVE = "golden.finetune_causal."
+TIE_METRICS = ("last_item_first", "mrr", "ndcg@10", "ndcg@50", "recall@10", "recall@50")
+
+
 def _close(got: Any, want: Any, where: str) -> None:
+    if where.startswith(TIE_SENSITIVE) and where.rsplit(".", 1)[-1].removeprefix("valid_") in TIE_METRICS:
+        assert abs(got - want) <= 0.06, (where, got, want)
+        return
+    if where.startswith(TIE_SENSITIVE) and where.endswith("n_tied"):
+        assert abs(got - want) <= 5, (where, got, want)
+        return
     if isinstance(want, dict):
         assert isinstance(got, dict) and set(got) == set(want), (where, sorted(got), sorted(want))
         for k in want:
