@@ -136,7 +136,7 @@ class FinetuneConfig(TrainConfig):
     freeze: str = ""
     # The item-level multi-modal views (dtrec.train.views) beside the next-item loss, with this weight, over
     # `item_batch_size` items a step: they keep an item's text-only, image-only and full embeddings together,
-    # as the encoders had them (docs/model.md, "Item views"). 0 = off.
+    # as the encoders had them (docs/model.md, "Item views in fine-tuning"). 0 = off.
     item_weight: float = 0.0
     item_batch_size: int = 512
     item_pairs: str = ""  # the view pairs ("t-vt,vt-vt"); "" = pretraining's four (dtrec.train.views)

@@ -3,7 +3,7 @@ beside the next-item loss (`FinetuneConfig.item_weight`) keeps an item's modalit
 
 from __future__ import annotations
 
-import dataclasses
+import json
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ from dtrec.model import DualTower
 from dtrec.train import distributed as D
 from dtrec.train.finetune import FinetuneObjective, dataset_objective, finetune
 from dtrec.train.pretrain import cross_modal_eval
-from dtrec.train.views import ItemViewObjective, multimodal_table
+from dtrec.train.views import ItemViewObjective, multimodal_table, views_and_pairs
 
 
 def test_multimodal_table_takes_items_with_every_modality_and_no_cold_ones():
@@ -106,7 +106,18 @@ def test_item_weight_needs_views_and_is_checked():
         FinetuneConfig(model=model.config, item_weight=-1.0)
     with pytest.raises(ValueError, match="item_batch_size"):
         FinetuneConfig(model=model.config, item_weight=1.0, item_batch_size=1)
-    assert isinstance(ItemViewObjective(model).pairs, list)
+
+
+def test_view_pairs_encode_only_the_views_they_need_and_refuse_unknown_ones():
+    views, pairs = views_and_pairs(("text", "image"), "t-vt, vt-vt")
+    assert pairs == [("t", "vt"), ("vt", "vt")] and set(views) == {"t", "vt"}
+    assert views_and_pairs(("text", "image"))[1] == [("v", "v"), ("v", "t"), ("t", "t"), ("vt", "vt")]
+    for bad in ("t-x", "t", ","):
+        with pytest.raises(ValueError, match="view pairs"):
+            views_and_pairs(("text", "image"), bad)
+    ds, f = _paired_planted()
+    model = DualTower(tiny_model_config(f, tower="adaptor"))
+    assert ItemViewObjective(model, pairs="t-vt").pairs == [("t", "vt")]
 
 
 @pytest.mark.slow
@@ -124,4 +135,5 @@ def test_fine_tuning_with_item_views_aligns_text_with_image(tmp_path):
     # a random item tower matches text to image at chance (1/50); the next-item loss alone does not align them
     assert aligned[1.0] >= 0.6
     assert aligned[1.0] >= aligned[0.0] + 0.3, aligned
-    assert dataclasses.asdict(cfg)["item_weight"] == 1.0
+    recorded = json.loads((tmp_path / "1.0" / "train_config.json").read_text())["config"]
+    assert recorded["item_weight"] == 1.0 and recorded["item_batch_size"] == 32

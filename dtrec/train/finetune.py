@@ -38,7 +38,7 @@ class FinetuneObjective(nn.Module):
 
     With `views` (an `ItemViewObjective`) and `item_weight` > 0, each step adds the item views' loss over
     `item_batch` items drawn afresh from `view_items`, weighted: the next-item loss alone lets the item
-    tower forget what the frozen encoders know about content (docs/model.md, "Item views")."""
+    tower forget what the frozen encoders know about content (docs/model.md, "Item views in fine-tuning")."""
 
     def __init__(self, model: DualTower, table: Features, negatives: str = "all", num_negatives: int = 1024,
                  item_log_freq: Tensor | None = None, held_out: Tensor | None = None,
