@@ -163,6 +163,7 @@ class PretrainConfig(TrainConfig):
     sequence_batch_size: int = 256
     steps_per_epoch: int = 0  # sequence batches per epoch (0: one pass over every source's histories)
     item_weight: float = 1.0  # the item views' loss beside the sequence loss
+    item_pairs: str = ""  # the view pairs ("t-vt,vt-vt"); "" = the paper's four (dtrec.train.views)
     negatives: str = "auto"  # sequence candidates of each source, resolved by its catalog size
     num_negatives: int = 1024
     valid_users: int = 1000  # validation histories per source (sequence pretraining; 0: all)

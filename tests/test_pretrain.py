@@ -138,6 +138,18 @@ def test_pretraining_across_domains_transfers_a_planted_rule_zero_shot(tmp_path)
     assert rows[-1]["loss_sequence"] < rows[0]["loss_sequence"]
 
 
+def test_item_pairs_choose_the_views_pretraining_contrasts(tmp_path):
+    sources = [rule_domain("a", 1, image=True), rule_domain("b", 2)]
+    pretrain(sources, tiny_pretrain_config(epochs=1, steps_per_epoch=2, item_pairs="t-vt,vt-vt"), tmp_path,
+             progress=False)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert {k for k in row if k.startswith("loss_") and k != "loss_sequence"} >= {"loss_t_vt", "loss_vt_vt"}
+    assert "loss_v_t" not in row and "loss_t_t" not in row
+    assert json.loads((tmp_path / "train_config.json").read_text())["config"]["item_pairs"] == "t-vt,vt-vt"
+    with pytest.raises(ValueError, match="view pairs"):
+        pretrain(sources, tiny_pretrain_config(epochs=1, item_pairs="t-x"), tmp_path / "bad", progress=False)
+
+
 def test_resumed_sequence_pretraining_matches_an_uninterrupted_run(tmp_path):
     sources = [rule_domain("a", 1, image=False), rule_domain("b", 2, image=True)]
     cfg = tiny_pretrain_config(epochs=3, steps_per_epoch=4, batch_size=8)

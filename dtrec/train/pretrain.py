@@ -294,7 +294,8 @@ def _pretrain_sequences(sources: list[tuple[Dataset | None, Features]], config: 
         seq_objectives.append(dataset_objective(model, ds, table, seqs, resolve_negatives(config.negatives, len(f)),
                                                 config.num_negatives))
     item_rows = multimodal_table(sources).to(device)
-    objective = MultiDomainObjective(model, seq_objectives, ItemViewObjective(model, info), config.item_weight)
+    objective = MultiDomainObjective(model, seq_objectives, ItemViewObjective(model, info, config.item_pairs),
+                                     config.item_weight)
     trainer: nn.Module = objective
     if info.enabled:
         trainer = nn.parallel.DistributedDataParallel(
@@ -362,7 +363,7 @@ def _pretrain(sources, config: PretrainConfig, out: Path, progress: bool, record
     kept = set(rows)
     model.fit_feature_norm(table, exclude=[i for i in range(len(table)) if i not in kept])
     table = table.to(device)
-    objective = ItemViewObjective(model, info)
+    objective = ItemViewObjective(model, info, config.item_pairs)
     trainer: nn.Module = objective
     if info.enabled:
         trainer = nn.parallel.DistributedDataParallel(
