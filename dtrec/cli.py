@@ -269,6 +269,8 @@ def _add_baseline_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("--prefixes", action=argparse.BooleanOptionalAction, default=None,
                    help="sasrec: train as RecBole does, one example per prefix with its loss at the last position "
                         "(default: causal windows, every position predicting)")
+    b.add_argument("--positions", choices=("end", "start"), default=None,
+                   help="sasrec: position 0 at the newest item (end, default) or, as RecBole, at the oldest (start)")
     b.add_argument("--dropout", type=float, default=None)
     b.add_argument("--attn-dropout", type=float, default=None)
     b.add_argument("--max-len", type=int, default=None)
@@ -321,7 +323,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
                                           "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "repeat_bias",
-                                          "group_by_length", "pad_multiple", "prefixes", "device", "encoder",
+                                          "group_by_length", "pad_multiple", "prefixes", "positions", "device", "encoder",
                                           "query")}
     flags = get_baseline(args.kind).flags
     if flags is not None:  # a kind that takes few of these flags ignores the others

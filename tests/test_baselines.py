@@ -108,6 +108,29 @@ def test_sasrec_with_the_repeat_term_learns_to_rank_history_down_and_reloads(tmp
     assert back.config.repeat_bias and torch.allclose(back.scores(h), model.scores(h))
 
 
+def test_sasrec_positions_count_from_the_newest_or_as_recbole_from_the_oldest_item(tmp_path):
+    inputs = {}
+    for positions in ("end", "start"):
+        torch.manual_seed(0)
+        model = SASRec(SASRecConfig(num_items=9, hidden=16, max_len=5, positions=positions)).eval()
+        model.emb_norm.register_forward_hook(lambda m, args, out, p=positions: inputs.__setitem__(p, args[0]))
+        seq = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])  # rows: item index + 1, 0 = padding
+        model(seq)
+        e, p = model.item_emb.weight, model.pos_emb.weight
+        if positions == "end":  # the newest item at the last place, in every row
+            torch.testing.assert_close(inputs[positions][0, 2:], e[[3, 4]] + p[[3, 4]])
+            torch.testing.assert_close(inputs[positions][1], e[[1, 2, 3, 4]] + p[[1, 2, 3, 4]])
+        else:  # the oldest real item at place 0, however much padding precedes it
+            torch.testing.assert_close(inputs[positions][0, 2:], e[[3, 4]] + p[[0, 1]])
+            torch.testing.assert_close(inputs[positions][1], e[[1, 2, 3, 4]] + p[[0, 1, 2, 3]])
+            # trimming padding columns (as training batches do) changes nothing
+            torch.testing.assert_close(model(seq[:1, 2:])[0, -1], model(seq[:1])[0, -1])
+            model.save_pretrained(tmp_path / "s")
+            assert load_baseline(tmp_path / "s").config.positions == "start"
+    with pytest.raises(ValueError, match="positions"):
+        SASRecConfig(num_items=9, positions="middle")
+
+
 def test_sasrec_scores_are_finite_for_empty_and_long_histories():
     model = SASRec(SASRecConfig(num_items=7, hidden=16, max_len=4)).eval()
     s = model.scores([[], list(range(7)) * 3, [1]])

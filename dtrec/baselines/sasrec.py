@@ -42,7 +42,14 @@ class SASRecConfig:
     attn_dropout: float = 0.5
     max_len: int = 50
     repeat_bias: bool = False  # dtrec's repeat term (dtrec/model/repeat.py), for a like-with-like comparison
+    # Where position 0 is: "end" counts back from the newest item, which always sits at the last place;
+    # "start" counts from the oldest item of the window, as RecBole does (its sequences are right-padded).
+    positions: str = "end"
     model_type: str = "sasrec"
+
+    def __post_init__(self):
+        if self.positions not in ("end", "start"):
+            raise ValueError(f"positions must be 'end' or 'start', not {self.positions!r}")
 
 
 @dataclass
@@ -109,8 +116,10 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, hidden) of left-padded `seq` (B, L) of rows (item index + 1, 0 = pad)."""
         L = seq.shape[1]
-        pos = torch.arange(self.config.max_len - L, self.config.max_len, device=seq.device)
-        x = self.item_emb(seq) + self.pos_emb(pos).unsqueeze(0)
+        pos = torch.arange(self.config.max_len - L, self.config.max_len, device=seq.device).unsqueeze(0)
+        if self.config.positions == "start":  # the first real item of each row at 0; padding clamped there too
+            pos = (torch.arange(L, device=seq.device).unsqueeze(0) - (seq == 0).sum(1, keepdim=True)).clamp(min=0)
+        x = self.item_emb(seq) + self.pos_emb(pos)
         x = self.emb_drop(self.emb_norm(x))
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), diagonal=1)
         # Causal mask plus padding keys; every position may still see itself so that a
