@@ -228,6 +228,8 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--ties", choices=TIES, default=DEFAULT_TIES,
                    help="a target tied with other items gets the expected credit of a random tie-break "
                         "(default) or ranks below them all (pessimistic)")
+    e.add_argument("--standard-error", action="store_true",
+                   help="also each metric's standard error over the split's users (the test-set noise of one run)")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--quiet", action="store_true", help="no progress bar (default: one on stderr when a terminal)")
     e.set_defaults(func=_cmd_evaluate)
@@ -296,14 +298,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     res = evaluate_checkpoint(resolve_checkpoint(args.checkpoint), args.data, encoder=args.encoder,
                               batch_size=args.batch_size, device=args.device, progress=False if args.quiet else None,
-                              exclude_history=args.exclude_history, ties=args.ties)
+                              exclude_history=args.exclude_history, ties=args.ties,
+                              standard_error=args.standard_error)
     protocol = "serving (history hidden)" if args.exclude_history else "reference (nothing hidden)"
     if args.json:
         print(json.dumps(_json_safe(res), allow_nan=False))
     else:
         print(f"protocol: {protocol}, ties {args.ties}")
         for split, m in res.items():
-            nums = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+            se = m.get("se", {})
+            nums = "  ".join(f"{k} {v:.4f}" + (f" ± {se[k]:.4f}" if k in se else "")
+                             for k, v in m.items() if isinstance(v, float))
             print(f"{split:>10} (n={m['n']}, {m['n_tied']} tied): {nums}"
                   + (f"  [{m['note']}]" if "note" in m else ""))
     return 0

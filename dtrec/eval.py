@@ -115,6 +115,7 @@ def evaluate(
     progress: bool | None = False,
     desc: str = "evaluate",
     ties: str = DEFAULT_TIES,
+    standard_error: bool = False,
 ) -> dict[str, float]:
     """Mean full-ranking metrics of `score_fn(histories) -> (B, N)` over `(history, target)` cases.
 
@@ -127,12 +128,15 @@ def evaluate(
     Besides the metrics: `n` cases, `n_tied` cases whose target ties with another item, and
     `last_item_first`, the share of cases whose last history item scores above every other
     item (before any hiding): how often a model just echoes what the user had last.
+    With `standard_error`, also `se`: each metric's standard error over the cases (their sample
+    standard deviation / sqrt(n)), the test-set noise that one run's number carries.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     cases = list(cases)
     keys = metric_keys(ks)
     sums = {k: 0.0 for k in keys}
+    squares = {k: 0.0 for k in keys}
     n_tied = echoed = 0
     batches = range(0, len(cases), batch_size)
     if progress is not False:
@@ -169,9 +173,14 @@ def evaluate(
         n_tied += int((tied > 0).sum())
         for k in keys:
             sums[k] += float(m[k].sum())
+            squares[k] += float((m[k] * m[k]).sum())
     n = len(cases)
     result: dict = {k: (sums[k] / n if n else math.nan) for k in keys}
     result["last_item_first"] = echoed / n if n else math.nan
     result["n"] = n
     result["n_tied"] = n_tied
+    if standard_error:
+        # the sample variance from the two sums (float64 per case: no cancellation at these sizes)
+        result["se"] = {k: math.sqrt(max(squares[k] - sums[k] ** 2 / n, 0.0) / (n - 1) / n) if n > 1 else math.nan
+                        for k in keys}
     return result

@@ -68,12 +68,14 @@ def evaluate_checkpoint(
     progress: bool | None = False,
     exclude_history: bool = False,
     ties: str = DEFAULT_TIES,
+    standard_error: bool = False,
 ) -> dict[str, dict]:
     """{"valid", "test"[, "cold_start"]} full-ranking metrics of a checkpoint; cold_start iff the data has cold items.
 
     `exclude_history` scores with each user's history hidden (the serving protocol); the
     default hides nothing (the reference protocol of published sequential results). Each split
-    names its `protocol` ("reference" | "serving") and `ties` rule.
+    names its `protocol` ("reference" | "serving") and `ties` rule. `standard_error` adds each
+    metric's standard error over the split's users (`se`, see `dtrec.eval.evaluate`).
     """
     dataset = Dataset.load(data_dir)
     if not len(dataset.interactions):
@@ -81,7 +83,8 @@ def evaluate_checkpoint(
                          "again with --interactions; its extracted features are kept)")
     kind, score_fn = load_scorer(checkpoint, data_dir, encoder=encoder, device=device)
     out: dict[str, dict] = {}
-    opts = {"batch_size": batch_size, "progress": progress, "exclude_history": exclude_history, "ties": ties}
+    opts = {"batch_size": batch_size, "progress": progress, "exclude_history": exclude_history, "ties": ties,
+            "standard_error": standard_error}
     for split in ("valid", "test"):
         out[split] = evaluate(score_fn, dataset.eval_cases(split), desc=f"evaluate {split}", **opts)
     if dataset.cold_items:

@@ -81,6 +81,22 @@ def test_batching_gives_the_same_result_as_one_batch():
     assert 0 < one["mrr"] < 1
 
 
+def test_standard_error_is_the_per_case_spread_over_sqrt_n_in_any_batching():
+    rng = random.Random(3)
+    cases = [([rng.randrange(30) for _ in range(rng.randrange(1, 6))], rng.randrange(30)) for _ in range(41)]
+    fn = _hashed_scores(30)
+    res = evaluate(fn, cases, batch_size=6, standard_error=True)
+    assert "se" not in evaluate(fn, cases)  # off by default: the output's keys stay as they were
+    scores = fn([h for h, _ in cases])
+    per_case = rank_metrics(scores, torch.tensor([t for _, t in cases]))
+    for k in METRIC_KEYS:
+        v = per_case[k]
+        assert res[k] == pytest.approx(float(v.mean()))
+        assert res["se"][k] == pytest.approx(float(v.std(unbiased=True)) / math.sqrt(len(cases)))
+    assert res["se"]["mrr"] > 0
+    assert math.isnan(evaluate(fn, cases[:1], standard_error=True)["se"]["mrr"])  # one case has no spread
+
+
 def test_exclude_history_removes_seen_items():
     # item 0 always scores highest; it is in the history, so excluding it lifts the target to rank 0
     fn = lambda hs: torch.tensor([[5.0, 1.0, 0.0]] * len(hs))  # noqa: E731
@@ -115,6 +131,10 @@ def test_evaluate_json_contract_and_cold_start_key(tmp_path, capsys, cold):
     out = capsys.readouterr().out
     res = json.loads(out)  # exactly one JSON object, nothing else on stdout
     assert set(res) == ({"valid", "test", "cold_start"} if cold else {"valid", "test"})
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "pop"), "--data", str(tmp_path / "data"), "--json",
+                 "--standard-error"]) == 0
+    with_se = json.loads(capsys.readouterr().out)
+    assert with_se["test"]["ndcg@10"] == res["test"]["ndcg@10"] and 0 < with_se["test"]["se"]["mrr"] < 1
     for split in res.values():
         for k in METRIC_KEYS:
             assert isinstance(split[k], float) and 0.0 <= split[k] <= 1.0
