@@ -134,6 +134,9 @@ class FinetuneConfig(TrainConfig):
     # Comma-separated top-level modules held at their init, e.g. "sequence_encoder": UniSRec's inductive
     # fine-tuning trains only the item adaptor on a new domain. "" trains everything.
     freeze: str = ""
+    # Comma-separated top-level modules left at their fresh initialisation when starting from an init, e.g.
+    # "item_adaptor": the pretrained sequence encoder with a new catalog's own adaptor (docs/pretraining.md).
+    reinit: str = ""
     # The item-level multi-modal views (dtrec.train.views) beside the next-item loss, with this weight, over
     # `item_batch_size` items a step: they keep an item's text-only, image-only and full embeddings together,
     # as the encoders had them (docs/model.md, "Item views in fine-tuning"). 0 = off.

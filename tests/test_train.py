@@ -383,6 +383,43 @@ def test_finetune_can_hold_the_sequence_encoder_at_its_init(tmp_path):
     assert any(k.startswith("item_adaptor.adaptor.") for k in moved)
 
 
+def test_finetune_can_take_the_sequence_encoder_from_the_init_and_a_fresh_adaptor(tmp_path):
+    """`reinit="item_adaptor"`: the init's user side, a new adaptor with this catalog's own statistics."""
+    ds, f = planted_dataset(n_items=30, n_users=60)
+    arch = dict(tower="adaptor", n_experts=2)
+    torch.manual_seed(0)
+    init = DualTower(tiny_model_config(f, **arch))
+    init.fit_feature_norm(Features(f.encoder, {m: 4.0 + 2.0 * v for m, v in f.values.items()}, f.present))
+    with torch.no_grad():  # an init adaptor no fresh one could be mistaken for
+        for p in init.item_adaptor.parameters():
+            p.mul_(100.0)
+    init.save_pretrained(tmp_path / "init")
+    cfg = tiny_finetune_config(f, model=arch, epochs=1, reinit="item_adaptor", freeze="sequence_encoder")
+    finetune(ds, f, cfg, tmp_path / "out", init=tmp_path / "init", progress=False)
+    tuned = DualTower.from_pretrained(str(tmp_path / "out" / "best"))
+    before = init.state_dict()
+    after = tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("sequence_encoder."))
+    big = max(float(p.detach().abs().max()) for p in init.item_adaptor.adaptor.parameters())
+    assert max(float(p.detach().abs().max()) for p in tuned.item_adaptor.adaptor.parameters()) < big / 10
+    for m in f.modalities:  # a fresh adaptor is fitted on this catalog, not given the init's statistics
+        assert torch.allclose(tuned.item_adaptor.norm[m].mean, f.values[m].mean(0), atol=1e-5)
+    notes = json.loads((tmp_path / "out" / "train_config.json").read_text())["init_notes"]
+    assert any("item_adaptor re-initialised" in n for n in notes)
+
+
+def test_reinit_needs_an_init_and_a_module_the_model_has(tmp_path):
+    ds, f = planted_dataset(n_items=20, n_users=30)
+    arch = dict(tower="adaptor")
+    with pytest.raises(ValueError, match="needs an init checkpoint"):
+        finetune(ds, f, tiny_finetune_config(f, model=arch, epochs=1, reinit="item_adaptor"), tmp_path / "a",
+                 progress=False)
+    DualTower(tiny_model_config(f, **arch)).save_pretrained(tmp_path / "init")
+    with pytest.raises(ValueError, match="cannot re-initialise user_head"):
+        finetune(ds, f, tiny_finetune_config(f, model=arch, epochs=1, reinit="user_head"), tmp_path / "b",
+                 init=tmp_path / "init", progress=False)
+
+
 def test_freezing_an_unknown_module_is_one_clear_error(tmp_path):
     ds, f = planted_dataset(n_items=20, n_users=30)
     cfg = tiny_finetune_config(f, model=dict(tower="adaptor"), epochs=1, freeze="sequence_encoder, user_head")

@@ -216,9 +216,17 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     # The resolved choice is what train_config.json records, so a rerun does not depend on "auto".
     config = dataclasses.replace(config, model=model_cfg, negatives=resolve_negatives(config.negatives, len(features)))
     model = DualTower(model_cfg).to(device)
+    reinit = top_level_modules(model, config.reinit, "re-initialise")
+    if reinit and init is None:
+        raise ValueError(f"reinit {config.reinit!r} needs an init checkpoint: from scratch every module is fresh")
+    fresh = {n: {k: v.clone() for k, v in getattr(model, n).state_dict().items()} for n in reinit}
     init_notes = init_from(model, init) if init is not None else []
-    # A pretrained model brings the statistics it was trained with, unless told to refit them here.
-    if init is None or config.refit_norm:
+    for n, state in fresh.items():
+        getattr(model, n).load_state_dict(state)
+        init_notes.append(f"{n} re-initialised (not taken from the init)")
+    # A pretrained model brings the statistics it was trained with, unless told to refit them here (a fresh
+    # adaptor has none of its own).
+    if init is None or config.refit_norm or "item_adaptor" in fresh:
         model.fit_feature_norm(features, exclude=dataset.cold_items)
     model.check_features(features)
     table = features.to(device)
@@ -263,13 +271,20 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     return result
 
 
-def trainable_parameters(model: nn.Module, freeze: str) -> list[nn.Parameter]:
-    """The parameters left to train once the comma-separated top-level modules `freeze` are held fixed."""
-    names = [n.strip() for n in freeze.split(",") if n.strip()]
+def top_level_modules(model: nn.Module, spec: str, verb: str) -> list[str]:
+    """The comma-separated top-level module names in `spec`; one clear error for a name the model lacks."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
     children = dict(model.named_children())
     unknown = [n for n in names if n not in children]
     if unknown:
-        raise ValueError(f"cannot freeze {', '.join(unknown)}: the model's modules are {', '.join(children)}")
+        raise ValueError(f"cannot {verb} {', '.join(unknown)}: the model's modules are {', '.join(children)}")
+    return names
+
+
+def trainable_parameters(model: nn.Module, freeze: str) -> list[nn.Parameter]:
+    """The parameters left to train once the comma-separated top-level modules `freeze` are held fixed."""
+    names = top_level_modules(model, freeze, "freeze")
+    children = dict(model.named_children())
     for n in names:
         children[n].requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
