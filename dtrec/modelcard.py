@@ -254,7 +254,14 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
                                                                 "never seen in training)"), ("valid", "Validation")):
             table = results_table(results, split, main)
             if table:
-                lines += [f"### {title}", "", *table, ""]
+                lines += [f"### {title}", ""]
+                init = (training[1].get("init") if training else None) if split == "cold_start" else None
+                if init:  # "never seen in training" holds for the fine-tuning only
+                    lines += [f"This model was fine-tuned from `{init}`. Items that checkpoint was trained on "
+                              "(its own catalogs, which may share items with this one) are not unseen for "
+                              "it, so these rows measure cold start only for items outside its training "
+                              "data too.", ""]
+                lines += [*table, ""]
     else:
         lines += ["No evaluation results were published with this checkpoint.", ""]
     lines += [

@@ -132,6 +132,16 @@ def test_model_card_is_generated_from_checkpoint_and_results(run_dir: Path):
         assert f"| {name} (n=100) | {results[name]['test']['recall@10']:.4f} |" in text
     assert "GroupLens" in text  # data notice
     assert 'DualTower.from_pretrained("me/dtrec-ml")' in text and "Recommender.from_folder" in text
+    assert "was fine-tuned from" not in text  # trained from scratch: its cold-start items are unseen
+
+
+def test_the_card_of_a_fine_tuned_model_says_its_cold_start_items_may_be_in_the_inits_data(run_dir: Path):
+    record = json.loads((run_dir / "train_config.json").read_text())
+    (run_dir / "train_config.json").write_text(json.dumps({**record, "init": "/runs/pretrained"}))
+    results = json.loads((run_dir / "results.json").read_text())
+    text = str(make_model_card(run_dir / "best", results, dataset_name="movielens-100k", repo_id="me/x"))
+    cold = text[text.index("### Cold-start items"):text.index("### Validation")]
+    assert "fine-tuned from `/runs/pretrained`" in cold and "| **dtrec** (n=100) |" in cold
 
 
 def test_model_card_without_results_has_no_model_index(run_dir: Path):
