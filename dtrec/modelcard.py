@@ -250,13 +250,13 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
             "",
         ]
         main = main_model_name(results)
+        init = training[1].get("init") if training else None
         for split, title in (("test", "Test"), ("cold_start", "Cold-start items (test cases whose target was "
                                                                 "never seen in training)"), ("valid", "Validation")):
             table = results_table(results, split, main)
             if table:
                 lines += [f"### {title}", ""]
-                init = (training[1].get("init") if training else None) if split == "cold_start" else None
-                if init:  # "never seen in training" holds for the fine-tuning only
+                if init and split == "cold_start":  # "never seen in training" holds for the fine-tuning only
                     lines += [f"This model was fine-tuned from `{init}`. Items that checkpoint was trained on "
                               "(its own catalogs, which may share items with this one) are not unseen for "
                               "it, so these rows measure cold start only for items outside its training "
