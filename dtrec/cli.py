@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from dtrec import __version__
-from dtrec.config import DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
+from dtrec.config import (DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig,
+                          read_model_config)
 from dtrec.data.registry import PrepareOptions, get_reader, list_readers
 from dtrec.results import metric_table
 from dtrec.weights import resolve_checkpoint, resolve_init
@@ -400,6 +401,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     init = None if args.resume else resolve_init(args.init)
     if init is not None and not args.quiet:
         print(f"starting from {init}", file=sys.stderr)
+    if init is not None:
+        from dtrec.train.checkpoint import init_differences
+
+        if args.repeat_bias is None:  # the repeat term has weights: like the architecture, it comes with the init
+            config = dataclasses.replace(config, model=dataclasses.replace(
+                config.model, repeat_bias=read_model_config(init).repeat_bias))
+        diffs = init_differences(config.model, init)
+        if diffs:  # shown even with --quiet: a silent default here changes what the run learns
+            print(f"note: settings unlike the init's: {'; '.join(diffs)}. "
+                  "Give them as flags (e.g. --repeat-bias, --temperature) to keep the init's.", file=sys.stderr)
     result = finetune(dataset, features, config, out, init=init, resume=args.resume,
                       progress=not args.quiet, record={"data": str(args.data), "encoder": args.encoder})
     if os.environ.get("RANK", "0") == "0" and result.get("valid"):
@@ -483,6 +494,7 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default="assets/demo", help="demo folder to write (replaced whole)")
     b.add_argument("--results", default=None, help="results.json of the run (default: the one beside the checkpoint)")
     b.add_argument("--thumb-size", type=int, default=160, help="maximum poster thumbnail width in px")
+    b.add_argument("--jpeg-quality", type=int, default=88, help="JPEG quality of the thumbnails (30-95)")
     b.add_argument("--histories", type=int, default=300, help="real test users' histories to include (at most 300)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--full-precision", action="store_true", help="keep float32 weights and features (default fp16)")
@@ -515,7 +527,8 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
     from dtrec.demo import DemoBuildConfig, build_demo, find_results, folder_mb
 
     cfg = DemoBuildConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, results=args.results,
-                          thumb_size=args.thumb_size, n_histories=args.histories, seed=args.seed,
+                          thumb_size=args.thumb_size, jpeg_quality=args.jpeg_quality, n_histories=args.histories,
+                          seed=args.seed,
                           half=not args.full_precision)
     out = build_demo(cfg)
     mb = folder_mb(out)
@@ -525,7 +538,7 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {mb:.1f} MB, {n_hist} histories, results for {', '.join(metric_table(res)) or 'no model'}")
     if mb > cfg.max_mb:
         print(f"warning: {out} is {mb:.1f} MB, over the {cfg.max_mb:g} MB budget for assets/; "
-              f"lower --thumb-size", flush=True)
+              f"lower --thumb-size or --jpeg-quality", flush=True)
     return _push_after(args, 0, args.out)
 
 

@@ -41,7 +41,7 @@ from dtrec.data.catalog import Catalog, Dataset, Item
 from dtrec.encoders.base import to_rgb
 from dtrec.features import Features, cache_path, load_features
 from dtrec.model import DualTower
-from dtrec.modelcard import check_results, make_model_card
+from dtrec.modelcard import check_results, make_model_card, movielens_release
 from dtrec.results import metric_table
 from dtrec.serving.encoding import item_tower
 from dtrec.serving.sync import (ITEM_EMBEDDINGS, catalog_fingerprint, item_embeddings_key, save_item_embeddings,
@@ -55,24 +55,39 @@ MOVIELENS_NOTICE = """# Data notice
 This demo folder is derived from public research data. It holds **no rating
 file**; what it holds, and under which terms:
 
-- **MovieLens 100K** (GroupLens Research, University of Minnesota; F. M. Harper
+- **{release}** (GroupLens Research, University of Minnesota; F. M. Harper
   and J. A. Konstan, "The MovieLens Datasets: History and Context", ACM TiiS 5(4),
   2015). Used for research under its licence: acknowledge GroupLens, no
   endorsement by the University of Minnesota or GroupLens implied, no
   redistribution of the data without permission. The catalog here keeps only
   each movie's title, year and genres, plus embeddings derived from them.
   `histories.json` holds {n_histories} item-id sequences (at most {history_len}
-  items each, no user ids, no ratings, no timestamps) derived from `u.data`'s
+  items each, no user ids, no ratings, no timestamps) derived from {ratings}'s
   test users so that the demo can show "a real user's history"; it is a small
   derived sample, not the rating data. Get the data itself from
-  https://grouplens.org/datasets/movielens/100k/.
+  {url}.
 - **Movie posters** are the copyright of their owners. They were collected by the
-  public repository `antonsteenvoorden/ml1m-images` (keyed by MovieLens-1M ids and
-  joined to MovieLens-100K by title and year) and appear here only as small
-  thumbnails (at most {thumb_size} px wide) in a non-commercial research demo.
+  public repository `antonsteenvoorden/ml1m-images` (keyed by MovieLens-1M ids{poster_join})
+  and appear here only as small thumbnails (at most {thumb_size} px wide) in a
+  non-commercial research demo.
   {n_posters} of {n_items} movies have one; the others are text-only items.
 - The model weights and item embeddings were trained on the data above by dtrec.
 """
+
+
+# The MovieLens releases a demo is built from: the notice's name, its ratings file, its page, and how the posters
+# (keyed by MovieLens-1M ids) reach its movies.
+MOVIELENS_RELEASES = {
+    "100k": ("MovieLens 100K", "`u.data`", "https://grouplens.org/datasets/movielens/100k/",
+             " and joined to MovieLens-100K by title and year"),
+    "1m": ("MovieLens 1M", "`ratings.dat`", "https://grouplens.org/datasets/movielens/1m/", ""),
+}
+
+
+def movielens_notice(release: str, **counts: int) -> str:
+    """`MOVIELENS_NOTICE` for `release` ("100k" or "1m") with the folder's counts filled in."""
+    name, ratings, url, poster_join = MOVIELENS_RELEASES[release]
+    return MOVIELENS_NOTICE.format(release=name, ratings=ratings, url=url, poster_join=poster_join, **counts)
 
 
 class DemoBuildError(ValueError):
@@ -88,6 +103,7 @@ class DemoBuildConfig:
     out: str = "assets/demo"
     results: str | None = None  # results.json of the training run; default: one beside the checkpoint
     thumb_size: int = 160  # maximum thumbnail width in px
+    jpeg_quality: int = 88  # of the thumbnails: lower it to fit a larger catalog in the size budget
     n_histories: int = MAX_HISTORIES
     history_len: int | None = None  # default: the model's max_len
     seed: int = 0
@@ -97,6 +113,8 @@ class DemoBuildConfig:
     def __post_init__(self):
         if not 32 <= self.thumb_size <= 1024:
             raise DemoBuildError(f"--thumb-size must be between 32 and 1024 px, not {self.thumb_size}.")
+        if not 30 <= self.jpeg_quality <= 95:
+            raise DemoBuildError(f"--jpeg-quality must be between 30 and 95, not {self.jpeg_quality}.")
         if not 0 <= self.n_histories <= MAX_HISTORIES:
             raise DemoBuildError(f"--histories must be between 0 and {MAX_HISTORIES}, not {self.n_histories}.")
 
@@ -172,14 +190,14 @@ def _model_card(cfg: DemoBuildConfig, dataset: Dataset, model: torch.nn.Module, 
 
 ## This demo folder
 
-Built by `dtrec build-demo --data {cfg.data} --checkpoint {cfg.checkpoint} --thumb-size {cfg.thumb_size}`;
+Built by `dtrec build-demo --data {cfg.data} --checkpoint {cfg.checkpoint} --thumb-size {cfg.thumb_size} --jpeg-quality {cfg.jpeg_quality}`;
 served by `python app.py` (or `dtrec serve`), read by `dtrec.service.Recommender.from_folder`.
 
 | path | content |
 | --- | --- |
 | `model/` | the DualTower ({c.n_layers} layers, d={c.d_model}, `{c.encoder}` features){", fp16 weights" if cfg.half else ""} |
 | `catalog/items.parquet` | {len(dataset.catalog)} items: id, title, text, image, year and genres |
-| `catalog/images/` | poster thumbnails, at most {cfg.thumb_size} px wide (JPEG) |
+| `catalog/images/` | poster thumbnails, at most {cfg.thumb_size} px wide (JPEG, quality {cfg.jpeg_quality}) |
 | `catalog/features/` | raw `{c.encoder}` features of every item{" (fp16)" if cfg.half else ""} |
 | `item_embeddings.safetensors` | the item tower's embeddings of every item, keyed by catalog, weights and features (recomputed at start-up when stale) |
 | `histories.json` | {n_hist} test users' histories, last {history_len} items each ("load a real user's history") |
@@ -200,10 +218,11 @@ def build_demo(cfg: DemoBuildConfig) -> Path:
     readme = _model_card(cfg, dataset, model, results, len(histories), length)
     cat = dataset.catalog
     n_posters = sum(1 for i in range(len(cat)) if cat.image_path(i) is not None)
-    notice = MOVIELENS_NOTICE.format(n_histories=len(histories), history_len=length, thumb_size=cfg.thumb_size,
-                                     n_posters=n_posters, n_items=len(cat))
-    if "movielens" not in dataset.name.lower() and "ml" not in dataset.name.lower():
-        notice = None  # the writer's generic notice; MovieLens terms would be wrong here
+    release = movielens_release(dataset.name)
+    notice = None  # the writer's generic notice: MovieLens terms would be wrong for another data set
+    if release is not None:
+        notice = movielens_notice(release, n_histories=len(histories), history_len=length, thumb_size=cfg.thumb_size,
+                                  n_posters=n_posters, n_items=len(cat))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.build-") as tmp:
@@ -214,7 +233,7 @@ def build_demo(cfg: DemoBuildConfig) -> Path:
         staged = tmp / "demo"
         write_demo_folder(src, features, model, staged, histories=histories, results=results, readme=readme,
                           notice=notice, thumbnail_px=round(cfg.thumb_size * POSTER_ASPECT), seed=cfg.seed,
-                          half=cfg.half)
+                          half=cfg.half, jpeg_quality=cfg.jpeg_quality)
         old = tmp / "old"
         if out.exists():
             out.replace(old)
@@ -231,7 +250,7 @@ def folder_mb(path: str | Path) -> float:
 def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str | Path,
                       histories: list[list[str]] | None = None, results: dict | str | Path | None = None, *,
                       n_histories: int = 200, readme: str | None = None, notice: str | None = None,
-                      thumbnail_px: int = 256, seed: int = 0, half: bool = False) -> Path:
+                      thumbnail_px: int = 256, seed: int = 0, half: bool = False, jpeg_quality: int = 88) -> Path:
     """Write a demo folder (layout in the module docstring) from a prepared data set, its features and a
     DualTower (or a checkpoint folder). Histories default to `n_histories` test users' histories; `half`
     writes fp16 weights and features. Last come the carried item embeddings (`write_item_embeddings`), made
@@ -269,7 +288,7 @@ def write_demo_folder(dataset: Dataset, features: Features, model: Any, out: str
                     rgb = to_rgb(im)
                 rgb.thumbnail((thumbnail_px, thumbnail_px), Image.Resampling.LANCZOS)
                 rel = f"images/{i}.jpg"
-                rgb.save(cat_dir / rel, format="JPEG", quality=88)
+                rgb.save(cat_dir / rel, format="JPEG", quality=jpeg_quality)
             except Exception as e:  # a broken file costs the item its picture, not the build
                 warnings.warn(f"item {it.id!r}: image {p} unreadable, shown without one ({e})", stacklevel=2)
         items.append(Item(it.id, it.title, it.text, rel, dict(it.meta)))

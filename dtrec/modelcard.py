@@ -49,12 +49,26 @@ _DATA_NOTICES = {
 }
 
 
+# GroupLens' README of each MovieLens release, which states its terms.
+_MOVIELENS_TERMS = {"100k": "https://files.grouplens.org/datasets/movielens/ml-100k-README.txt",
+                    "1m": "https://files.grouplens.org/datasets/movielens/ml-1m-README.txt"}
+
+
 # Weights trained on these data sets inherit their research-use terms, so their cards say
 # `license: other` and link the data's terms; the code stays Apache-2.0.
 _DATA_LICENCES = {
-    "movielens": ("movielens-research-terms", "https://files.grouplens.org/datasets/movielens/ml-100k-README.txt"),
+    "movielens": ("movielens-research-terms", _MOVIELENS_TERMS["100k"]),
     "amazon": ("amazon-reviews-research-terms", "https://cseweb.ucsd.edu/~jmcauley/datasets/amazon_v2/"),
 }
+
+
+def movielens_release(dataset_name: str) -> str | None:
+    """Which MovieLens release a data set's name names ("movielens-1m" -> "1m", else "100k"); None if not MovieLens.
+
+    A MovieLens name without its size is taken for 100K, the release the demo was first built on."""
+    if _data_kind(dataset_name) != "movielens":
+        return None
+    return "1m" if "1m" in dataset_name.lower().replace("-", "").replace("_", "") else "100k"
 
 
 def _data_kind(dataset_name: str) -> str | None:
@@ -66,6 +80,8 @@ def _data_kind(dataset_name: str) -> str | None:
 def default_license(dataset_name: str) -> tuple[str, str | None, str | None]:
     """(license, license_name, license_link) for weights trained on `dataset_name`: the data's terms when known."""
     kind = _data_kind(dataset_name)
+    if kind == "movielens":
+        return "other", _DATA_LICENCES[kind][0], _MOVIELENS_TERMS[movielens_release(dataset_name)]
     if kind in _DATA_LICENCES:
         return ("other", *_DATA_LICENCES[kind])
     return "apache-2.0", None, None
@@ -333,7 +349,8 @@ def _data_notice_for(dataset_name: str) -> str:
 
 
 def _pretty_dataset(name: str) -> str:
-    known = {"movielens-100k": "MovieLens 100K", "ml-100k": "MovieLens 100K",
+    known = {"movielens-100k": "MovieLens 100K", "ml-100k": "MovieLens 100K", "movielens-1m": "MovieLens 1M",
+             "ml-1m": "MovieLens 1M", "ml1m": "MovieLens 1M",
              "amazon-scientific": "Amazon Reviews 2018 Industrial & Scientific", "scientific":
              "Amazon Reviews 2018 Industrial & Scientific"}
     return known.get(name.lower(), name)

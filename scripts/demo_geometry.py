@@ -21,7 +21,9 @@ from dtrec.model import DualTower
 from dtrec.provenance import git_commit
 from item_content import item_content  # scripts/ is on the path when a script runs
 
-EXAMPLES = ("Star Wars (1977)", "Toy Story (1995)", "Fargo (1996)",  # among the most rated
+# Among the most rated, then three less so; a title missing from the demo's catalog is skipped (MovieLens-1M
+# names Star Wars by its episode).
+EXAMPLES = ("Star Wars (1977)", "Star Wars: Episode IV - A New Hope (1977)", "Toy Story (1995)", "Fargo (1996)",
             "Alien (1979)", "Sense and Sensibility (1995)", "Aladdin (1992)")
 K = 10
 N_POPULAR = 20  # "the popularity list": the movies most frequent in the demo's histories

@@ -19,7 +19,7 @@ from synthetic import N_ITEMS
 import dtrec
 from dtrec.cli import main as cli
 from dtrec.data.catalog import Catalog, Item
-from dtrec.demo import MAX_HISTORIES, DemoBuildConfig, DemoBuildError, _thumb_sources, folder_mb
+from dtrec.demo import MAX_HISTORIES, DemoBuildConfig, DemoBuildError, _thumb_sources, folder_mb, movielens_notice
 
 
 def test_demo_folder_contents(tiny_demo):
@@ -49,9 +49,19 @@ def test_demo_folder_contents(tiny_demo):
     assert results["dtrec"]["test"]["ndcg@10"] == 0.1 and results["meta"]["seed"] == 0
     notice = (tiny_demo / "NOTICE.md").read_text()
     assert "GroupLens" in notice and "ml1m-images" in notice and f"holds {len(hist)} item-id sequences" in notice
+    assert "**MovieLens 100K**" in notice and "`u.data`" in notice  # the fixture is MovieLens-100K
     assert "This demo folder" in (tiny_demo / "README.md").read_text()
     assert folder_mb(tiny_demo) < 1.0
     assert not list(tiny_demo.parent.glob(".demo.build-*")), "the staging folder is cleaned up"
+
+
+def test_the_data_notice_names_the_movielens_release_the_demo_is_built_from():
+    counts = dict(n_histories=300, history_len=20, thumb_size=112, n_posters=3256, n_items=3416)
+    one_m, hundred_k = movielens_notice("1m", **counts), movielens_notice("100k", **counts)
+    assert "**MovieLens 1M**" in one_m and "`ratings.dat`" in one_m and "movielens/1m/" in one_m
+    assert "joined to MovieLens-100K" not in one_m and "100K" not in one_m
+    assert "**MovieLens 100K**" in hundred_k and "`u.data`" in hundred_k and "joined to MovieLens-100K" in hundred_k
+    assert "3256 of 3416 movies" in one_m and "at most 112 px wide" in one_m
 
 
 def test_demo_folder_layout(synthetic_demo):
@@ -102,7 +112,18 @@ def test_wide_images_are_capped_in_width(tmp_path, monkeypatch):
     assert src.image_path(2) is None
 
 
-@pytest.mark.parametrize("kw", [dict(thumb_size=8), dict(n_histories=MAX_HISTORIES + 1)])
+def test_a_lower_jpeg_quality_makes_smaller_thumbnails_and_the_card_says_so(tiny_demo, tmp_path):
+    from dtrec.demo import build_demo
+
+    root = tiny_demo.parent  # tests/tiny_demo.py: root/data, root/ckpt -> root/demo at thumb 64, quality 88
+    low = build_demo(DemoBuildConfig(data=str(root / "data"), checkpoint=str(root / "ckpt"), out=str(tmp_path / "low"),
+                                     thumb_size=64, n_histories=20, jpeg_quality=40))
+    size = {d: sum(p.stat().st_size for p in (d / "catalog" / "images").glob("*.jpg")) for d in (tiny_demo, low)}
+    assert 0 < size[low] < 0.8 * size[tiny_demo]
+    assert "--jpeg-quality 40" in (low / "README.md").read_text()
+
+
+@pytest.mark.parametrize("kw", [dict(thumb_size=8), dict(n_histories=MAX_HISTORIES + 1), dict(jpeg_quality=100)])
 def test_bad_build_settings(kw):
     with pytest.raises(DemoBuildError):
         DemoBuildConfig(data="d", checkpoint="c", **kw)

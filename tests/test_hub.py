@@ -108,6 +108,20 @@ def assert_no_secret(*texts: str, folders: tuple[Path, ...] = ()) -> None:
 
 
 # --------------------------------------------------------------------------- model card
+@pytest.mark.parametrize("name, release", [("movielens-1m", "1m"), ("ML-1M", "1m"), ("ml100k", "100k"),
+                                           ("movielens-100k", "100k"), ("movielens-small", "100k"),
+                                           ("scientific", None), ("mine", None)])
+def test_the_movielens_release_is_read_from_the_data_sets_name(name, release):
+    from dtrec.modelcard import default_license, movielens_release
+
+    assert movielens_release(name) == release
+    link = default_license(name)[2]
+    if release is None:
+        assert link is None or "grouplens" not in link
+    else:
+        assert link == f"https://files.grouplens.org/datasets/movielens/ml-{release}-README.txt"
+
+
 def test_model_card_is_generated_from_checkpoint_and_results(run_dir: Path):
     results = json.loads((run_dir / "results.json").read_text())
     card = make_model_card(run_dir / "best", results, dataset_name="movielens-100k", repo_id="me/dtrec-ml")
@@ -118,7 +132,7 @@ def test_model_card_is_generated_from_checkpoint_and_results(run_dir: Path):
     assert {"recommendation", "sequential-recommendation", "multimodal", "two-tower"} <= set(data.tags)
     assert data.datasets == ["movielens-100k"]
     # weights trained on MovieLens carry its research-use terms, not the code's Apache-2.0
-    assert data.license == "other" and data.license_name and "grouplens" in data.license_link
+    assert data.license == "other" and data.license_name and data.license_link.endswith("ml-100k-README.txt")
     assert "research use under its terms" in parsed.text
     got = {(r.dataset_split, r.metric_type): r.metric_value for r in data.eval_results}
     want = {(split, k): results["dtrec"][split][k] for split in ("test", "cold_start") for k in METRIC_KEYS}

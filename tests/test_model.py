@@ -196,6 +196,18 @@ def test_merge_init_config_takes_the_checkpoints_tower_and_experts(tmp_path):
     assert merged.tower == "adaptor" and merged.n_experts == 3
 
 
+def test_init_differences_name_the_settings_a_run_does_not_share_with_its_init(tmp_path):
+    from dtrec.train.checkpoint import init_differences
+
+    f = _features()
+    pre = tiny_model_config(f, tower="adaptor", n_experts=3, repeat_bias=True, temperature=0.07)
+    DualTower(pre).save_pretrained(tmp_path / "pre")
+    assert init_differences(pre, tmp_path / "pre") == []
+    run = tiny_model_config(f, temperature=0.05)  # another tower too, but the architecture always comes from the init
+    assert init_differences(run, tmp_path / "pre") == ["temperature 0.05 (the init: 0.07)",
+                                                       "repeat_bias False (the init: True)"]
+
+
 def test_subtract_last_starts_as_the_plain_model_and_can_push_the_last_item_down():
     f = Features("synthetic", {"text": torch.randn(12, 8)}, {"text": torch.ones(12, dtype=torch.bool)})
     cfg = ModelConfig(encoder="synthetic", modality_dims=f.dims, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=6,

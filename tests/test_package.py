@@ -74,7 +74,8 @@ HEAVY = {"torch", "pandas", "faiss", "huggingface_hub", "transformers", "open_cl
 FUNCTION_LEVEL_IMPORTS = {
     "dtrec.cli": (
         {"dtrec.app", "dtrec.baselines", "dtrec.data.catalog", "dtrec.data.prepare", "dtrec.demo", "dtrec.features",
-         "dtrec.hub", "dtrec.scoring", "dtrec.train.adapt", "dtrec.train.finetune", "dtrec.train.pretrain"},
+         "dtrec.hub", "dtrec.scoring", "dtrec.train.adapt", "dtrec.train.checkpoint", "dtrec.train.finetune",
+         "dtrec.train.pretrain"},
         "each sub-command imports its library module when it runs: `dtrec --help` need not import torch, "
         "pandas, FAISS, huggingface_hub or gradio (checked below: every one of these is heavy, cli itself is not)"),
 }

@@ -81,6 +81,19 @@ def merge_init_config(model_cfg: ModelConfig, init: str | Path) -> ModelConfig:
                                **{f: getattr(base, f) for f in ARCH_FIELDS})
 
 
+def init_differences(model_cfg: ModelConfig, init: str | Path) -> list[str]:
+    """The model settings beyond the architecture in which `model_cfg` differs from the init's, as "name ours (the init: its)".
+
+    The architecture (`ARCH_FIELDS`) always comes from the init; the rest (the temperature, the repeat term, the
+    window, dropout) is the run's own, so a setting left at its default can silently differ from the one the init
+    was trained with (a fine-tuning without the init's repeat term starts by echoing the last item)."""
+    base = read_model_config(init)
+    skip = {"encoder", "modality_dims", *ARCH_FIELDS}
+    return [f"{f.name} {getattr(model_cfg, f.name)!r} (the init: {getattr(base, f.name)!r})"
+            for f in dataclasses.fields(ModelConfig)
+            if f.name not in skip and getattr(model_cfg, f.name) != getattr(base, f.name)]
+
+
 def init_from(model: DualTower, init: str | Path) -> list[str]:
     """Load pretrained weights into `model`; returns what had to be re-initialised or copied.
 
@@ -139,6 +152,6 @@ def write_run_record(out: str | Path, config: Any, **extra: Any) -> Path:
 
 
 __all__ = [
-    "CheckpointError", "init_from", "load_training_state", "merge_init_config", "rng_state", "save_training_state",
+    "CheckpointError", "init_differences", "init_from", "load_training_state", "merge_init_config", "rng_state", "save_training_state",
     "set_rng_state", "write_run_record",
 ]
