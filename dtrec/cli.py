@@ -279,6 +279,8 @@ def _add_baseline_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("--max-len", type=int, default=None)
     b.add_argument("--repeat-bias", action=argparse.BooleanOptionalAction, default=None,
                    help="sasrec: add dtrec's learned repeat term for history items (docs/model.md; default off)")
+    b.add_argument("--resume", action="store_true", default=None,
+                   help="sasrec: continue the run in --out from its last epoch (OUT/last/), with the same settings")
     b.add_argument("--device", default=None)
     b.add_argument("--encoder", default=None, help="content-knn: the features to rank by (e.g. offline)")
     b.add_argument("--query", choices=("last", "mean"), default=None,
@@ -329,8 +331,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
                                           "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "repeat_bias",
-                                          "group_by_length", "pad_multiple", "prefixes", "positions", "device", "encoder",
-                                          "query")}
+                                          "group_by_length", "pad_multiple", "prefixes", "positions", "resume", "device",
+                                          "encoder", "query")}
     flags = get_baseline(args.kind).flags
     if flags is not None:  # a kind that takes few of these flags ignores the others
         opts = {k: v for k, v in opts.items() if k in flags}

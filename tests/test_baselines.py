@@ -10,8 +10,8 @@ import torch
 
 from dtrec.baselines import load_baseline
 from dtrec.baselines.popularity import PopularityModel
-from dtrec.baselines.sasrec import (SASRec, SASRecConfig, SASRecTrainConfig, train_sasrec, training_prefixes,
-                                   training_windows)
+from dtrec.baselines.sasrec import (SASRec, SASRecConfig, SASRecTask, SASRecTrainConfig, train_sasrec,
+                                   training_prefixes, training_windows)
 from dtrec.cli import main
 from dtrec.config import checkpoint_type
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
@@ -161,6 +161,59 @@ def test_baseline_command_writes_checkpoint_and_valid_json(tmp_path, capsys):
     assert log["train"]["seed"] == 3 and len(log["log"]) == 2 and log["train"]["group_by_length"] is False
     back = load_baseline(tmp_path / "sas")
     assert back.config.max_len == 8 and back.config.d_ff == 32
+
+
+def test_sasrec_resumed_run_is_the_uninterrupted_run_and_a_cut_run_leaves_its_best_epoch(tmp_path, monkeypatch):
+    _planted(n_items=20, n_users=40, length=6).save(tmp_path / "data")
+    args = ["baseline", "sasrec", "--data", str(tmp_path / "data"), "--hidden", "16", "--d-ff", "32",
+            "--max-len", "8", "--seed", "3", "--device", "cpu", "--lr", "0.01", "--batch-size", "8", "--epochs", "4"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "train_log.json").read_text())
+
+    # the same run killed while validating its third epoch (epochs 0 and 1 done)
+    validate, calls = SASRecTask.validate, []
+    def validate_then_die(task):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return validate(task)
+    monkeypatch.setattr(SASRecTask, "validate", validate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(SASRecTask, "validate", validate)
+    # what it leaves is its best epoch so far: the model a two-epoch run returns
+    two, _ = train_sasrec(Dataset.load(tmp_path / "data"),
+                          SASRecConfig(num_items=20, hidden=16, d_ff=32, max_len=8),
+                          SASRecTrainConfig(epochs=2, seed=3, device="cpu", lr=0.01, batch_size=8), progress=False)
+    h = [[1, 2, 3], [8], []]
+    assert torch.equal(load_baseline(tmp_path / "cut").scores(h), two.scores(h))
+
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    resumed = json.loads((tmp_path / "cut" / "train_log.json").read_text())
+    # the same batches and dropout draws: the same losses and validation, epoch by epoch, and the same weights
+    assert [(r["loss"], r["valid"]) for r in resumed["log"]] == [(r["loss"], r["valid"]) for r in whole["log"]]
+    assert len(resumed["log"]) == 4 and resumed["best_epoch"] == whole["best_epoch"]
+    assert torch.equal(load_baseline(tmp_path / "cut").scores(h), load_baseline(tmp_path / "whole").scores(h))
+    assert json.loads((tmp_path / "cut" / "valid.json").read_text()) == whole["valid"]
+
+
+def test_sasrec_refuses_to_resume_with_other_settings_or_without_a_run(tmp_path):
+    ds = _planted(n_items=20, n_users=40, length=6)
+    cfg = SASRecConfig(num_items=20, hidden=16, d_ff=32, max_len=8)
+    train = SASRecTrainConfig(epochs=1, batch_size=8, device="cpu", seed=0)
+    with pytest.raises(FileNotFoundError, match="no SASRec run to resume"):
+        train_sasrec(ds, cfg, train, out=tmp_path / "s", progress=False, resume=True)
+    train_sasrec(ds, cfg, train, out=tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match=r"lr 0\.01 \(the run: 0\.001\)"):
+        train_sasrec(ds, cfg, SASRecTrainConfig(epochs=2, batch_size=8, device="cpu", seed=0, lr=0.01),
+                     out=tmp_path / "s", progress=False, resume=True)
+    with pytest.raises(ValueError, match="hidden 32"):
+        train_sasrec(ds, SASRecConfig(num_items=20, hidden=32, d_ff=32, max_len=8), train, out=tmp_path / "s",
+                     progress=False, resume=True)
+    # more epochs and another patience are what resuming is for
+    _, report = train_sasrec(ds, cfg, SASRecTrainConfig(epochs=2, batch_size=8, device="cpu", seed=0, patience=3),
+                             out=tmp_path / "s", progress=False, resume=True)
+    assert [r["epoch"] for r in report["log"]] == [0, 1]
 
 
 def test_baseline_command_rejects_unknown_model(tmp_path):

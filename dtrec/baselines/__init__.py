@@ -106,16 +106,16 @@ _SASREC_TRAIN = {f.name for f in fields(SASRecTrainConfig)}
 
 
 def _train_sasrec(dataset: Dataset, data_dir: Path, out: Path, options: dict, progress: bool) -> dict:
-    _refuse_unknown("sasrec", options, _SASREC_MODEL | _SASREC_TRAIN)
+    _refuse_unknown("sasrec", options, _SASREC_MODEL | _SASREC_TRAIN | {"resume"})
     cfg = SASRecConfig(num_items=len(dataset.catalog), **{k: v for k, v in options.items() if k in _SASREC_MODEL})
     tcfg = SASRecTrainConfig(**{k: v for k, v in options.items() if k in _SASREC_TRAIN})
-    _, report = train_sasrec(dataset, cfg, tcfg, out=out, progress=progress)
+    _, report = train_sasrec(dataset, cfg, tcfg, out=out, progress=progress, resume=bool(options.get("resume")))
     return report["valid"]
 
 
 register_baseline(Baseline(
     "sasrec", _train_sasrec, _trained_scorer, load=_load_trained(SASRec),
-    flags=frozenset(_SASREC_MODEL | _SASREC_TRAIN),
+    flags=frozenset(_SASREC_MODEL | _SASREC_TRAIN | {"resume"}),
     cold_note="ID model: cold items never seen in training (their embeddings are untrained)"))
 
 

@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_file
 from torch import nn
 
 from dtrec.data.catalog import Dataset
 from dtrec.eval import evaluate
 from dtrec.model.dropout import use_fast_dropout
 from dtrec.model.repeat import RepeatBias, history_offsets, repeat_offsets_at
+from dtrec.model.tower import load_state_checked
 from dtrec.sequences import build_examples, pad, padded_width
 from dtrec.train import distributed as D
 from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches
@@ -217,16 +219,19 @@ def sasrec_step(model: SASRec, optimizer: torch.optim.Optimizer, x: torch.Tensor
 
 
 class SASRecTask(Task):
-    """SASRec as a `fit` task: length-grouped window batches through `sasrec_step`; the best weights kept in memory."""
+    """SASRec as a `fit` task: length-grouped window batches through `sasrec_step`; the best weights kept in memory
+    and, with `out`, written there as they improve (so a run cut short leaves its best epoch)."""
 
     name = "sasrec"
 
     def __init__(self, model: SASRec, optimizer: torch.optim.Optimizer, windows: tuple[torch.Tensor, torch.Tensor],
-                 valid: list, train: SASRecTrainConfig, device: torch.device):
-        self.model, self.optimizer, self.valid, self.train, self.device = model, optimizer, valid, train, device
+                 valid: list, train: SASRecTrainConfig, device: torch.device, out: Path | None = None):
+        self.model, self.optimizer, self.valid, self.train, self.device, self.out = (
+            model, optimizer, valid, train, device, out)
         self.x_all, self.y_all = windows
         self.lengths = (self.x_all > 0).sum(1).tolist()
-        # one generator for the whole run (unlike fine-tuning's per-epoch reseeding: SASRec does not resume)
+        # One generator for the whole run (its state travels in OUT/last/, so a resumed run draws what an
+        # uninterrupted one would, and a seed's batches are what they were before runs could resume).
         self.generator = torch.Generator().manual_seed(train.seed)
         self.best_state: dict[str, torch.Tensor] | None = None
 
@@ -247,8 +252,37 @@ class SASRecTask(Task):
             "ndcg@10": 0.0}
 
     def save_checkpoint(self) -> None:
-        """A CPU copy of the current weights."""
+        """A CPU copy of the current weights, and with `out` the checkpoint there."""
         self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if self.out is not None:
+            self.model.save_pretrained(self.out)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The batch generator's state."""
+        return {"generator": self.generator.get_state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Continue the batch generator where the interrupted run left it."""
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
+# Settings a resumed run may change: how long it goes on and where it runs, not what it trains.
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device", "eval_batch_size"})
+
+
+def check_resumable(out: Path, config: SASRecConfig, train: SASRecTrainConfig) -> None:
+    """Refuse to resume the run in `out` with another architecture or another training setting (one sentence)."""
+    path = out / "train_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {out} holds no SASRec run to resume")
+    saved = json.loads(path.read_text())
+    differ = [f"{k} {v!r} (the run: {saved.get('model', {}).get(k)!r})" for k, v in asdict(config).items()
+              if saved.get("model", {}).get(k) != v]
+    differ += [f"{k} {v!r} (the run: {saved['config'].get(k)!r})" for k, v in asdict(train).items()
+               if k not in RESUMABLE_CHANGES and saved["config"].get(k) != v]
+    if differ:
+        raise ValueError(f"cannot resume {out} with other settings: {', '.join(differ)}")
 
 
 def train_sasrec(
@@ -257,41 +291,57 @@ def train_sasrec(
     train: SASRecTrainConfig | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> tuple[SASRec, dict]:
     """Train SASRec on `dataset.train_sequences()`, keep the best epoch by valid NDCG@10.
 
-    Returns the best model (on CPU) and a report with its valid metrics and the
-    per-epoch log; with `out`, the checkpoint and report are written there.
+    Returns the best model (on CPU) and a report with its valid metrics and the per-epoch log. With `out`, the best
+    checkpoint is written there as it improves, with `OUT/last/` after every epoch (which `resume` continues from,
+    drawing the same batches and dropout as an uninterrupted run), `metrics.jsonl`, `train_config.json` and at the
+    end `train_log.json`.
     """
     train = train or SASRecTrainConfig()
     config = config or SASRecConfig(num_items=len(dataset.catalog))
     if config.num_items != len(dataset.catalog):
         raise ValueError(f"config has {config.num_items} items but the data set has {len(dataset.catalog)}")
+    out = Path(out) if out is not None else None
+    if resume:
+        if out is None:
+            raise ValueError("resuming needs the output folder of the run to continue")
+        check_resumable(out, config, train)
     seed_everything(train.seed)
     device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layout = training_prefixes if train.prefixes else training_windows
     windows = layout(dataset.train_sequences(), config.max_len)
     model = SASRec(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    task = SASRecTask(model, opt, windows, dataset.eval_cases("valid"), train, device)
-    fitted = fit(task, FitConfig(epochs=train.epochs, metric="ndcg@10", patience=train.patience),
-                 info=D.DistInfo(device=device), progress=progress)
+    task = SASRecTask(model, opt, windows, dataset.eval_cases("valid"), train, device, out)
+    record = dict(config=train, model=asdict(config), seed=train.seed,
+                  dataset=str(dataset.root) if dataset.root else dataset.name)
+    fitted = fit(task, FitConfig(epochs=train.epochs, metric="ndcg@10", patience=train.patience,
+                                 resumable=out is not None),
+                 out=out, info=D.DistInfo(device=device), resume=resume, progress=progress,
+                 record=record if out is not None else None)
+    rows = fitted.rows
+    if out is not None:  # a resumed run's log starts before this process did
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     log = [{"epoch": r["epoch"], "loss": r["loss"], "valid": {k[len("valid_"):]: v for k, v in r.items()
                                                              if k.startswith("valid_")},
-            "seconds": r["seconds"] + r["eval_seconds"]} for r in fitted.rows]
+            "seconds": r["seconds"] + r["eval_seconds"]} for r in rows]
     best_epoch = fitted.best_epoch
-    model.load_state_dict(task.best_state)
+    if task.best_state is not None:
+        model.load_state_dict(task.best_state)
+    elif out is not None:  # resumed after its best epoch: the best weights are those written then
+        load_state_checked(model, load_file(str(out / "model.safetensors"), device=str(device)), source=str(out))
     model = model.cpu().eval()
     report = {
         "model_type": "sasrec",
         "best_epoch": best_epoch,
-        "valid": log[best_epoch]["valid"],
+        "valid": fitted.best_metrics,
         "config": asdict(config),
         "train": asdict(train),
         "log": log,
     }
     if out is not None:
-        out = Path(out)
-        model.save_pretrained(out)
         (out / "train_log.json").write_text(json.dumps(report, indent=2))
     return model, report

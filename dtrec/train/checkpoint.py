@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from dtrec.config import DUAL_TOWER_FILES, ModelConfig, checkpoint_folder, read_model_config
 from dtrec.encoders.registry import same_encoder
@@ -41,7 +42,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(out: str | Path, model: DualTower, optimizer: torch.optim.Optimizer, state: dict) -> Path:
+def save_training_state(out: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
     """Write `out` (model + optimizer + `state`) via a temporary folder, so a crash keeps the old one."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -55,12 +56,13 @@ def save_training_state(out: str | Path, model: DualTower, optimizer: torch.opti
     return out
 
 
-def load_training_state(path: str | Path, model: DualTower, optimizer: torch.optim.Optimizer) -> dict:
+def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore model weights and optimizer from `save_training_state`; returns the rest of the state."""
     path = Path(path)
     if not (path / "state.pt").exists():
         raise FileNotFoundError(f"{path / 'state.pt'} is missing: nothing to resume from")
-    load_state_checked(model, load_file(str(path / "model.safetensors"), device=str(model.device)), source=str(path))
+    device = str(next(model.parameters()).device)
+    load_state_checked(model, load_file(str(path / "model.safetensors"), device=device), source=str(path))
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state.pop("optimizer"))
     return state

@@ -85,6 +85,13 @@ class Task:
         """Keep the current model as the run's result (rank 0 only): on a better validation metric, or every epoch
         when `fit` selects on none."""
 
+    def extra_state(self) -> dict[str, Any]:
+        """What the task draws from beyond the global RNGs (a batch generator), saved in OUT/last/ with them."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what `extra_state` returned, when a run resumes."""
+
 
 @dataclass
 class FitConfig:
@@ -128,6 +135,7 @@ def fit(task: Task, config: FitConfig, *, out: str | Path | None = None, info: D
         res.global_step = int(state["global_step"])
         res.best_metrics = json.loads(state["best_metrics"])
         set_rng_state(state["rng"])
+        task.load_extra_state(state.get("task", {}))
     metrics_path = out / "metrics.jsonl" if out is not None else None
     if info.is_main and out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +191,7 @@ def fit(task: Task, config: FitConfig, *, out: str | Path | None = None, info: D
                 save_training_state(out / "last", task.model, task.optimizer, {
                     "epoch": epoch, "best": best, "best_epoch": res.best_epoch, "bad_epochs": bad,
                     "global_step": res.global_step, "best_metrics": json.dumps(res.best_metrics),
+                    "task": task.extra_state(),
                 })
             if progress:
                 key, label, spec = config.headline or ("", "", "")
