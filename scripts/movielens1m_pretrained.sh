@@ -7,8 +7,8 @@
 # OUT/results-serving.json (history hidden), and the demo's catalog in OUT/data/ml1m. DTREC_SEED changes the
 # trainings, not the split: the pretrained model saw this split's warm movies only, so it is a fair start here
 # and on no other split.
-# About 5 min per dtrec epoch and 1.5 min per SASRec epoch on one CPU core (about 1 min on two); SASRec needs
-# about 100 epochs. A SASRec run cut short keeps its best epoch in OUT/sasrec and continues with
+# About 5 min per dtrec epoch and 1.5 min per SASRec epoch on one CPU core (about 1 min on two); SASRec stopped
+# early at epoch 109 for seed 42. A SASRec run cut short keeps its best epoch in OUT/sasrec and continues with
 # `dtrec baseline sasrec ... --resume` (the same flags).
 # usage: DTREC_SEED=42 bash scripts/movielens1m_pretrained.sh OUTDIR [PRETRAINED]
 # env: DTREC_DOMAINS (prepared domains, default OUTDIR/domains; kept between runs when shared)
