@@ -254,8 +254,12 @@ class SASRecTask(Task):
     def save_checkpoint(self) -> None:
         """A CPU copy of the current weights, and with `out` the checkpoint there."""
         self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        if self.out is not None:
-            self.model.save_pretrained(self.out)
+        if self.out is not None:  # file by file through a temporary folder: a kill mid-write keeps the last best
+            tmp = self.out / ".best.tmp"
+            self.model.save_pretrained(tmp)
+            for f in tmp.iterdir():
+                f.replace(self.out / f.name)
+            tmp.rmdir()
 
     def extra_state(self) -> dict[str, Any]:
         """The batch generator's state."""
