@@ -163,16 +163,35 @@ def test_empty_history_and_out_of_range_index_are_clear_errors():
         m.user_embeddings([[1, 99]], f)
 
 
-def test_init_from_reinitialises_positions_and_fills_separate_towers(tmp_path):
+@pytest.mark.parametrize("tower", ["fusion", "adaptor"])
+def test_init_from_keeps_shared_positions_and_fills_separate_towers(tmp_path, tower):
     f = _features()
-    src = DualTower(tiny_model_config(f, max_len=10))
+    src = DualTower(tiny_model_config(f, max_len=10, tower=tower))
     src.save_pretrained(tmp_path / "pre")
-    dst = DualTower(tiny_model_config(f, max_len=4, share_towers=False))
+    dst = DualTower(tiny_model_config(f, max_len=4, share_towers=False, tower=tower))
     notes = init_from(dst, tmp_path / "pre")
-    assert any("position" in n for n in notes) and any("item tower" in n for n in notes)
-    assert dst.user_encoder.position.weight.shape[0] == 5
-    torch.testing.assert_close(dst.separate_item_encoder.in_proj["text"][0].weight,
-                               src.user_encoder.in_proj["text"][0].weight)
+
+    def positions(m: DualTower) -> torch.Tensor:
+        return (m.user_encoder if tower == "fusion" else m.sequence_encoder).position.weight.detach()
+
+    assert any("5 of 5 positions taken" in n for n in notes)
+    assert positions(dst).shape[0] == 5
+    # Positions count back from the last item: row p is "p items ago" in both tables.
+    torch.testing.assert_close(positions(dst), positions(src)[:5])
+    longer = DualTower(tiny_model_config(f, max_len=14, tower=tower))
+    built = positions(longer).clone()
+    assert any("11 of 15 positions taken" in n for n in init_from(longer, tmp_path / "pre"))
+    torch.testing.assert_close(positions(longer)[:11], positions(src))
+    torch.testing.assert_close(positions(longer)[11:], built[11:])  # as built
+    # A history no longer than the init's window reads the same through the longer table.
+    history = [[1, 2, 3]]
+    torch.testing.assert_close(longer.eval().user_embeddings(history, f), src.eval().user_embeddings(history, f))
+    if tower == "fusion":  # the adaptor's encoder counts back from the last item whatever the config says
+        absolute = DualTower(tiny_model_config(f, max_len=14, tower=tower, reverse_positions=False))
+        assert any("re-initialised (15 positions)" in n for n in init_from(absolute, tmp_path / "pre"))
+        assert any("item tower" in n for n in notes)
+        torch.testing.assert_close(dst.separate_item_encoder.in_proj["text"][0].weight,
+                                   src.user_encoder.in_proj["text"][0].weight)
 
 
 def test_init_from_a_shared_adaptor_checkpoint_gives_separate_towers_a_zero_correction(tmp_path):

@@ -134,8 +134,21 @@ def test_init_from_starts_the_repeat_term_at_zero_keeps_a_matching_one_and_drops
     again = DualTower(dataclasses.replace(cfg, repeat_bias=True))
     assert not init_from(again, tmp_path / "rep")
     assert torch.allclose(again.repeat_bias.weight, torch.full((cfg.max_len,), -0.3))
-    longer = DualTower(dataclasses.replace(cfg, repeat_bias=True, max_len=9))
-    assert "repeat term initialised at zero" in init_from(longer, tmp_path / "rep")
+    with torch.no_grad():  # distinct offsets, so the carry-over below is checked place by place
+        rep.repeat_bias.weight.copy_(-0.1 * torch.arange(1, cfg.max_len + 1, dtype=torch.float))
+    rep.save_pretrained(tmp_path / "rep")
+    longer = DualTower(dataclasses.replace(cfg, repeat_bias=True, max_len=cfg.max_len + 3))
+    assert any("repeat term:" in n and "oldest offset" in n for n in init_from(longer, tmp_path / "rep"))
+    w = rep.repeat_bias.weight.detach()
+    torch.testing.assert_close(longer.repeat_bias.weight[: cfg.max_len].detach(), w)
+    assert (longer.repeat_bias.weight[cfg.max_len:] == w[-1]).all()  # older places: what the init applied to them
+    # The carried-over term scores a history of the init's window exactly as the init does.
+    items, padding = torch.tensor([[1, 2, 3, 1]]), torch.zeros(1, 4, dtype=torch.bool)
+    cands = torch.arange(6)
+    torch.testing.assert_close(longer.repeat_bias(items, padding, cands), rep.repeat_bias(items, padding, cands))
+    shorter = DualTower(dataclasses.replace(cfg, repeat_bias=True, max_len=2))
+    init_from(shorter, tmp_path / "rep")
+    torch.testing.assert_close(shorter.repeat_bias.weight.detach(), w[:2])
     assert any("repeat term dropped" in n for n in init_from(DualTower(cfg), tmp_path / "rep"))
 
 

@@ -129,6 +129,8 @@ class HistoryCorrection(nn.Module):
 class SequenceEncoder(nn.Module):
     """Transformer over one token per history item (its embedding + a reversed position), SASRec-style."""
 
+    reverse_positions = True  # always: position 0 is the last item
+
     def __init__(self, d_model: int, n_layers: int, n_heads: int, d_ff: int, dropout: float, emb_dropout: float,
                  max_positions: int):
         super().__init__()

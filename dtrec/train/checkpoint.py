@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
 from dtrec.config import DUAL_TOWER_FILES, ModelConfig, checkpoint_folder, read_model_config
 from dtrec.encoders.registry import same_encoder
@@ -96,11 +96,20 @@ def init_differences(model_cfg: ModelConfig, init: str | Path) -> list[str]:
             if f.name not in skip and getattr(model_cfg, f.name) != getattr(base, f.name)]
 
 
+def resize_table(table: Tensor, rows: int, fill: Tensor) -> Tensor:
+    """`table`'s first `rows` rows, followed by `fill` (at least the missing rows) when it has fewer."""
+    if rows <= table.shape[0]:
+        return table[:rows].clone()
+    return torch.cat([table, fill[: rows - table.shape[0]].to(table)])
+
+
 def init_from(model: DualTower, init: str | Path) -> list[str]:
     """Load pretrained weights into `model`; returns what had to be re-initialised or copied.
 
-    A position table of another length is re-initialised; a shared encoder fills
-    both towers of a model with separate towers (and vice versa keeps the user side).
+    A position table of another length keeps the positions both tables have when positions count back from
+    the last item (`reverse_positions`) and is re-initialised otherwise; a repeat term of another length keeps
+    its shared places and gives new, older ones the init's oldest offset (what the init applied to them). A
+    shared encoder fills both towers of a model with separate towers (and vice versa keeps the user side).
     """
     path = checkpoint_folder(init, DUAL_TOWER_FILES)
     state = load_file(str(path / "model.safetensors"), device=str(model.device))
@@ -129,16 +138,29 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
         del state["last_item_weight"]
         notes.append("the checkpoint's last-item weight dropped (subtract_last off)")
     key = "repeat_bias.weight"
-    if key in own and (key not in state or state[key].shape != own[key].shape):
+    if key in own and key not in state:
         state[key] = own[key]  # zero, as built (a matching checkpoint brings its learned offsets)
         notes.append("repeat term initialised at zero")
+    elif key in own and state[key].shape != own[key].shape:
+        # The init gives every place past its window its oldest offset; the longer term starts as that rule.
+        theirs, ours = state[key].shape[0], own[key].shape[0]
+        state[key] = resize_table(state[key], ours, fill=state[key][-1:].expand(max(ours - theirs, 0)))
+        notes.append(f"repeat term: {min(theirs, ours)} of {ours} places taken from the init"
+                     + (", the older ones given its oldest offset" if ours > theirs else ""))
     if key in state and key not in own:
         del state[key]
         notes.append("the checkpoint's repeat term dropped (repeat_bias off)")
     for k in [k for k in state if k.endswith("position.weight")]:
         if k in own and own[k].shape != state[k].shape:
-            state[k] = own[k]
-            notes.append(f"{k} re-initialised ({tuple(own[k].shape)[0]} positions)")
+            theirs, ours = state[k].shape[0], own[k].shape[0]
+            if getattr(model.get_submodule(k.rsplit(".", 2)[0]), "reverse_positions", False):
+                # Positions count back from the last item, so row p means "p items ago" in both tables: the
+                # shared rows keep their meaning, the rows only ours has start as built.
+                state[k] = resize_table(state[k], ours, fill=own[k][theirs:])
+                notes.append(f"{k}: {min(theirs, ours)} of {ours} positions taken from the init, the rest as built")
+            else:
+                state[k] = own[k]
+                notes.append(f"{k} re-initialised ({ours} positions)")
     load_state_checked(model, state, strict=True, source=str(path))
     return notes
 
@@ -154,6 +176,7 @@ def write_run_record(out: str | Path, config: Any, **extra: Any) -> Path:
 
 
 __all__ = [
-    "CheckpointError", "init_differences", "init_from", "load_training_state", "merge_init_config", "rng_state", "save_training_state",
+    "CheckpointError", "init_differences", "init_from", "load_training_state", "merge_init_config", "resize_table",
+    "rng_state", "save_training_state",
     "set_rng_state", "write_run_record",
 ]
