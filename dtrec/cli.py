@@ -327,13 +327,17 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from dtrec.baselines import get_baseline, train_baseline
+    from dtrec.baselines import get_baseline, list_baselines, train_baseline
 
     opts = {k: getattr(args, k) for k in ("seed", "epochs", "patience", "lr", "batch_size", "hidden", "n_layers",
                                           "n_heads", "d_ff", "dropout", "attn_dropout", "max_len", "repeat_bias",
                                           "group_by_length", "pad_multiple", "prefixes", "positions", "resume", "device",
                                           "encoder", "query")}
     flags = get_baseline(args.kind).flags
+    if args.resume and (flags is None or "resume" not in flags):  # ignoring it would silently start afresh
+        resumable = [b.name for b in list_baselines() if "resume" in (b.flags or ())]
+        raise ValueError(f"the {args.kind} baseline has no training to resume (--resume applies to "
+                         f"{', '.join(resumable)})")
     if flags is not None:  # a kind that takes few of these flags ignores the others
         opts = {k: v for k, v in opts.items() if k in flags}
     valid = train_baseline(args.kind, args.data, args.out, **opts)

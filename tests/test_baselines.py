@@ -201,7 +201,7 @@ def test_sasrec_refuses_to_resume_with_other_settings_or_without_a_run(tmp_path)
     ds = _planted(n_items=20, n_users=40, length=6)
     cfg = SASRecConfig(num_items=20, hidden=16, d_ff=32, max_len=8)
     train = SASRecTrainConfig(epochs=1, batch_size=8, device="cpu", seed=0)
-    with pytest.raises(FileNotFoundError, match="no SASRec run to resume"):
+    with pytest.raises(FileNotFoundError, match="holds no run to resume"):
         train_sasrec(ds, cfg, train, out=tmp_path / "s", progress=False, resume=True)
     train_sasrec(ds, cfg, train, out=tmp_path / "s", progress=False)
     with pytest.raises(ValueError, match=r"lr 0\.01 \(the run: 0\.001\)"):
@@ -214,6 +214,15 @@ def test_sasrec_refuses_to_resume_with_other_settings_or_without_a_run(tmp_path)
     _, report = train_sasrec(ds, cfg, SASRecTrainConfig(epochs=2, batch_size=8, device="cpu", seed=0, patience=3),
                              out=tmp_path / "s", progress=False, resume=True)
     assert [r["epoch"] for r in report["log"]] == [0, 1]
+
+
+def test_baseline_resume_is_refused_for_a_kind_with_no_training_to_continue(tmp_path, capsys):
+    _planted(n_items=20, n_users=40, length=6).save(tmp_path / "data")
+    args = ["baseline", "popularity", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "pop")]
+    assert main([*args, "--resume"]) == 2
+    assert "popularity baseline has no training to resume (--resume applies to sasrec)" in capsys.readouterr().err
+    assert not (tmp_path / "pop").exists()  # nothing was started afresh in its place
+    assert main(args) == 0
 
 
 def test_baseline_command_rejects_unknown_model(tmp_path):

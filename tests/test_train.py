@@ -211,6 +211,31 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
     assert [json.loads(r)["epoch"] for r in rows] == [0, 1]
 
 
+def test_resume_refuses_other_settings_and_keeps_the_record_of_the_start(tmp_path):
+    ds, f = planted_dataset(n_items=30, n_users=40)
+    kw = dict(model={"objective": "causal"}, evaluate_test=False)
+    with pytest.raises(FileNotFoundError, match="holds no run to resume"):
+        finetune(ds, f, tiny_finetune_config(f, epochs=1, **kw), tmp_path / "run", resume=True, progress=False)
+    DualTower(tiny_model_config(f, max_len=4)).save_pretrained(tmp_path / "pre")  # a shorter window: one note
+    finetune(ds, f, tiny_finetune_config(f, epochs=1, **kw), tmp_path / "run", progress=False, init=tmp_path / "pre")
+    started = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert started["init_notes"]
+    with pytest.raises(ValueError, match=r"cannot resume .* lr 0\.01 \(the run: 0\.003\)"):
+        finetune(ds, f, tiny_finetune_config(f, epochs=2, lr=0.01, **kw), tmp_path / "run", resume=True,
+                 progress=False)
+    with pytest.raises(ValueError, match=r"model\.max_len 6 \(the run: 10\)"):
+        finetune(ds, f, tiny_finetune_config(f, epochs=2, model={"objective": "causal", "max_len": 6},
+                                             evaluate_test=False), tmp_path / "run", resume=True, progress=False)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1  # a refusal writes nothing
+    # more epochs and another patience are what resuming is for; the record still names the init it started from
+    finetune(ds, f, tiny_finetune_config(f, epochs=2, patience=5, **kw), tmp_path / "run", resume=True,
+             progress=False)
+    rec = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert rec["init"] == str(tmp_path / "pre") and rec["init_notes"] == started["init_notes"]
+    assert "resumed_git_commit" in rec and rec["git_commit"] == started["git_commit"]
+    assert rec["config"]["epochs"] == 2 and rec["config"]["patience"] == 5
+
+
 def test_pretraining_aligns_modalities(tmp_path):
     f = paired_features(n=96)
     model = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.1, emb_dropout=0.1, max_len=4)

@@ -271,24 +271,6 @@ class SASRecTask(Task):
             self.generator.set_state(state["generator"])
 
 
-# Settings a resumed run may change: how long it goes on and where it runs, not what it trains.
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device", "eval_batch_size"})
-
-
-def check_resumable(out: Path, config: SASRecConfig, train: SASRecTrainConfig) -> None:
-    """Refuse to resume the run in `out` with another architecture or another training setting (one sentence)."""
-    path = out / "train_config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: {out} holds no SASRec run to resume")
-    saved = json.loads(path.read_text())
-    differ = [f"{k} {v!r} (the run: {saved.get('model', {}).get(k)!r})" for k, v in asdict(config).items()
-              if saved.get("model", {}).get(k) != v]
-    differ += [f"{k} {v!r} (the run: {saved['config'].get(k)!r})" for k, v in asdict(train).items()
-               if k not in RESUMABLE_CHANGES and saved["config"].get(k) != v]
-    if differ:
-        raise ValueError(f"cannot resume {out} with other settings: {', '.join(differ)}")
-
-
 def train_sasrec(
     dataset: Dataset,
     config: SASRecConfig | None = None,
@@ -309,10 +291,8 @@ def train_sasrec(
     if config.num_items != len(dataset.catalog):
         raise ValueError(f"config has {config.num_items} items but the data set has {len(dataset.catalog)}")
     out = Path(out) if out is not None else None
-    if resume:
-        if out is None:
-            raise ValueError("resuming needs the output folder of the run to continue")
-        check_resumable(out, config, train)
+    if resume and out is None:
+        raise ValueError("resuming needs the output folder of the run to continue")
     seed_everything(train.seed)
     device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layout = training_prefixes if train.prefixes else training_windows

@@ -165,12 +165,19 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
     return notes
 
 
-def write_run_record(out: str | Path, config: Any, **extra: Any) -> Path:
-    """Write `OUT/train_config.json`: the resolved config plus data paths, seed and git commit."""
+def write_run_record(out: str | Path, config: Any, *, resumed: bool = False, **extra: Any) -> Path:
+    """Write `OUT/train_config.json`: the resolved config plus data paths, seed and git commit.
+
+    `resumed`: the run in `out` goes on, so what its record says about the start (the init, its notes, the commit
+    it began at) stays; what the continuing process gives anew replaces it, its commit as `resumed_git_commit`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"config": dataclasses.asdict(config), "git_commit": git_commit(), **extra}
     path = out / "train_config.json"
+    if resumed and path.exists():
+        saved = json.loads(path.read_text())
+        record["resumed_git_commit"] = record.pop("git_commit")
+        record = {**saved, **{k: v for k, v in record.items() if v not in (None, [], "")}}
     path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
     return path
 

@@ -18,7 +18,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -118,6 +118,42 @@ class FitResult:
     global_step: int = 0
 
 
+# Settings a resumed run may change: how long it goes on, where it runs and what it reports, not what it trains.
+RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "patience", "device", "amp", "eval_batch_size", "log_every",
+                               "evaluate_test"})
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_differences(saved: dict[str, Any], record: dict[str, Any],
+                       allowed: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
+    """The settings (`config`, and `model` where a record keeps it apart) in which `record` differs from the `saved`
+    run record, beyond those in `allowed`, as "name ours (the run: theirs)"."""
+    def settings(rec: dict[str, Any]) -> dict[str, Any]:
+        config = rec.get("config")
+        plain = {"config": asdict(config) if is_dataclass(config) else config, "model": rec.get("model")}
+        return _flat(json.loads(json.dumps({k: v for k, v in plain.items() if v is not None}, default=str)))
+
+    ours, theirs = settings(record), settings(saved)
+    return [f"{k.split('.', 1)[1]} {ours.get(k)!r} (the run: {theirs.get(k)!r})" for k in sorted(ours.keys() | theirs.keys())
+            if k.rsplit(".", 1)[-1] not in allowed and ours.get(k) != theirs.get(k)]
+
+
+def check_resumable(out: Path, record: dict[str, Any]) -> None:
+    """Refuse, in one sentence, to resume the run in `out` with settings it was not started with."""
+    path = out / "train_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {out} holds no run to resume")
+    differ = resume_differences(json.loads(path.read_text()), record)
+    if differ:
+        raise ValueError(f"cannot resume {out} with other settings: {', '.join(differ)}")
+
+
 def fit(task: Task, config: FitConfig, *, out: str | Path | None = None, info: D.DistInfo | None = None,
         resume: bool = False, progress: bool = True, record: dict[str, Any] | None = None) -> FitResult:
     """Train `task` for `config.epochs` epochs; with `out`, write metrics.jsonl (and `record` as train_config.json,
@@ -128,6 +164,8 @@ def fit(task: Task, config: FitConfig, *, out: str | Path | None = None, info: D
         raise ValueError("a resumable run needs an output folder")
     res = FitResult()
     best, bad, start_epoch = -math.inf, 0, 0
+    if resume and record is not None:
+        check_resumable(out, record)
     if resume:
         state = load_training_state(out / "last", task.model, task.optimizer)
         start_epoch = int(state["epoch"]) + 1
@@ -140,7 +178,7 @@ def fit(task: Task, config: FitConfig, *, out: str | Path | None = None, info: D
     if info.is_main and out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if record is not None:
-            write_run_record(out, **record)
+            write_run_record(out, **record, resumed=resume)
         if not resume:
             metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
 
