@@ -273,10 +273,7 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
             if table:
                 lines += [f"### {title}", ""]
                 if init and split == "cold_start":  # "never seen in training" holds for the fine-tuning only
-                    lines += [f"This model was fine-tuned from `{init}`. Items that checkpoint was trained on "
-                              "(its own catalogs, which may share items with this one) are not unseen for "
-                              "it, so these rows measure cold start only for items outside its training "
-                              "data too.", ""]
+                    lines += [_init_cold_note(init), ""]
                 lines += [*table, ""]
     else:
         lines += ["No evaluation results were published with this checkpoint.", ""]
@@ -311,6 +308,40 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
         "Offline (`HF_HUB_OFFLINE=1`), a repo id loads only from the local Hugging Face cache.",
     ]
     return lines
+
+
+def init_data_sets(init: str) -> list[str] | None:
+    """The data sets the checkpoint `init` was trained on, from its run record; None when it cannot be found."""
+    from dtrec.weights import SHIPPED, shipped_checkpoint
+
+    folder = Path(init)
+    # The shipped init is recorded as .../dtrec/weights/NAME, relative to where the run started.
+    if not folder.exists() and folder.name in SHIPPED and folder.parts[-3:-1] == ("dtrec", "weights"):
+        try:
+            folder = shipped_checkpoint(folder.name)
+        except FileNotFoundError:
+            return None
+    found = find_training_config(folder)
+    if found is None:
+        return None
+    record = found[1]
+    if isinstance(record.get("sources"), dict):
+        return sorted(record["sources"])
+    data = record.get("data")
+    names = [data] if isinstance(data, str) else data if isinstance(data, list) else []
+    return sorted(Path(str(d)).name for d in names) or None
+
+
+def _init_cold_note(init: str) -> str:
+    """What "never seen in training" means for a model fine-tuned from `init`."""
+    start = f"This model was fine-tuned from `{init}`"
+    names = init_data_sets(init)
+    if names is None:
+        return (start + ". Items that checkpoint was trained on are not unseen for it, so these rows measure cold "
+                "start only for items outside its training data too.")
+    return (start + f", which was trained on {', '.join(names)}, each data set's cold-start items left out as they "
+            "are here. An item of this catalog that one of those data sets trained on (as one of its warm items, "
+            "under its own row) was seen in that training, so these rows measure cold start for the others only.")
 
 
 def _recorded_command(record: dict[str, Any]) -> str | None:

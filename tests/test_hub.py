@@ -26,7 +26,8 @@ from dtrec.hub import (
     resolve_demo,
     resolve_model,
 )
-from dtrec.modelcard import make_model_card
+from dtrec.modelcard import init_data_sets, make_model_card
+from dtrec.weights import shipped_checkpoint
 from dtrec.results import METRIC_KEYS
 from dtrec.model import DualTower
 
@@ -149,13 +150,29 @@ def test_model_card_is_generated_from_checkpoint_and_results(run_dir: Path):
     assert "was fine-tuned from" not in text  # trained from scratch: its cold-start items are unseen
 
 
-def test_the_card_of_a_fine_tuned_model_says_its_cold_start_items_may_be_in_the_inits_data(run_dir: Path):
+def test_the_card_of_a_fine_tuned_model_says_its_cold_start_items_may_be_in_the_inits_data(run_dir: Path,
+                                                                                          tmp_path: Path):
     record = json.loads((run_dir / "train_config.json").read_text())
-    (run_dir / "train_config.json").write_text(json.dumps({**record, "init": "/runs/pretrained"}))
     results = json.loads((run_dir / "results.json").read_text())
-    text = str(make_model_card(run_dir / "best", results, dataset_name="movielens-100k", repo_id="me/x"))
-    cold = text[text.index("### Cold-start items"):text.index("### Validation")]
-    assert "fine-tuned from `/runs/pretrained`" in cold and "| **dtrec** (n=100) |" in cold
+
+    def cold_section(init: str) -> str:
+        (run_dir / "train_config.json").write_text(json.dumps({**record, "init": init}))
+        text = str(make_model_card(run_dir / "best", results, dataset_name="movielens-100k", repo_id="me/x"))
+        return text[text.index("### Cold-start items"):text.index("### Validation")]
+
+    cold = cold_section("/runs/gone")  # an init that is not here: the card cannot name its data
+    assert "fine-tuned from `/runs/gone`. Items that checkpoint was trained on" in cold
+    assert "| **dtrec** (n=100) |" in cold
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "train_config.json").write_text(json.dumps({"data": ["/d/amazon-toys", "/d/movielens-1m"]}))
+    assert "which was trained on amazon-toys, movielens-1m, each data set's cold-start items left out" in \
+        cold_section(str(pre))
+    # The shipped init, recorded relative to where the run started, is found inside the package.
+    assert init_data_sets("dtrec/weights/pretrained") == sorted(
+        json.loads((shipped_checkpoint("pretrained") / "train_config.json").read_text())["sources"])
+    assert "which was trained on Scientific, amazon2014-beauty" in cold_section("/old/checkout/dtrec/weights/pretrained")
+    assert init_data_sets("runs/pretrained") is None  # another folder of that name, gone: not the shipped one
 
 
 def test_model_card_without_results_has_no_model_index(run_dir: Path):
