@@ -32,7 +32,7 @@ from dtrec.baselines.sasrec import SASRecConfig, SASRecTrainConfig, train_sasrec
 from dtrec.config import ModelConfig, PretrainConfig
 from dtrec.eval import evaluate
 from dtrec.train.finetune import finetune
-from dtrec.train.loop import FitConfig, Task, fit, train_step
+from dtrec.train.loop import FitConfig, Task, fit, resume_differences, train_step
 from dtrec.train.pretrain import pretrain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -187,3 +187,17 @@ if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else GOLDEN
     target.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {target}")
+
+
+def test_resume_differences_compare_what_is_trained_not_how_long_or_where():
+    saved = {"config": {"lr": 0.001, "epochs": 8, "device": "cuda", "model": {"max_len": 20, "dims": {"text": 384}}},
+             "git_commit": "abc"}
+    ours = {"config": {"lr": 0.001, "epochs": 30, "device": "cpu", "model": {"max_len": 20, "dims": {"text": 384}},
+                       "added_later": 3}}
+    assert resume_differences(saved, ours) == []  # longer, elsewhere, and a setting the old run never recorded
+    ours["config"]["model"]["dims"]["text"] = 512
+    ours["config"]["lr"] = 0.01
+    assert resume_differences(saved, ours) == ["lr 0.01 (the run: 0.001)", "model.dims.text 512 (the run: 384)"]
+    # a record that keeps the architecture apart (SASRec's) is compared there too
+    assert resume_differences({"config": {}, "model": {"hidden": 64}}, {"config": {}, "model": {"hidden": 32}}) == [
+        "hidden 32 (the run: 64)"]
