@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from dtrec.config import read_checkpoint_config
 from dtrec.results import METRIC_KEYS, METRIC_NAMES, PROVENANCE_KEY, markdown_table, metric_table, results_table
+from dtrec.weights import SHIPPED, shipped_checkpoint
 
 SPLITS = ("test", "cold_start", "valid")
 # Names baselines are written under in results.json; the model being published is any other entry.
@@ -310,10 +311,20 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
     return lines
 
 
+def checkpoint_card(title: str, description: str, tags: list[str]) -> ModelCard:
+    """The short card `save_pretrained` writes beside a checkpoint (in place of huggingface_hub's generic one).
+
+    It names no licence: the weights follow the terms of the data they were trained on, which only the run
+    knows; `dtrec publish` replaces it with the full card (`make_model_card`)."""
+    data = ModelCardData(library_name="dtrec", tags=["dtrec", *tags])
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{description}\n\n"
+                     "This card is the one training writes beside every checkpoint. It names no licence: the "
+                     "weights follow the terms of the data they were trained on. `dtrec publish` replaces it with "
+                     "the full card (results, data, licence), see the project's docs/hub.md.\n")
+
+
 def init_data_sets(init: str) -> list[str] | None:
     """The data sets the checkpoint `init` was trained on, from its run record; None when it cannot be found."""
-    from dtrec.weights import SHIPPED, shipped_checkpoint
-
     folder = Path(init)
     # The shipped init is recorded as .../dtrec/weights/NAME, relative to where the run started.
     if not folder.exists() and folder.name in SHIPPED and folder.parts[-3:-1] == ("dtrec", "weights"):

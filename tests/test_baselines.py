@@ -216,6 +216,13 @@ def test_sasrec_refuses_to_resume_with_other_settings_or_without_a_run(tmp_path)
     assert [r["epoch"] for r in report["log"]] == [0, 1]
 
 
+def test_a_saved_sasrec_carries_a_card_that_says_it_scores_its_own_catalog_only(tmp_path):
+    SASRec(SASRecConfig(num_items=20, hidden=16, d_ff=32, max_len=8, repeat_bias=True)).save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "scores only the catalog it was trained on (20 items" in card and "with dtrec's repeat term" in card
+    assert "license" not in card.split("---")[1] and "More Information Needed" not in card
+
+
 def test_baseline_resume_is_refused_for_a_kind_with_no_training_to_continue(tmp_path, capsys):
     _planted(n_items=20, n_users=40, length=6).save(tmp_path / "data")
     args = ["baseline", "popularity", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "pop")]

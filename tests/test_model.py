@@ -262,3 +262,11 @@ def test_init_from_moves_between_models_with_and_without_the_last_item_weight(tm
         with_weight.last_item_weight.fill_(0.7)
     with_weight.save_pretrained(tmp_path / "weighted")
     assert any("dropped" in n for n in init_from(DualTower(cfg), tmp_path / "weighted"))
+
+
+def test_a_saved_checkpoint_carries_a_card_that_says_what_it_reads_and_claims_no_licence(tmp_path):
+    f = _features()
+    DualTower(tiny_model_config(f, tower="adaptor")).save_pretrained(tmp_path / "ckpt")
+    card = (tmp_path / "ckpt" / "README.md").read_text()
+    assert f"reading `{f.encoder}` features" in card and "adaptor towers" in card
+    assert "license" not in card.split("---")[1] and "More Information Needed" not in card

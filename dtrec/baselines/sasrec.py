@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors.torch import load_file
 from torch import nn
 
@@ -25,6 +25,7 @@ from dtrec.eval import evaluate
 from dtrec.model.dropout import use_fast_dropout
 from dtrec.model.repeat import RepeatBias, history_offsets, repeat_offsets_at
 from dtrec.model.tower import load_state_checked
+from dtrec.modelcard import checkpoint_card
 from dtrec.sequences import build_examples, pad, padded_width
 from dtrec.train import distributed as D
 from dtrec.train.batching import GROUP_BATCHES, length_grouped_batches
@@ -148,6 +149,18 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
         # a shorter window gives the same result at a fraction of the cost.
         L = max(1, min(self.config.max_len, max((len(h) for h in histories), default=1)))
         return (pad([list(h[-L:]) for h in histories], L, left=True) + 1).to(self.item_emb.weight.device)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The card `save_pretrained` writes beside the weights: what this baseline is and scores."""
+        c = self.config
+        return checkpoint_card(
+            "SASRec baseline (dtrec)",
+            f"An ID-based SASRec (hidden {c.hidden}, {c.n_layers} layers, window {c.max_len}"
+            + (", with dtrec's repeat term" if c.repeat_bias else "") + f") trained by `dtrec baseline sasrec`. "
+            f"It learns one embedding per item ID, so it scores only the catalog it was trained on "
+            f"({c.num_items} items, in that catalog's order). `dtrec evaluate --checkpoint FOLDER --data DIR` "
+            "evaluates it on that data set.",
+            ["recommendation", "sequential-recommendation", "baseline"])
 
     @torch.no_grad()
     def scores(self, histories: list[list[int]]) -> torch.Tensor:

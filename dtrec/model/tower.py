@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -24,6 +24,7 @@ from dtrec.encoders.registry import same_encoder
 from dtrec.features import Features
 from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
 from dtrec.model.fusion import FusionEncoder, canonical_order
+from dtrec.modelcard import checkpoint_card
 from dtrec.model.repeat import RepeatBias, history_offsets
 from dtrec.sequences import history_batch
 
@@ -40,7 +41,6 @@ class DualTower(
     PyTorchModelHubMixin,
     library_name="dtrec",
     tags=["recommendation", "sequential-recommendation", "multimodal", "two-tower"],
-    license="apache-2.0",
 ):
     """Item tower + user tower; scores are cosines between their L2-normalised outputs."""
 
@@ -218,6 +218,18 @@ class DualTower(
         return out if offsets is None else out + offsets
 
     # ------------------------------------------------------------------ loading
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The card `save_pretrained` writes beside the weights: what this checkpoint is and reads."""
+        c = self.config
+        dims = ", ".join(f"{m} {d}" for m, d in c.modality_dims.items())
+        return checkpoint_card(
+            "dtrec two-tower checkpoint",
+            f"The item and user towers of dtrec ({c.tower} towers, d_model {c.d_model}, {c.n_layers} layers, "
+            f"window {c.max_len}), reading `{c.encoder}` features ({dims}); no item IDs, so it scores any catalog "
+            "whose items have those features. `dtrec evaluate --checkpoint FOLDER --data DIR` evaluates it, "
+            "`dtrec.model.DualTower.from_pretrained(FOLDER)` loads it.",
+            ["recommendation", "sequential-recommendation", "multimodal", "two-tower"])
+
     @classmethod
     def _from_pretrained(
         cls,
