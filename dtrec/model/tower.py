@@ -24,8 +24,8 @@ from dtrec.encoders.registry import same_encoder
 from dtrec.features import Features
 from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
 from dtrec.model.fusion import FusionEncoder, canonical_order
-from dtrec.modelcard import checkpoint_card
 from dtrec.model.repeat import RepeatBias, history_offsets
+from dtrec.modelcard import checkpoint_card
 from dtrec.sequences import history_batch
 
 class FeatureMismatchError(ValueError):
