@@ -10,7 +10,7 @@
 # About 5 min per dtrec epoch and 1.5 min per SASRec epoch on one CPU core (about 1 min on two); SASRec stopped
 # early at epoch 109 for seed 42. A SASRec run cut short keeps its best epoch in OUT/sasrec and continues with
 # `dtrec baseline sasrec ... --resume` (the same flags). Words in DTREC_FINETUNE_ARGS / DTREC_SASREC_ARGS come last and
-# win: DTREC_FINETUNE_ARGS="--epochs 40 --patience 10" DTREC_SASREC_ARGS=--repeat-bias gives both sides the same terms.
+# win: DTREC_FINETUNE_ARGS="--epochs 26 --patience 10" DTREC_SASREC_ARGS=--repeat-bias gives both sides the same terms.
 # usage: DTREC_SEED=42 bash scripts/movielens1m_pretrained.sh OUTDIR [PRETRAINED]
 # env: DTREC_DOMAINS (prepared domains, default OUTDIR/domains; kept between runs when shared)
 set -euo pipefail
