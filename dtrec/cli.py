@@ -53,7 +53,7 @@ class _Commands(argparse._SubParsersAction):
 # Model fields live under the config's `model` key; `encoder` and `modality_dims` always come
 # from the features.
 T = TypeVar("T")
-_FROM_FEATURES = ("encoder", "modality_dims")
+_FROM_FEATURES = ("encoder", "modality_dims", "id_rows")  # set from the features, not by flags
 
 
 def _flag_type(tp: Any) -> Any:

@@ -65,6 +65,10 @@ class ModelConfig:
     subtract_last: bool = False
     # causal: a learned score offset for items already in the history, by recency (dtrec/model/repeat.py)
     repeat_bias: bool = False
+    # adaptor: the first `id_rows` rows of the training catalog get a learned ID vector on top of their content
+    # embedding (UniSRec's transductive setting, dtrec/model/itemids.py); 0 = ID-free. Set by fine-tuning's
+    # `item_ids`, not by hand.
+    id_rows: int = 0
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -79,6 +83,9 @@ class ModelConfig:
             raise ValueError("repeat_bias needs the causal objective: Cloze has no history position to read")
         if self.max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {self.max_len}")
+        if self.id_rows < 0 or (self.id_rows and self.tower != "adaptor"):
+            raise ValueError(f"id_rows must be at least 0, and item IDs need the adaptor tower (got {self.id_rows}, "
+                             f"tower {self.tower!r})")
         self.modality_dims = {str(k): int(v) for k, v in dict(self.modality_dims).items()}
 
     @classmethod
@@ -143,6 +150,9 @@ class FinetuneConfig(TrainConfig):
     item_weight: float = 0.0
     item_batch_size: int = 512
     item_pairs: str = ""  # the view pairs ("t-vt,vt-vt"); "" = pretraining's four (dtrec.train.views)
+    # A learned ID vector per training-catalog item beside its content (UniSRec's transductive setting,
+    # dtrec/model/itemids.py): the model then scores that catalog only (plus new items, by content).
+    item_ids: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -152,6 +162,8 @@ class FinetuneConfig(TrainConfig):
             raise ValueError("pad_multiple must be at least 1")
         if self.item_weight < 0 or self.item_batch_size < 2:
             raise ValueError("item_weight must be at least 0 and item_batch_size at least 2")
+        if self.model.id_rows and not self.item_ids:
+            raise ValueError("model.id_rows is set from the catalog by item_ids=True, not by hand")
 
 
 @dataclass
@@ -178,6 +190,8 @@ class PretrainConfig(TrainConfig):
             raise ValueError("pretraining needs batch_size >= 2 (the other items of a batch are the negatives)")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, not {self.negatives!r}")
+        if self.model.id_rows:
+            raise ValueError("item IDs belong to one catalog: they are learned in fine-tuning (item_ids), not pretraining")
         if self.sequence_batch_size < 1 or self.steps_per_epoch < 0 or self.valid_users < 0 or self.patience < 0:
             raise ValueError("sequence_batch_size must be at least 1; steps_per_epoch, valid_users and patience "
                              "at least 0")

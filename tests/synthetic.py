@@ -93,9 +93,9 @@ def tiny_dual_tower(seed: int) -> DualTower:
                                  d_ff=64, max_len=10)).eval()
 
 
-def write_synthetic_demo(data_root: Path, out: Path) -> dict:
+def write_synthetic_demo(data_root: Path, out: Path, make_model=None) -> dict:
     """A demo folder written by `write_demo_folder` from a synthetic data set and random tiny-clip features:
-    {"dir", "dataset", "features"}."""
+    {"dir", "dataset", "features"}; `make_model(features)` gives its model (default `tiny_dual_tower(0)`)."""
     (data_root / "images").mkdir()
     rng = np.random.default_rng(0)
     items = []
@@ -114,7 +114,8 @@ def write_synthetic_demo(data_root: Path, out: Path) -> dict:
     features = Features("tiny-clip", {m: torch.randn(N_ITEMS, d, generator=g) for m, d in DEMO_DIMS.items()},
                         {"text": torch.ones(N_ITEMS, dtype=torch.bool), "image": has_image})
     features.values["image"][~has_image] = 0
-    folder = write_demo_folder(dataset, features, tiny_dual_tower(0), out, results={"dtrec": {"test": {"ndcg@10": 0.1}}})
+    model = make_model(features) if make_model is not None else tiny_dual_tower(0)
+    folder = write_demo_folder(dataset, features, model, out, results={"dtrec": {"test": {"ndcg@10": 0.1}}})
     return {"dir": folder, "dataset": dataset, "features": features}
 
 

@@ -232,3 +232,40 @@ def test_search_within_a_genre(movies):
     assert "Toy Story (1995)" not in _titles(drama) and all("Drama" in r.item.meta["genres"] for r in drama.items)
 
 
+
+
+def _id_model(features):
+    """An adaptor model with random item IDs for the demo's catalog."""
+    from dtrec.config import ModelConfig
+    from dtrec.model import DualTower
+
+    torch.manual_seed(0)
+    model = DualTower(ModelConfig(encoder="tiny-clip", modality_dims=features.dims, d_model=32, n_layers=1,
+                                  n_heads=2, d_ff=64, max_len=10, tower="adaptor", id_rows=len(features))).eval()
+    model.fit_feature_norm(features)
+    model.bind_item_ids(features)
+    with torch.no_grad():
+        model.item_ids.weight.normal_()
+    return model
+
+
+def test_a_model_with_item_ids_serves_its_catalog_and_scores_uploads_by_content(tmp_path):
+    from synthetic import write_synthetic_demo
+
+    (tmp_path / "data").mkdir()
+    demo = write_synthetic_demo(tmp_path / "data", tmp_path / "demo", make_model=_id_model)
+    rec = open_demo(demo, tmp_path / "store")
+    model, feats = rec.model, demo["features"]
+    assert model.config.id_rows == N_ITEMS
+    # Folder weights and features are fp16: the catalog is still recognised as the IDs' own.
+    user = model.user_embeddings([[3, 7, 11]], feats)[0]
+    scores = model.item_embeddings(feats) @ user
+    scores[[3, 7, 11]] = -np.inf
+    assert [r.item.id for r in rec.recommend(["m3", "m7", "m11"], k=5).items] == \
+        [f"m{i}" for i in scores.topk(5).indices.tolist()]
+    new_id, _ = rec.add_item("Zebra quantum orchestra")
+    row = rec._row_of[new_id]
+    content = model.item_embeddings(rec._features, ids=False)[row].numpy()
+    np.testing.assert_allclose(rec._emb[row], content, atol=1e-5)  # an upload has no ID: content alone
+    assert new_id in {r.item.id for r in rec.recommend(["m1"], k=N_ITEMS).items}  # indexed, ranked
+    assert len(rec.recommend([new_id, "m1"], k=5).items) == 5  # a history holding an upload is served too

@@ -4,8 +4,9 @@ Item tower = the encoder on a length-1 sequence; user tower = the encoder on a
 history, read at the last real position (causal) or at an appended learned
 [MASK] query position (Cloze). Items are known only by their features, so the
 model holds no per-item parameters and transfers to any catalog whose features
-come from the same encoder. Saved with `PyTorchModelHubMixin` as `config.json`
-+ `model.safetensors`.
+come from the same encoder; the one exception is the opt-in item-ID table
+(`ItemIds`, `ModelConfig.id_rows`), which ties a checkpoint to its catalog.
+Saved with `PyTorchModelHubMixin` as `config.json` + `model.safetensors`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dtrec.encoders.registry import same_encoder
 from dtrec.features import Features
 from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
 from dtrec.model.fusion import FusionEncoder, canonical_order
+from dtrec.model.itemids import ItemIds
 from dtrec.model.repeat import RepeatBias, history_offsets
 from dtrec.modelcard import checkpoint_card
 from dtrec.sequences import history_batch
@@ -54,6 +56,8 @@ class DualTower(
         c = config
         # Registered only when asked for, so a checkpoint without it loads unchanged.
         self.repeat_bias = RepeatBias(c.max_len) if c.repeat_bias else None
+        self.item_ids = ItemIds(c.id_rows, c.d_model) if c.id_rows else None
+        self._ids_checked: tuple | None = None  # the features last found to be the IDs' catalog
         if c.tower == "adaptor":
             self.item_adaptor = AdaptorItemEncoder(c.modality_dims, canonical_order(c.modality_dims), c.d_model,
                                                    c.n_experts, c.adaptor_dropout)
@@ -121,6 +125,8 @@ class DualTower(
             values = {m: table.values[m][uniq].to(self.device) for m in self.modalities}
             present = {m: table.present[m][uniq].to(self.device) for m in self.modalities}
             emb = self.item_adaptor(values, present)
+            if self.item_ids is not None:
+                emb = emb + self.item_ids(uniq.to(self.device))
             tokens = emb
             if self.history_correction is not None:
                 tokens = emb + self.history_correction(self.item_adaptor.standardise(values), present)
@@ -134,10 +140,15 @@ class DualTower(
         return self.user_encoder(values, present, padding, masked=masked, causal=causal)
 
     # ------------------------------------------------------------------ training-side forward passes
-    def encode_items(self, values: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
-        """Item-tower outputs (N, d), not normalised, for per-item `values[m]` (N, D_m)."""
+    def encode_items(self, values: dict[str, Tensor], present: dict[str, Tensor],
+                     rows: Tensor | None = None) -> Tensor:
+        """Item-tower outputs (N, d), not normalised, for per-item `values[m]` (N, D_m); with item IDs, `rows`
+        (N,) are the items' catalog rows (None: content only, as for a new item)."""
         if self.config.tower == "adaptor":
-            return self.item_adaptor(values, present)
+            emb = self.item_adaptor(values, present)
+            if self.item_ids is not None and rows is not None:
+                emb = emb + self.item_ids(rows.to(emb.device))
+            return emb
         n = next(iter(values.values())).shape[0]
         pad = torch.zeros(n, 1, dtype=torch.bool, device=self.device)
         out = self.item_encoder(
@@ -158,8 +169,9 @@ class DualTower(
         return self._encode_history(items.clamp(min=0), padding, table, masked)
 
     # ------------------------------------------------------------------ serving API (docs/architecture.md)
-    def check_features(self, features: Features) -> None:
-        """Raise `FeatureMismatchError` when `features` come from another encoder or dims."""
+    def check_features(self, features: Features, ids: bool = True) -> None:
+        """Raise `FeatureMismatchError` when `features` come from another encoder or dims, or (with item IDs and
+        `ids`) when their first rows are not the catalog the IDs were trained on."""
         c = self.config
         # Features may hold more modalities than the model reads (a text-only model over a catalog with images).
         dims = {m: features.dims.get(m) for m in c.modality_dims}
@@ -168,17 +180,37 @@ class DualTower(
                 f"checkpoint expects features of encoder {c.encoder!r} with dims {c.modality_dims}, "
                 f"got {features.encoder!r} with dims {features.dims}; extract features with the checkpoint's encoder"
             )
+        if ids and self.item_ids is not None:
+            key = (len(features), *((m, features.values[m].data_ptr(), features.values[m]._version)
+                                    for m in features.modalities))
+            if key != self._ids_checked:
+                if not self.item_ids.matches(features):
+                    raise FeatureMismatchError(
+                        f"this checkpoint learned item IDs for the {self.item_ids.rows} items of the catalog it was "
+                        "fine-tuned on, and these features are another catalog (or another row order): it scores "
+                        "that catalog only; fine-tune without --item-ids for a model that transfers")
+                self._ids_checked = key
+
+    def bind_item_ids(self, features: Features) -> None:
+        """Record `features` as the catalog of the item-ID table (a no-op without one)."""
+        if self.item_ids is not None:
+            self.item_ids.bind(features)
+            self._ids_checked = None
 
     @torch.no_grad()
-    def item_embeddings(self, features: Features, batch_size: int = 4096) -> Tensor:
-        """L2-normalised item-tower embeddings (N, d) of every row of `features`, on the model's device."""
-        self.check_features(features)
+    def item_embeddings(self, features: Features, batch_size: int = 4096, ids: bool = True) -> Tensor:
+        """L2-normalised item-tower embeddings (N, d) of every row of `features`, on the model's device.
+
+        With item IDs, row i of `features` is catalog row i unless `ids` is False (items outside the catalog,
+        such as one upload on its own: content only)."""
+        self.check_features(features, ids=ids)
         out = []
         for start in range(0, len(features), batch_size):
             sl = slice(start, start + batch_size)
             vals = {m: features.values[m][sl].to(self.device) for m in self.modalities}
             pres = {m: features.present[m][sl].to(self.device) for m in self.modalities}
-            out.append(F.normalize(self.encode_items(vals, pres).float(), dim=-1))
+            rows = torch.arange(start, min(start + batch_size, len(features)), device=self.device) if ids else None
+            out.append(F.normalize(self.encode_items(vals, pres, rows).float(), dim=-1))
         if not out:
             return torch.zeros(0, self.config.d_model, device=self.device)
         return torch.cat(out)
@@ -225,8 +257,11 @@ class DualTower(
         return checkpoint_card(
             "dtrec two-tower checkpoint",
             f"The item and user towers of dtrec ({c.tower} towers, d_model {c.d_model}, {c.n_layers} layers, "
-            f"window {c.max_len}), reading `{c.encoder}` features ({dims}); no item IDs, so it scores any catalog "
-            "whose items have those features. `dtrec evaluate --checkpoint FOLDER --data DIR` evaluates it, "
+            f"window {c.max_len}), reading `{c.encoder}` features ({dims}); "
+            + (f"with learned IDs for the {c.id_rows} items of the catalog it was fine-tuned on, so it scores that "
+               "catalog (and new items, by content) only. " if c.id_rows else
+               "no item IDs, so it scores any catalog whose items have those features. ")
+            + "`dtrec evaluate --checkpoint FOLDER --data DIR` evaluates it, "
             "`dtrec.model.DualTower.from_pretrained(FOLDER)` loads it.",
             ["recommendation", "sequential-recommendation", "multimodal", "two-tower"])
 

@@ -33,9 +33,10 @@ def user_tower(model: Any, histories: list[list[int]], features: Features) -> np
     return model.user_embeddings(histories, features).float().cpu().numpy()
 
 
-def item_tower(model: Any, features: Features) -> np.ndarray:
-    """Item-tower embeddings (N, d) as float32 numpy."""
-    return model.item_embeddings(features).float().cpu().numpy()
+def item_tower(model: Any, features: Features, ids: bool = True) -> np.ndarray:
+    """Item-tower embeddings (N, d) as float32 numpy; `ids` False for items that are not catalog rows 0..N-1
+    (uploads: a model with item IDs scores them by content alone)."""
+    return model.item_embeddings(features, ids=ids).float().cpu().numpy()
 
 
 class ContentEncoder:
@@ -90,7 +91,7 @@ class ContentEncoder:
         values = {m: torch.from_numpy(v if v is not None else np.zeros(self.dims[m], np.float32))[None]
                   for m, v in feats.items()}
         present = {m: torch.tensor([v is not None]) for m, v in feats.items()}
-        return item_tower(self.model, Features(self.name, values, present))[0]
+        return item_tower(self.model, Features(self.name, values, present), ids=False)[0]  # a new item has no ID
 
     def encode_and_embed(self, title: str, text: str,
                          image: Image.Image | None) -> tuple[dict[str, np.ndarray | None], np.ndarray]:

@@ -159,9 +159,17 @@ def sync_store(store: ItemStore, catalog: Catalog, features: Features, model: to
             keep = slice(None) if not fresh_catalog else rows >= len(catalog)
             rows = rows[keep]
             if len(rows):
-                feats = Features(encoder, {m: torch.from_numpy(values[m][keep]) for m in dims},
-                                 {m: torch.from_numpy(present[m][keep]) for m in dims})
-                store.update_vectors(rows.tolist(), item_tower(model, feats))
+                # Catalog rows are the catalog's own features (a model with item IDs adds each row's ID);
+                # uploads are scored by content alone.
+                up = rows >= len(catalog)
+                emb = np.zeros((len(rows), int(model.config.d_model)), np.float32)
+                if (~up).any():
+                    emb[~up] = item_tower(model, features)[rows[~up]]
+                if up.any():
+                    feats = Features(encoder, {m: torch.from_numpy(values[m][keep][up]) for m in dims},
+                                     {m: torch.from_numpy(present[m][keep][up]) for m in dims})
+                    emb[up] = item_tower(model, feats, ids=False)
+                store.update_vectors(rows.tolist(), emb)
         store.set_meta("model_fingerprint", model_fp)
         store.set_meta("encoder", encoder)
 

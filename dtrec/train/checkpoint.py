@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from dtrec.config import DUAL_TOWER_FILES, ModelConfig, checkpoint_folder, read_model_config
 from dtrec.encoders.registry import same_encoder
+from dtrec.model.itemids import CHECKSUM_RTOL
 from dtrec.model.tower import CheckpointError, DualTower, FeatureMismatchError, load_state_checked
 from dtrec.provenance import git_commit
 
@@ -108,7 +109,8 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
 
     A position table of another length keeps the positions both tables have when positions count back from
     the last item (`reverse_positions`) and is re-initialised otherwise; a repeat term of another length keeps
-    its shared places and gives new, older ones the init's oldest offset (what the init applied to them). A
+    its shared places and gives new, older ones the init's oldest offset (what the init applied to them). Item IDs
+    (`ItemIds`) are kept when the init learned them on this catalog and start at zero otherwise. A
     shared encoder fills both towers of a model with separate towers (and vice versa keeps the user side).
     """
     path = checkpoint_folder(init, DUAL_TOWER_FILES)
@@ -137,6 +139,21 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
     if "last_item_weight" in state and "last_item_weight" not in own:
         del state["last_item_weight"]
         notes.append("the checkpoint's last-item weight dropped (subtract_last off)")
+    # Item IDs at zero leave the init's own content model; its IDs are kept only for the catalog they were learned on.
+    ids = {"item_ids.weight", "item_ids.row_check"} & set(own)
+    zero_ids = {"item_ids.weight": torch.zeros_like(own["item_ids.weight"]),
+                "item_ids.row_check": own["item_ids.row_check"]} if ids else {}
+    if ids and not all(k in state and state[k].shape == own[k].shape for k in ids):
+        state.update(zero_ids)
+        notes.append("item IDs initialised at zero")
+    elif ids and not torch.allclose(state["item_ids.row_check"], own["item_ids.row_check"], rtol=CHECKSUM_RTOL):
+        state.update(zero_ids)
+        notes.append("item IDs initialised at zero (the init's are another catalog's)")
+    dropped = [k for k in state if k.startswith("item_ids.") and k not in own]
+    for k in dropped:
+        del state[k]
+    if dropped:
+        notes.append("the checkpoint's item IDs dropped (item_ids off)")
     key = "repeat_bias.weight"
     if key in own and key not in state:
         state[key] = own[key]  # zero, as built (a matching checkpoint brings its learned offsets)

@@ -89,10 +89,10 @@ class FinetuneObjective(nn.Module):
                                                      self.item_log_freq, held_out=self.held_out)
         if self.negatives == "all":
             # The reference re-encodes the whole catalog every step: both sides stay at one feature level.
-            item_emb = model.encode_items(table.values, table.present)
+            item_emb = model.encode_items(table.values, table.present, cand)
         else:
             item_emb = model.encode_items({m: table.values[m][cand] for m in model.modalities},
-                                          {m: table.present[m][cand] for m in model.modalities})
+                                          {m: table.present[m][cand] for m in model.modalities}, cand)
         offsets = None
         if model.repeat_bias is not None:  # the repeat term over the same candidates, one row per query position
             offsets = model.repeat_bias(items, padding, cand).reshape(queries.shape[0], -1)
@@ -213,9 +213,12 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     model_cfg = dataclasses.replace(config.model, encoder=features.encoder, modality_dims=features.dims)
     if init is not None:
         model_cfg = merge_init_config(model_cfg, init)
+    if config.item_ids:
+        model_cfg = dataclasses.replace(model_cfg, id_rows=len(features))
     # The resolved choice is what train_config.json records, so a rerun does not depend on "auto".
     config = dataclasses.replace(config, model=model_cfg, negatives=resolve_negatives(config.negatives, len(features)))
     model = DualTower(model_cfg).to(device)
+    model.bind_item_ids(features)  # before the init, which keeps its IDs only if they are this catalog's
     reinit = top_level_modules(model, config.reinit, "re-initialise")
     if reinit and init is None:
         raise ValueError(f"reinit {config.reinit!r} needs an init checkpoint: from scratch every module is fresh")
