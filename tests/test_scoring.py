@@ -65,3 +65,22 @@ def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, sh
         assert got["test"][key] == pytest.approx(row[key], abs=1e-6)
 
 
+
+
+@pytest.mark.slow
+def test_shipped_item_id_checkpoint_reproduces_its_row_on_freshly_extracted_features(tmp_path, shared_data):
+    """assets/models/movielens1m-item-ids on MovieLens-1M prepared and extracted afresh (as prepare_domains.sh does):
+    its item IDs recognise the catalog, and `dtrec evaluate` gives the published row."""
+    repo = Path(__file__).resolve().parent.parent
+    source = shared_data / "movielens-1m"
+    if not (source / "items.jsonl.gz").exists():
+        pytest.skip(f"MovieLens-1M not found under {shared_data}")
+    data = tmp_path / "ml1m"
+    assert main(["prepare", "jsonl", "--items", str(source / "items.jsonl.gz"), "--interactions",
+                 str(source / "interactions.csv.gz"), "--out", str(data), "--cold-fraction", "0.1",
+                 "--seed", "42"]) == 0
+    assert main(["extract", str(data), "--encoder", "offline"]) == 0
+    row = json.loads((repo / "docs" / "results" / "movielens1m-item-ids-seed42.json").read_text())["test"]
+    got = evaluate_checkpoint(repo / "assets" / "models" / "movielens1m-item-ids", data, device="cpu")
+    for key in ("ndcg@10", "recall@10", "recall@50", "mrr"):
+        assert got["test"][key] == pytest.approx(row[key], abs=1e-6)
