@@ -91,7 +91,7 @@ def init_differences(model_cfg: ModelConfig, init: str | Path) -> list[str]:
     window, dropout) is the run's own, so a setting left at its default can silently differ from the one the init
     was trained with (a fine-tuning without the init's repeat term starts by echoing the last item)."""
     base = read_model_config(init)
-    skip = {"encoder", "modality_dims", *ARCH_FIELDS}
+    skip = {"encoder", "modality_dims", "id_rows", *ARCH_FIELDS}  # id_rows: from the catalog (item_ids)
     return [f"{f.name} {getattr(model_cfg, f.name)!r} (the init: {getattr(base, f.name)!r})"
             for f in dataclasses.fields(ModelConfig)
             if f.name not in skip and getattr(model_cfg, f.name) != getattr(base, f.name)]
