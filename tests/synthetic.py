@@ -61,6 +61,16 @@ def tiny_finetune_config(features: Features, model: dict | None = None, **kw) ->
     return FinetuneConfig(model=tiny_model_config(features, **(model or {})), **base)
 
 
+def random_item_ids(config: ModelConfig, features: Features) -> DualTower:
+    """A DualTower of `config` (with `id_rows`) fitted and bound to `features`, its item IDs random (eval mode)."""
+    model = DualTower(config).eval()
+    model.fit_feature_norm(features)
+    model.bind_item_ids(features)
+    with torch.no_grad():
+        model.item_ids.weight.normal_()
+    return model
+
+
 def paired_features(n: int = 160, seed: int = 0) -> Features:
     """Text and image features as two noisy random views of one latent per item (for pretraining)."""
     g = torch.Generator().manual_seed(seed)

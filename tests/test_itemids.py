@@ -13,16 +13,11 @@ from dtrec.model.itemids import ItemIds, row_checksums
 from dtrec.model.tower import FeatureMismatchError
 from dtrec.train.checkpoint import init_differences, init_from
 from dtrec.train.finetune import finetune
-from synthetic import planted_dataset, tiny_finetune_config, tiny_model_config
+from synthetic import planted_dataset, random_item_ids, tiny_finetune_config, tiny_model_config
 
 
 def _id_model(f: Features, rows: int | None = None) -> DualTower:
-    model = DualTower(tiny_model_config(f, tower="adaptor", id_rows=rows or len(f))).eval()
-    model.fit_feature_norm(f)
-    model.bind_item_ids(f)
-    with torch.no_grad():
-        model.item_ids.weight.normal_()
-    return model
+    return random_item_ids(tiny_model_config(f, tower="adaptor", id_rows=rows or len(f)), f)
 
 
 def _content_only(model: DualTower) -> DualTower:

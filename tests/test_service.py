@@ -237,16 +237,12 @@ def test_search_within_a_genre(movies):
 def _id_model(features):
     """An adaptor model with random item IDs for the demo's catalog."""
     from dtrec.config import ModelConfig
-    from dtrec.model import DualTower
+    from synthetic import random_item_ids
 
     torch.manual_seed(0)
-    model = DualTower(ModelConfig(encoder="tiny-clip", modality_dims=features.dims, d_model=32, n_layers=1,
-                                  n_heads=2, d_ff=64, max_len=10, tower="adaptor", id_rows=len(features))).eval()
-    model.fit_feature_norm(features)
-    model.bind_item_ids(features)
-    with torch.no_grad():
-        model.item_ids.weight.normal_()
-    return model
+    return random_item_ids(ModelConfig(encoder="tiny-clip", modality_dims=features.dims, d_model=32, n_layers=1,
+                                       n_heads=2, d_ff=64, max_len=10, tower="adaptor", id_rows=len(features)),
+                           features)
 
 
 def test_a_model_with_item_ids_serves_its_catalog_and_scores_uploads_by_content(tmp_path):
