@@ -9,7 +9,7 @@ import torch
 from dtrec.config import ModelConfig
 from dtrec.features import Features
 from dtrec.model import DualTower
-from dtrec.model.itemids import ItemIds, row_checksums
+from dtrec.model.itemids import ItemIds, row_signatures
 from dtrec.model.tower import FeatureMismatchError
 from dtrec.train.checkpoint import init_differences, init_from
 from dtrec.train.finetune import finetune
@@ -89,7 +89,7 @@ def test_a_saved_id_checkpoint_keeps_its_ids_and_its_catalog(tmp_path):
     back = DualTower.from_pretrained(str(tmp_path / "ck"))
     assert back.config.id_rows == 20
     assert torch.allclose(back.item_embeddings(f), model.item_embeddings(f), atol=1e-6)
-    assert torch.equal(back.item_ids.row_check, row_checksums(f, 20))
+    assert torch.equal(back.item_ids.row_signature, row_signatures(f, 20))
     with pytest.raises(FeatureMismatchError):
         back.item_embeddings(_with_rows(f, list(reversed(range(20)))))
 
@@ -145,3 +145,18 @@ def test_finetuning_with_ids_tells_look_alike_items_apart_and_leaves_cold_items_
     assert weight[:38].abs().sum(dim=1).gt(0).all()
     record = json.loads((tmp_path / "ids" / "train_config.json").read_text())
     assert record["config"]["item_ids"] is True and record["config"]["model"]["id_rows"] == 40
+
+
+def test_the_catalog_check_catches_two_swapped_items_with_equal_statistics():
+    _, f = planted_dataset(n_items=20, n_users=5)
+    # Item 7 becomes item 3 with two pairs of components exchanged: same values, same mean |value| and norm,
+    # which a per-row summary statistic cannot tell apart; then the two swap places.
+    twin = Features(f.encoder, {m: v.clone() for m, v in f.values.items()}, f.present)
+    for v in twin.values.values():
+        v[7] = v[3][[1, 0, 3, 2, *range(4, v.shape[1])]]
+    model = _id_model(twin)
+    order = list(range(20))
+    order[3], order[7] = 7, 3
+    with pytest.raises(FeatureMismatchError, match="another catalog"):
+        model.item_embeddings(_with_rows(twin, order))
+    assert model.item_embeddings(twin).shape[0] == 20

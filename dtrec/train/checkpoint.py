@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from dtrec.config import DUAL_TOWER_FILES, ModelConfig, checkpoint_folder, read_model_config
 from dtrec.encoders.registry import same_encoder
-from dtrec.model.itemids import CHECKSUM_RTOL
+from dtrec.model.itemids import same_rows
 from dtrec.model.tower import CheckpointError, DualTower, FeatureMismatchError, load_state_checked
 from dtrec.provenance import git_commit
 
@@ -140,13 +140,13 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
         del state["last_item_weight"]
         notes.append("the checkpoint's last-item weight dropped (subtract_last off)")
     # Item IDs at zero leave the init's own content model; its IDs are kept only for the catalog they were learned on.
-    ids = {"item_ids.weight", "item_ids.row_check"} & set(own)
+    ids = {"item_ids.weight", "item_ids.row_signature"} & set(own)
     zero_ids = {"item_ids.weight": torch.zeros_like(own["item_ids.weight"]),
-                "item_ids.row_check": own["item_ids.row_check"]} if ids else {}
+                "item_ids.row_signature": own["item_ids.row_signature"]} if ids else {}
     if ids and not all(k in state and state[k].shape == own[k].shape for k in ids):
         state.update(zero_ids)
         notes.append("item IDs initialised at zero")
-    elif ids and not torch.allclose(state["item_ids.row_check"], own["item_ids.row_check"], rtol=CHECKSUM_RTOL):
+    elif ids and not same_rows(state["item_ids.row_signature"], own["item_ids.row_signature"]):
         state.update(zero_ids)
         notes.append("item IDs initialised at zero (the init's are another catalog's)")
     dropped = [k for k in state if k.startswith("item_ids.") and k not in own]
