@@ -12,7 +12,10 @@ On the test split (full ranking, nothing hidden) it scores four rankings:
 Beside them, `neighbour_overlap`: the share of each item's 10 nearest neighbours by the frozen features that are
 also among its 10 nearest by the item tower (over a fixed sample of up to 2,000 items).
 
-usage: python scripts/zero_shot_diagnosis.py --checkpoint DIR --data PREPARED [--out docs/bench/zero-shot-X.json]
+`--untrained SEED` is the control: the checkpoint's architecture freshly initialised with SEED, its feature
+standardisation fitted on this catalog (as `dtrec adapt` does), no training at all.
+
+usage: python scripts/zero_shot_diagnosis.py --checkpoint DIR --data PREPARED [--untrained SEED] [--out X.json]
 """
 
 from __future__ import annotations
@@ -56,12 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
+    p.add_argument("--untrained", type=int, default=None, metavar="SEED",
+                   help="score the checkpoint's architecture freshly initialised with SEED instead of its weights")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     model = DualTower.from_pretrained(str(checkpoint_folder(resolve_checkpoint(args.checkpoint)))).float().eval()
     ds = Dataset.load(args.data)
     feats = load_features(args.data, model.config.encoder, ds.catalog)
+    if args.untrained is not None:
+        torch.manual_seed(args.untrained)
+        model = DualTower(model.config).float().eval()
+        model.fit_feature_norm(feats, exclude=list(ds.cold_items))
     items = model.item_embeddings(feats)
     raw = item_vectors(feats)
     cases = list(ds.eval_cases("test"))
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {k: r[k] for k in METRICS}
     sample = torch.arange(0, len(feats), max(1, len(feats) // 2000))
     out = {
-        "checkpoint": args.checkpoint, "data": str(Path(args.data).resolve()), "split": "test",
+        "checkpoint": args.checkpoint, "untrained_seed": args.untrained, "data": str(Path(args.data).resolve()), "split": "test",
         "protocol": "reference", "n": len(cases), "rankings": results,
         "neighbour_overlap@10": neighbour_overlap(raw, items, sample), "overlap_sample": len(sample),
         "meta": {"commit": git_commit(Path(__file__).resolve().parents[1]),

@@ -53,3 +53,21 @@ def test_the_script_scores_the_model_and_both_knns_as_the_library_does(tmp_path)
     assert r["knn_features"]["ndcg@10"] == knn["ndcg@10"]
     assert r["knn_features"]["last_item_first"] == r["knn_item_tower"]["last_item_first"] == 1.0
     assert 0.0 <= res["neighbour_overlap@10"] <= 1.0 and res["overlap_sample"] == 30
+
+
+def test_the_untrained_control_is_seeded_and_ignores_the_weights(tmp_path):
+    ds, f = planted_dataset(n_items=30, n_users=60)
+    ds.save(tmp_path / "d")
+    f.fingerprint = ds.catalog.fingerprint()
+    f.save(cache_path(tmp_path / "d", "synthetic"))
+    results = []
+    for name, seed, untrained in (("a", 0, "5"), ("b", 1, "5"), ("c", 1, "6")):
+        torch.manual_seed(seed)
+        DualTower(tiny_model_config(f, tower="adaptor")).save_pretrained(tmp_path / name)
+        out = tmp_path / f"{name}.json"
+        assert diagnosis.main(["--checkpoint", str(tmp_path / name), "--data", str(tmp_path / "d"),
+                               "--untrained", untrained, "--out", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    assert results[0]["untrained_seed"] == 5
+    assert results[0]["rankings"] == results[1]["rankings"]  # other weights, same seed: the same control
+    assert results[1]["rankings"]["model"] != results[2]["rankings"]["model"]
