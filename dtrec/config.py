@@ -179,6 +179,9 @@ class PretrainConfig(TrainConfig):
     steps_per_epoch: int = 0  # sequence batches per epoch (0: one pass over every source's histories)
     item_weight: float = 1.0  # the item views' loss beside the sequence loss
     item_pairs: str = ""  # the view pairs ("t-vt,vt-vt"); "" = the paper's four (dtrec.train.views)
+    # Sequence pretraining: weight of neighbour distillation, which keeps each item's nearest neighbours in the
+    # item tower those of its frozen features (a batch of `batch_size` items of every source per step; 0: off).
+    geometry_weight: float = 0.0
     negatives: str = "auto"  # sequence candidates of each source, resolved by its catalog size
     num_negatives: int = 1024
     valid_users: int = 1000  # validation histories per source (sequence pretraining; 0: all)
@@ -192,6 +195,9 @@ class PretrainConfig(TrainConfig):
             raise ValueError(f"negatives must be one of {NEGATIVES}, not {self.negatives!r}")
         if self.model.id_rows:
             raise ValueError("item IDs belong to one catalog: they are learned in fine-tuning (item_ids), not pretraining")
+        if self.geometry_weight < 0 or (self.geometry_weight and not self.sequences):
+            raise ValueError("geometry_weight must be at least 0, and it is a term of sequence pretraining "
+                             "(--sequences)")
         if self.sequence_batch_size < 1 or self.steps_per_epoch < 0 or self.valid_users < 0 or self.patience < 0:
             raise ValueError("sequence_batch_size must be at least 1; steps_per_epoch, valid_users and patience "
                              "at least 0")

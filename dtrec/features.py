@@ -41,6 +41,14 @@ MODALITIES = ("text", "image")
 LAYOUT = "compact"
 
 
+def content_vectors(values: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, sum of dims) unit vectors of the frozen features themselves: each present modality's vector
+    normalised, absent ones zero, side by side, normalised again (the space content kNN ranks in)."""
+    parts = [torch.nn.functional.normalize(values[m].float(), dim=-1) * present[m].unsqueeze(-1)
+             for m in values]
+    return torch.nn.functional.normalize(torch.cat(parts, dim=-1), dim=-1)
+
+
 @dataclass
 class Features:
     """Item features of one encoder: `values[m]` (N, D_m) and `present[m]` (N,) bool."""

@@ -1,11 +1,13 @@
-"""Losses: retrieval cross-entropy, candidate sets with logQ correction, masked symmetric InfoNCE."""
+"""Losses: retrieval cross-entropy, candidate sets with logQ correction, masked symmetric InfoNCE, neighbour
+distillation."""
 
 import math
 
 import torch
 import torch.nn.functional as F
 
-from dtrec.model.losses import candidate_set, cross_modal_accuracy, info_nce, item_log_frequency, retrieval_loss
+from dtrec.model.losses import (candidate_set, cross_modal_accuracy, info_nce, item_log_frequency,
+                                 neighbour_distillation, retrieval_loss)
 
 
 def test_retrieval_loss_matches_cosine_cross_entropy_and_skips_minus_one():
@@ -97,3 +99,17 @@ def test_item_log_frequency_is_a_log_distribution_and_accuracy_counts_diagonal_h
     q = torch.eye(4)
     assert cross_modal_accuracy(q, q) == 1.0
     assert cross_modal_accuracy(q, q.roll(1, 0)) == 0.0
+
+
+def test_neighbour_distillation_is_zero_for_the_teacher_geometry_and_trains_only_the_student():
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(12, 6, generator=g)
+    rotation = torch.linalg.qr(torch.randn(6, 6, generator=g))[0]
+    same = (3.0 * teacher @ rotation).requires_grad_()  # same cosines, another basis and scale
+    assert neighbour_distillation(same, teacher, 0.1).abs() < 1e-5
+    student = torch.randn(12, 6, generator=g, requires_grad=True)
+    t = teacher.clone().requires_grad_()
+    loss = neighbour_distillation(student, t, 0.1)
+    assert loss > 0.1
+    loss.backward()
+    assert student.grad.abs().sum() > 0 and t.grad is None

@@ -14,7 +14,7 @@ import torch
 
 from dtrec.config import ModelConfig, PretrainConfig
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
-from dtrec.features import Features
+from dtrec.features import Features, content_vectors
 from dtrec.model.tower import DualTower
 from dtrec.train.batching import Collator
 from dtrec.train.finetune import evaluate_model
@@ -150,18 +150,50 @@ def test_item_pairs_choose_the_views_pretraining_contrasts(tmp_path):
         pretrain(sources, tiny_pretrain_config(epochs=1, item_pairs="t-x"), tmp_path / "bad", progress=False)
 
 
-def test_resumed_sequence_pretraining_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("geometry_weight", [0.0, 1.0])
+def test_resumed_sequence_pretraining_matches_an_uninterrupted_run(tmp_path, geometry_weight):
     sources = [rule_domain("a", 1, image=False), rule_domain("b", 2, image=True)]
-    cfg = tiny_pretrain_config(epochs=3, steps_per_epoch=4, batch_size=8)
+    cfg = tiny_pretrain_config(epochs=3, steps_per_epoch=4, batch_size=8, geometry_weight=geometry_weight)
     pretrain(sources, cfg, tmp_path / "full", progress=False)
-    pretrain(sources, tiny_pretrain_config(epochs=2, steps_per_epoch=4, batch_size=8), tmp_path / "part",
-             progress=False)
+    pretrain(sources, tiny_pretrain_config(epochs=2, steps_per_epoch=4, batch_size=8, geometry_weight=geometry_weight),
+             tmp_path / "part", progress=False)
     pretrain(sources, cfg, tmp_path / "part", progress=False, resume=True)
     a = DualTower.from_pretrained(str(tmp_path / "full" / "last")).state_dict()
     b = DualTower.from_pretrained(str(tmp_path / "part" / "last")).state_dict()
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def _neighbours_kept(model: DualTower, f: Features, k: int = 5) -> float:
+    """Share of each item's k nearest neighbours by its frozen features kept by the model's item tower."""
+    def nearest(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.normalize(x, dim=-1)
+        return (x @ x.T).fill_diagonal_(-2.0).topk(k, dim=1).indices
+    a, b = nearest(content_vectors(f.values, f.present)), nearest(model.item_embeddings(f))
+    return float((a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().mean())
+
+
+def test_neighbour_distillation_keeps_the_features_neighbourhoods_in_a_domain_never_seen(tmp_path):
+    sources = [rule_domain("a", 1, image=True), rule_domain("b", 2), rule_domain("c", 3)]
+    _, held = rule_domain("z", 9)
+    kept = {}
+    for w in (0.0, 2.0):
+        out = tmp_path / f"w{w}"
+        pretrain(sources, tiny_pretrain_config(epochs=6, geometry_weight=w), out, progress=False)
+        kept[w] = _neighbours_kept(DualTower.from_pretrained(str(out)), held)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert ("loss_geometry" in rows[0]) == bool(w)
+    assert rows[-1]["loss_geometry"] < rows[0]["loss_geometry"]
+    assert kept[2.0] > kept[0.0] + 0.1, kept
+    assert json.loads((tmp_path / "w2.0" / "train_config.json").read_text())["config"]["geometry_weight"] == 2.0
+
+
+def test_geometry_weight_is_a_non_negative_term_of_sequence_pretraining():
+    with pytest.raises(ValueError, match="geometry_weight"):
+        tiny_pretrain_config(geometry_weight=-1.0)
+    with pytest.raises(ValueError, match="--sequences"):
+        tiny_pretrain_config(geometry_weight=1.0, sequences=False)
 
 
 def test_sequence_pretraining_refuses_bare_features(tmp_path):

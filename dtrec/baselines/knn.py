@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dtrec.features import Features
+from dtrec.features import Features, content_vectors
 
 QUERIES = ("last", "mean")
 
@@ -38,9 +38,7 @@ class ContentKNNConfig:
 
 def item_vectors(features: Features) -> torch.Tensor:
     """(N, sum of dims) unit vectors: per-modality normalised features side by side, normalised again."""
-    parts = [F.normalize(features.values[m].float(), dim=-1) * features.present[m].unsqueeze(-1)
-             for m in features.modalities]
-    return F.normalize(torch.cat(parts, dim=-1), dim=-1)
+    return content_vectors(features.values, features.present)
 
 
 class ContentKNN:

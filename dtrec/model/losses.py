@@ -1,4 +1,4 @@
-"""Training losses: the retrieval loss of fine-tuning and the InfoNCE of pretraining.
+"""Training losses: the retrieval loss of fine-tuning, the InfoNCE and neighbour distillation of pretraining.
 
 All functions avoid data-dependent shapes (no boolean indexing, no `unique`), so
 they run on a GPU without host synchronisation.
@@ -139,3 +139,21 @@ def cross_modal_accuracy(queries: Tensor, keys: Tensor) -> float:
         return math.nan
     sims = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T
     return float((sims.argmax(1) == torch.arange(sims.shape[0], device=sims.device)).float().mean())
+
+
+def neighbour_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """KL(teacher || student) between each row's softmax over the other rows' cosines / temperature, mean over rows.
+
+    Keeps the student space's neighbourhoods (the item tower) those of the teacher (the frozen features), so
+    what a pretrained item tower learns from its domains does not cost the content similarity a new domain
+    needs. Rows are never their own neighbours."""
+    with torch.autocast(student.device.type, enabled=False):
+        n = student.shape[0]
+        self_mask = torch.eye(n, dtype=torch.bool, device=student.device)
+
+        def logits(x: Tensor) -> Tensor:
+            x = F.normalize(x.float(), dim=-1)
+            return (x @ x.T / temperature).masked_fill(self_mask, _NEG)
+
+        target = F.softmax(logits(teacher.detach()), dim=-1)
+        return F.kl_div(F.log_softmax(logits(student), dim=-1), target, reduction="batchmean")

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from dtrec.config import PretrainConfig, resolve_negatives
 from dtrec.data.catalog import Dataset
 from dtrec.features import Features
-from dtrec.model.losses import cross_modal_accuracy
+from dtrec.features import content_vectors
+from dtrec.model.losses import cross_modal_accuracy, neighbour_distillation
 from dtrec.model.tower import DualTower
 from dtrec.sequences import build_examples
 from dtrec.train import distributed as D
@@ -158,24 +159,36 @@ class DomainBatches:
 
 
 class MultiDomainObjective(nn.Module):
-    """Next-item loss of one source's batch plus the weighted item-view loss, as one module for DDP."""
+    """Next-item loss of one source's batch plus the weighted item-view loss and, optionally, the weighted
+    neighbour distillation of a batch of items of every source, as one module for DDP."""
 
     def __init__(self, model: DualTower, sequence_objectives: list[FinetuneObjective],
-                 item_objective: ItemViewObjective, item_weight: float):
+                 item_objective: ItemViewObjective, item_weight: float, geometry_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.sequence_objectives = sequence_objectives  # a plain list: they share `model`, registered above
         self.item_objective = item_objective
         self.item_weight = item_weight
+        self.geometry_weight = geometry_weight
 
     def forward(self, source: int, batch: dict[str, Tensor | None], values: dict[str, Tensor],
-                present: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """(total loss, per-pair item losses, sequence loss)."""
+                present: dict[str, Tensor], geometry: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(total loss, per-pair item losses, sequence loss, geometry loss); `geometry`: (values, present) of
+        the items whose neighbourhoods to keep, needed when `geometry_weight` is set."""
         seq = self.sequence_objectives[source](batch["items"], batch["padding"], batch["masked"], batch["targets"])
+        total, geo = seq, torch.zeros((), device=seq.device)
+        if self.geometry_weight:
+            if geometry is None:
+                raise ValueError("geometry_weight is set but no geometry batch was given")
+            gv, gp = geometry
+            geo = neighbour_distillation(self.model.encode_items(gv, gp), content_vectors(gv, gp),
+                                         self.model.config.temperature)
+            total = total + self.geometry_weight * geo
         if self.item_weight == 0:
-            return seq, torch.zeros(len(self.item_objective.pairs), device=seq.device), seq.detach()
+            return total, torch.zeros(len(self.item_objective.pairs), device=seq.device), seq.detach(), geo.detach()
         items, per_pair = self.item_objective(values, present)
-        return seq + self.item_weight * items, per_pair, seq.detach()
+        return total + self.item_weight * items, per_pair, seq.detach(), geo.detach()
 
 
 def validation_cases(dataset: Dataset, limit: int, seed: int) -> list:
@@ -196,18 +209,21 @@ class SequencePretrainTask(Task):
     def __init__(self, model: DualTower, trainer: nn.Module, objective: MultiDomainObjective,
                  optimizer: torch.optim.Optimizer, batches: DomainBatches, item_loader: DataLoader,
                  item_rows: Features, tables: list[Features], names: list[str], valid_cases: list[list],
-                 config: PretrainConfig, device: torch.device, out: Path):
+                 config: PretrainConfig, device: torch.device, out: Path,
+                 geometry: tuple[Tensor, Tensor] | None = None):
         self.model, self.trainer, self.objective, self.optimizer = model, trainer, objective, optimizer
         self.domain_batches, self.item_loader, self.item_rows = batches, item_loader, item_rows
         self.tables, self.names, self.valid_cases = tables, names, valid_cases
         self.config, self.device, self.out = config, device, out
         self.amp = config.amp and device.type == "cuda"
         self.pairs = objective.item_objective.pairs
+        self.geometry = geometry
         self._reset(0)
 
     def _reset(self, epoch: int) -> None:
         self.parts = torch.zeros(len(self.pairs), device=self.device)
         self.seq_total = torch.zeros((), device=self.device)
+        self.geo_total = torch.zeros((), device=self.device)
         self.item_epoch = epoch * 1_000  # the item loader's own epochs, distinct for every training epoch
         self.item_loader.sampler.set_epoch(self.item_epoch)
         self.item_iter = iter(self.item_loader)
@@ -234,16 +250,27 @@ class SequencePretrainTask(Task):
         idx = self._next_items().to(self.device, non_blocking=True)
         vals = {m: self.item_rows.values[m][idx] for m in self.model.modalities}
         pres = {m: self.item_rows.present[m][idx] for m in self.model.modalities}
-        loss, per_pair, seq = train_step(self.model, self.optimizer, lambda: self.trainer(source, b, vals, pres),
-                                         self.device.type, amp=self.amp, grad_clip=self.config.grad_clip)
+        geo = None
+        if self.geometry is not None:  # drawn only when the term is on, so runs without it keep their RNG stream
+            owner, local = self.geometry  # (source, row) of every item the term may draw
+            pick = torch.randint(len(owner), (min(self.config.batch_size, len(owner)),))
+            parts = [(t, local[pick][owner[pick] == k].to(self.device)) for k, t in enumerate(self.tables)]
+            geo = ({m: torch.cat([t.values[m][r] for t, r in parts]) for m in self.model.modalities},
+                   {m: torch.cat([t.present[m][r] for t, r in parts]) for m in self.model.modalities})
+        loss, per_pair, seq, geo_loss = train_step(
+            self.model, self.optimizer, lambda: self.trainer(source, b, vals, pres, geo), self.device.type,
+            amp=self.amp, grad_clip=self.config.grad_clip)
         self.parts += per_pair.detach()
         self.seq_total += seq
+        self.geo_total += geo_loss
         return loss
 
     def epoch_metrics(self, steps: int) -> dict[str, float]:
         """The epoch's mean sequence loss and mean loss of each item-view pair."""
         n = max(steps, 1)
         row = {"loss_sequence": float(self.seq_total) / n}
+        if self.geometry is not None:
+            row["loss_geometry"] = float(self.geo_total) / n
         row.update({f"loss_{a}_{c}": float(x) for (a, c), x in zip(self.pairs, (self.parts / n).tolist())})
         return row
 
@@ -295,7 +322,15 @@ def _pretrain_sequences(sources: list[tuple[Dataset | None, Features]], config: 
                                                 config.num_negatives))
     item_rows = multimodal_table(sources).to(device)
     objective = MultiDomainObjective(model, seq_objectives, ItemViewObjective(model, info, config.item_pairs),
-                                     config.item_weight)
+                                     config.item_weight, config.geometry_weight)
+    geometry = None
+    if config.geometry_weight:  # every source's items, text-only ones included, cold items left out
+        owner, local = [], []
+        for k, (ds, f) in enumerate(sources):
+            rows = sorted(set(range(len(f))) - set(ds.cold_items))
+            owner += [k] * len(rows)
+            local += rows
+        geometry = (torch.tensor(owner, dtype=torch.long), torch.tensor(local, dtype=torch.long))
     trainer: nn.Module = objective
     if info.enabled:
         trainer = nn.parallel.DistributedDataParallel(
@@ -313,7 +348,7 @@ def _pretrain_sequences(sources: list[tuple[Dataset | None, Features]], config: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     valid = [validation_cases(ds, config.valid_users, config.seed) for ds, _ in sources]
     task = SequencePretrainTask(model, trainer, objective, optimizer, batches, item_loader, item_rows, tables,
-                                names, valid, config, device, out)
+                                names, valid, config, device, out, geometry)
     loop = FitConfig(epochs=config.epochs, max_steps=config.max_steps, metric="ndcg@10",
                      patience=config.patience or None, log_every=config.log_every, resumable=True,
                      headline=("valid_ndcg@10", "valid ndcg@10 (mean over sources)", ".4f"))
