@@ -33,8 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from dtrec.config import PretrainConfig, resolve_negatives
 from dtrec.data.catalog import Dataset
-from dtrec.features import Features
-from dtrec.features import content_vectors
+from dtrec.features import Features, content_vectors
 from dtrec.model.losses import cross_modal_accuracy, neighbour_distillation
 from dtrec.model.tower import DualTower
 from dtrec.sequences import build_examples
@@ -266,7 +265,7 @@ class SequencePretrainTask(Task):
         return loss
 
     def epoch_metrics(self, steps: int) -> dict[str, float]:
-        """The epoch's mean sequence loss and mean loss of each item-view pair."""
+        """The epoch's mean sequence loss, mean loss of each item-view pair and, when on, mean geometry loss."""
         n = max(steps, 1)
         row = {"loss_sequence": float(self.seq_total) / n}
         if self.geometry is not None:
