@@ -30,7 +30,7 @@ from dtrec.features import Features
 # would need thousands of steps to matter.
 ID_SCALE = 5.0
 # Projections per row: two different items agree on all of them within the tolerance with odds far below
-# one in a million unless their features are near-identical (then their IDs are what tells them apart anyway).
+# one in a million, unless their feature vectors are near-identical (cosine above about 0.999).
 SIGNATURE_DIMS = 8
 # Each projection of a unit vector is about N(0, 1); a fp16 round trip (demo folders) moves it by about 1e-3.
 SIGNATURE_ATOL = 0.05
