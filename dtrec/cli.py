@@ -410,9 +410,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if init is not None:
         from dtrec.train.checkpoint import init_differences
 
-        if args.repeat_bias is None:  # the repeat term has weights: like the architecture, it comes with the init
-            config = dataclasses.replace(config, model=dataclasses.replace(
-                config.model, repeat_bias=read_model_config(init).repeat_bias))
+        # The repeat and content terms have weights: like the architecture, they come with the init unless given.
+        inherit = {k: getattr(read_model_config(init), k) for k in ("repeat_bias", "content_lags")
+                   if getattr(args, k) is None}
+        if inherit:
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, **inherit))
         diffs = init_differences(config.model, init)
         if diffs:  # shown even with --quiet: a silent default here changes what the run learns
             print(f"note: settings unlike the init's: {'; '.join(diffs)}. "

@@ -65,6 +65,9 @@ class ModelConfig:
     subtract_last: bool = False
     # causal: a learned score offset for items already in the history, by recency (dtrec/model/repeat.py)
     repeat_bias: bool = False
+    # causal: a learned score offset for the frozen features' cosine of an item with each of the last
+    # `content_lags` history items (dtrec/model/content.py); 0 = none
+    content_lags: int = 0
     # adaptor: the first `id_rows` rows of the training catalog get a learned ID vector on top of their content
     # embedding (UniSRec's transductive setting, dtrec/model/itemids.py); 0 = ID-free. Set by fine-tuning's
     # `item_ids`, not by hand.
@@ -81,6 +84,9 @@ class ModelConfig:
             raise ValueError("subtract_last needs the adaptor tower and the causal objective")
         if self.repeat_bias and self.objective != "causal":
             raise ValueError("repeat_bias needs the causal objective: Cloze has no history position to read")
+        if self.content_lags < 0 or (self.content_lags and self.objective != "causal"):
+            raise ValueError(f"content_lags must be at least 0 and needs the causal objective (got "
+                             f"{self.content_lags}, objective {self.objective!r})")
         if self.max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {self.max_len}")
         if self.id_rows < 0 or (self.id_rows and self.tower != "adaptor"):

@@ -244,7 +244,7 @@ def _body(cfg: dict, results: dict | None, dataset_name: str, recipe: str | None
         "",
         *markdown_table(["setting", "value"], [(k, _fmt_value(cfg[k])) for k in (
             "tower", "d_model", "n_layers", "n_heads", "d_ff", "dropout", "emb_dropout", "max_len", "share_towers",
-            "objective", "temperature", "repeat_bias") if k in cfg]),
+            "objective", "temperature", "repeat_bias", "content_lags") if k in cfg]),
         "",
         "## Training",
         "",

@@ -215,6 +215,11 @@ class Recommender:
                  if r in self._views and self.sessions.visible(r, session)]
         return sorted(hits + extra, key=lambda h: -h[1])[:k]
 
+    def _content_offsets(self, rows: list[int]) -> np.ndarray | None:
+        """The model's content-term offsets (N,) of every store row for a history, or None without one."""
+        out = self.model.content_offsets([rows], self._features)
+        return None if out is None else out[0].float().cpu().numpy()
+
     def warm_up(self) -> None:
         """Load and warm the frozen encoder and index the titles now, so that the first upload or
         search does not wait for them."""
@@ -253,10 +258,20 @@ class Recommender:
             user = self._user_tower(self.model, [tail], self._features)
             offsets = None if exclude_history else self.model.history_offsets([rows], len(self._emb))
             skip = set(rows) if exclude_history or offsets is not None else set()
-            scores, ids = self.index.search(user, k + len(skip) + self.sessions.n_hidden(session))
-            hits = self._hits(scores[0], ids[0], k, skip, session)
-            if offsets is not None:  # the repeat term moves history items: score them exactly and merge
-                hits = self._with_history(hits, sorted(set(rows)), user[0], offsets[0], k, session)
+            content = self._content_offsets(rows)
+            if content is not None:
+                # The content term is not in the index's vectors: score every row exactly instead (one product
+                # per row with the frozen features), the repeat term included.
+                exact = self._emb @ user[0] + content
+                if offsets is not None:
+                    exact = exact + offsets[0].cpu().numpy()
+                order = np.argsort(-exact, kind="stable")
+                hits = self._hits(exact[order], order, k, set(rows) if exclude_history else set(), session)
+            else:
+                scores, ids = self.index.search(user, k + len(skip) + self.sessions.n_hidden(session))
+                hits = self._hits(scores[0], ids[0], k, skip, session)
+                if offsets is not None:  # the repeat term moves history items: score them exactly and merge
+                    hits = self._with_history(hits, sorted(set(rows)), user[0], offsets[0], k, session)
             hist = np.asarray(sorted(set(rows)), dtype=np.int64)
             recs = []
             if hits:
@@ -503,8 +518,11 @@ class Recommender:
             user = self._user_tower(self.model, [rows[-self.model.config.max_len:]], self._features)[0]
             live = np.fromiter((r for r in self._views if self.sessions.visible(r, session)), dtype=np.int64)
             live = live[~np.isin(live, rows)]
-            scores = self._emb[live] @ user
-            mine = float(self._emb[target] @ user)
+            content = self._content_offsets(rows)
+            if content is None:
+                content = np.zeros(len(self._emb), np.float32)
+            scores = self._emb[live] @ user + content[live]
+            mine = float(self._emb[target] @ user + content[target])
             return int((scores > mine).sum()) + 1
 
     def about(self) -> dict:

@@ -3,6 +3,7 @@ statistics, text-only sources, zero-shot transfer of a planted rule, resume, the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -187,6 +188,41 @@ def test_neighbour_distillation_keeps_the_features_neighbourhoods_in_a_domain_ne
     assert rows[-1]["loss_geometry"] < rows[0]["loss_geometry"]
     assert kept[2.0] > kept[0.0] + 0.1, kept
     assert json.loads((tmp_path / "w2.0" / "train_config.json").read_text())["config"]["geometry_weight"] == 2.0
+
+
+def walk_domain(name: str, seed: int, n_items: int = 60, n_users: int = 200,
+                image: bool = False) -> tuple[Dataset, Features]:
+    """A domain whose items lie on a random walk through text-feature space and whose users walk it: the next
+    item is a near neighbour of the last by the frozen features, in every domain alike."""
+    g = torch.Generator().manual_seed(seed)
+    walk = torch.nn.functional.normalize(torch.cumsum(torch.randn(n_items, 16, generator=g), 0), dim=-1)
+    order = torch.randperm(n_items, generator=g)
+    text = torch.empty_like(walk)
+    text[order] = walk
+    seqs = []
+    for _ in range(n_users):
+        n = int(torch.randint(4, 9, (1,), generator=g))
+        start = int(torch.randint(n_items - n, (1,), generator=g))
+        seqs.append([int(order[i]) for i in range(start, start + n)])
+    catalog = Catalog([Item(id=f"{name}{i}", title=f"{name} {i}", text="") for i in range(n_items)])
+    ds = Dataset(catalog, Interactions([f"u{u}" for u in range(n_users)], seqs), name=name)
+    img = torch.randn(n_items, 12, generator=g) if image else torch.zeros(n_items, 12)
+    present = {"text": torch.ones(n_items, dtype=torch.bool), "image": torch.full((n_items,), image, dtype=torch.bool)}
+    return ds, Features("synthetic", {"text": text, "image": img}, present)
+
+
+def test_the_content_term_learned_in_pretraining_serves_a_domain_never_seen(tmp_path):
+    sources = [walk_domain("a", 1, image=True), walk_domain("b", 2), walk_domain("c", 3)]
+    held_out, held = walk_domain("z", 9)
+    cfg = tiny_pretrain_config(epochs=3, model=dataclasses.replace(tiny_pretrain_config().model, content_lags=2,
+                                                                    repeat_bias=True))
+    pretrain(sources, cfg, tmp_path, progress=False)
+    model = DualTower.from_pretrained(str(tmp_path))
+    assert model.content_bias.values()[0] > 0.5  # text-only and multimodal sources alike: follow the neighbour
+    cases = held_out.eval_cases("test")
+    zero_shot = evaluate_model(model, held, cases)["ndcg@10"]
+    model.content_bias = None
+    assert zero_shot > evaluate_model(model, held, cases)["ndcg@10"] + 0.2
 
 
 def test_geometry_weight_is_a_non_negative_term_of_sequence_pretraining():

@@ -267,7 +267,8 @@ def test_cli_pretrain_then_finetune_from_it(tmp_path):
     _write_dataset(tmp_path / "data")
     small = ["--d-model", 32, "--n-heads", 4, "--d-ff", 64, "--n-layers", 1, "--device", "cpu", "--no-amp", "--quiet"]
     r = _cli("pretrain", "--data", tmp_path / "data", "--encoder", "synthetic", "--out", tmp_path / "pre",
-             "--epochs", 1, "--batch-size", 16, "--max-len", 4, "--objective", "causal", "--repeat-bias", *small)
+             "--epochs", 1, "--batch-size", 16, "--max-len", 4, "--objective", "causal", "--repeat-bias",
+             "--content-lags", 2, *small)
     assert r.returncode == 0, r.stderr
     r = _cli("finetune", "--data", tmp_path / "data", "--encoder", "synthetic", "--out", tmp_path / "ft",
              "--init", tmp_path / "pre", "--epochs", 2, "--batch-size", 32, "--max-len", 6, "--objective", "causal",
@@ -276,8 +277,9 @@ def test_cli_pretrain_then_finetune_from_it(tmp_path):
     assert "settings unlike the init's" in r.stderr and "max_len 6 (the init: 4)" in r.stderr
     rec = json.loads((tmp_path / "ft" / "train_config.json").read_text())
     assert rec["config"]["model"]["max_len"] == 6 and rec["seed"] == 42 and rec["init"].endswith("pre")
-    # The repeat term has weights: without --no-repeat-bias it comes with the init, as the architecture does.
+    # The repeat and content terms have weights: unless given, they come with the init, as the architecture does.
     assert rec["config"]["model"]["repeat_bias"] is True and not any("dropped" in n for n in rec["init_notes"])
+    assert rec["config"]["model"]["content_lags"] == 2
     assert any("position" in n for n in rec["init_notes"])
     assert json.loads((tmp_path / "ft" / "valid.json").read_text())["n"] == 80
     assert DualTower.from_pretrained(str(tmp_path / "ft" / "best")).config.max_len == 6

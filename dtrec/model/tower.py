@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 from dtrec.config import ModelConfig
 from dtrec.encoders.registry import same_encoder
-from dtrec.features import Features
+from dtrec.features import Features, content_vectors
 from dtrec.model.adaptor import AdaptorItemEncoder, HistoryCorrection, SequenceEncoder
+from dtrec.model.content import ContentBias, content_scores
 from dtrec.model.fusion import FusionEncoder, canonical_order
 from dtrec.model.itemids import ItemIds
 from dtrec.model.repeat import RepeatBias, history_offsets
@@ -56,6 +57,7 @@ class DualTower(
         c = config
         # Registered only when asked for, so a checkpoint without it loads unchanged.
         self.repeat_bias = RepeatBias(c.max_len) if c.repeat_bias else None
+        self.content_bias = ContentBias(c.content_lags) if c.content_lags else None
         self.item_ids = ItemIds(c.id_rows, c.d_model) if c.id_rows else None
         self._ids_checked: tuple | None = None  # the features last found to be the IDs' catalog
         if c.tower == "adaptor":
@@ -239,15 +241,40 @@ class DualTower(
             return None
         return history_offsets(self.repeat_bias.values().float(), histories, num_items)
 
-    @torch.no_grad()
-    def scores(self, histories: list[list[int]], features: Features, items: Tensor) -> Tensor:
-        """Scores (B, N) of every item for each history: the cosine of the two towers plus the repeat term.
+    def content_vectors(self, features: Features) -> Tensor:
+        """The frozen features' own unit vectors (N, D) of every row of `features`, in the modalities the model
+        reads: the space the content term and content kNN compare items in. A modality no row has is left out
+        (its columns would be zeros throughout: no cosine changes, and every product is cheaper)."""
+        mods = [m for m in self.modalities if bool(features.present[m].any())] or list(self.modalities)
+        return content_vectors({m: features.values[m] for m in mods}, {m: features.present[m] for m in mods})
 
-        `items` are `item_embeddings(features)`, computed once by the caller.
+    @torch.no_grad()
+    def content_offsets(self, histories: list[list[int]], features: Features,
+                        content: Tensor | None = None) -> Tensor | None:
+        """The content term's score offsets (B, N) of every row of `features` for each history, or None without
+        one; `content` are `content_vectors(features)` when the caller keeps them."""
+        if self.content_bias is None:
+            return None
+        if content is None:
+            content = self.content_vectors(features)
+        content = content.to(self.device).float()
+        return content_scores(self.content_bias.values().float(), histories, content)
+
+    @torch.no_grad()
+    def scores(self, histories: list[list[int]], features: Features, items: Tensor,
+               content: Tensor | None = None) -> Tensor:
+        """Scores (B, N) of every item for each history: the cosine of the two towers plus the repeat and
+        content terms.
+
+        `items` are `item_embeddings(features)`, computed once by the caller, and so may be `content`
+        (`content_vectors(features)`, used only with a content term).
         """
         out = self.user_embeddings(histories, features) @ items.T
-        offsets = self.history_offsets(histories, items.shape[0])
-        return out if offsets is None else out + offsets
+        for offsets in (self.history_offsets(histories, items.shape[0]),
+                        self.content_offsets(histories, features, content)):
+            if offsets is not None:
+                out = out + offsets
+        return out
 
     # ------------------------------------------------------------------ loading
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:

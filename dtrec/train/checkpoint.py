@@ -109,7 +109,8 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
 
     A position table of another length keeps the positions both tables have when positions count back from
     the last item (`reverse_positions`) and is re-initialised otherwise; a repeat term of another length keeps
-    its shared places and gives new, older ones the init's oldest offset (what the init applied to them). Item IDs
+    its shared places and gives new, older ones the init's oldest offset (what the init applied to them); a content
+    term of another length keeps its shared places, new ones at zero. Item IDs
     (`ItemIds`) are kept when the init learned them on this catalog and start at zero otherwise. A
     shared encoder fills both towers of a model with separate towers (and vice versa keeps the user side).
     """
@@ -167,6 +168,18 @@ def init_from(model: DualTower, init: str | Path) -> list[str]:
     if key in state and key not in own:
         del state[key]
         notes.append("the checkpoint's repeat term dropped (repeat_bias off)")
+    key = "content_bias.weight"
+    if key in own and key not in state:
+        state[key] = own[key]
+        notes.append("content term initialised at zero")
+    elif key in own and state[key].shape != own[key].shape:
+        theirs, ours = state[key].shape[0], own[key].shape[0]
+        # Places only ours has start at zero, as built: they are older items the init never weighed.
+        state[key] = resize_table(state[key], ours, fill=own[key][theirs:])
+        notes.append(f"content term: {min(theirs, ours)} of {ours} places taken from the init")
+    if key in state and key not in own:
+        del state[key]
+        notes.append("the checkpoint's content term dropped (content_lags 0)")
     for k in [k for k in state if k.endswith("position.weight")]:
         if k in own and own[k].shape != state[k].shape:
             theirs, ours = state[k].shape[0], own[k].shape[0]

@@ -58,6 +58,7 @@ class FinetuneObjective(nn.Module):
         self.view_items = view_items  # plain attribute, like `table`
         self.item_weight = item_weight
         self.item_batch = item_batch
+        self._content_cache: Tensor | None = None  # the content term's vectors of `table`, made on first use
 
     def forward(self, items: Tensor, padding: Tensor, masked: Tensor | None, targets: Tensor) -> Tensor:
         """Mean retrieval loss over every position with a target (plus the weighted item views' loss)."""
@@ -96,7 +97,28 @@ class FinetuneObjective(nn.Module):
         offsets = None
         if model.repeat_bias is not None:  # the repeat term over the same candidates, one row per query position
             offsets = model.repeat_bias(items, padding, cand).reshape(queries.shape[0], -1)
+        if model.content_bias is not None:
+            content = self.content_offsets(items, padding, cand).reshape(queries.shape[0], -1)
+            offsets = content if offsets is None else offsets + content
         return retrieval_loss(queries, labels, item_emb, model.config.temperature, log_q, exclude, offsets)
+
+    def content_offsets(self, items: Tensor, padding: Tensor, cand: Tensor) -> Tensor:
+        """The content term (B, L, C) over candidates `cand` for every position of the batch."""
+        # The cosines come from frozen features: only the term's weights learn, so they carry no graph.
+        with torch.no_grad(), torch.autocast(items.device.type, enabled=False):
+            content = self._content()
+            # Each distinct history item's cosines are computed once, however often the batch holds it.
+            uniq, inverse = torch.unique(items.clamp(min=0), return_inverse=True)
+            sims = content[uniq.to(content.device)] @ content[cand.to(content.device)].T
+            sims = sims.to(items.device)[inverse]
+            same = items.unsqueeze(-1) == cand.to(items.device).view(1, 1, -1)
+        return self.model.content_bias(sims, padding, same)
+
+    def _content(self) -> Tensor:
+        """The table's content vectors, computed on first use (the table does not change during training)."""
+        if self._content_cache is None:
+            self._content_cache = self.model.content_vectors(self.table)
+        return self._content_cache
 
 
 def dataset_objective(model: DualTower, dataset: Dataset, table: Features, sequences: list[list[int]],
@@ -137,9 +159,10 @@ def evaluate_model(model: DualTower, features: Features, cases: list, batch_size
     model.eval()
     with torch.no_grad():
         items = model.item_embeddings(features)
+        content = model.content_vectors(features) if model.content_bias is not None else None
 
         def score(histories: list[list[int]]) -> Tensor:
-            return model.scores(histories, features, items)
+            return model.scores(histories, features, items, content)
 
         out = evaluate(score, cases, batch_size=batch_size)
     model.train(was_training)
