@@ -7,7 +7,7 @@ the model there (docs/pretraining.md, "Where zero-shot loses to content kNN"). `
 direct path to the frozen features: an item gains `weight[p] * cos(x_item, x_h)` for the history item `h` that
 sits `p` places from the end (p < lags) when it is not `h` itself, where `x` are the features' `content_vectors`
 (the space content kNN ranks in). An item's own place is the repeat term's (`dtrec.model.repeat`): left in, its
-cosine of 1 would teach the weights "not this one" instead of "like this one". The weights start at zero (the
+cosine of 1 would make these weights carry "not this one" too, beside "like this one". The weights start at zero (the
 plain model) and are learned with the retrieval loss; they hold nothing of any one catalog, so they carry over
 to a catalog the model never saw.
 
