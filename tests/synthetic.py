@@ -45,6 +45,38 @@ def planted_dataset(n_items: int = 40, n_users: int = 200, length: tuple[int, in
     return ds, Features("synthetic", values, present)
 
 
+def walk_dataset(name: str = "walk", seed: int = 0, n_items: int = 60, n_users: int = 300,
+                 image: bool = False) -> tuple[Dataset, Features]:
+    """Items on a random walk through text-feature space and users who walk it: the next item is a near neighbour
+    of the last one by the features (the one before it is as near, and already in the history). Row order says
+    nothing; without `image` the image modality is absent from every item."""
+    g = torch.Generator().manual_seed(seed)
+    walk = torch.nn.functional.normalize(torch.cumsum(torch.randn(n_items, 16, generator=g), 0), dim=-1)
+    order = torch.randperm(n_items, generator=g)
+    text = torch.empty_like(walk)
+    text[order] = walk
+    seqs = []
+    for _ in range(n_users):
+        n = int(torch.randint(4, 9, (1,), generator=g))
+        start = int(torch.randint(n_items - n, (1,), generator=g))
+        seqs.append([int(order[i]) for i in range(start, start + n)])
+    catalog = Catalog([Item(id=f"{name}{i}", title=f"{name} {i}", text="") for i in range(n_items)])
+    ds = Dataset(catalog, Interactions([f"u{u}" for u in range(n_users)], seqs), name=name)
+    img = torch.randn(n_items, 12, generator=g) if image else torch.zeros(n_items, 12)
+    present = {"text": torch.ones(n_items, dtype=torch.bool), "image": torch.full((n_items,), image, dtype=torch.bool)}
+    return ds, Features("synthetic", {"text": text, "image": img}, present)
+
+
+def padded_batch(histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(items, padding) of histories right-padded to the longest: padded places hold -1 and are True in padding."""
+    from dtrec.sequences import pad
+
+    length = max(map(len, histories))
+    items = pad(histories, length)
+    padding = torch.arange(length).unsqueeze(0) >= torch.tensor([len(h) for h in histories]).unsqueeze(1)
+    return items.masked_fill(padding, -1), padding
+
+
 def tiny_model_config(features: Features, **kw) -> ModelConfig:
     """A small, fast architecture for tests."""
     base = dict(encoder=features.encoder, modality_dims=features.dims, d_model=32, n_layers=1, n_heads=4,

@@ -8,24 +8,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import open_demo, planted_dataset, tiny_finetune_config, tiny_model_config
+from synthetic import (open_demo, padded_batch, planted_dataset, tiny_finetune_config, tiny_model_config,
+                       walk_dataset)
 
 from dtrec.config import ModelConfig
-from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.features import Features
 from dtrec.model import DualTower
 from dtrec.model.content import (ContentBias, content_offsets, content_offsets_reference, content_scores,
                                  lagged_offsets)
-from dtrec.sequences import pad
 from dtrec.train.checkpoint import init_from
 from dtrec.train.finetune import FinetuneObjective, evaluate_model, finetune
-
-
-def _batch(histories):
-    length = max(map(len, histories))
-    items = pad(histories, length)
-    padding = torch.arange(length).unsqueeze(0) >= torch.tensor([len(h) for h in histories]).unsqueeze(1)
-    return items.masked_fill(padding, -1), padding
 
 
 def _unit(n, d, seed):
@@ -37,7 +29,7 @@ def test_batched_offsets_and_the_served_ones_match_the_plain_definition_at_every
     content = _unit(6, 5, 0)
     # repeats inside a history, histories longer than the weights, one of a single item
     histories = [[3, 1, 3, 3, 0, 2, 3], [4], [2, 2, 1]]
-    items, padding = _batch(histories)
+    items, padding = padded_batch(histories)
     every = content_offsets(weight, items, padding, content, torch.arange(6))
     assert every.shape == (3, 7, 6)
     for b, h in enumerate(histories):
@@ -115,7 +107,7 @@ def test_training_offsets_at_a_windows_last_position_are_the_served_ones():
         model.content_bias.weight.copy_(torch.tensor([0.1, 0.03, -0.02]))
     objective = FinetuneObjective(model, f)
     histories = [[0, 3, 5, 2], [7, 1]]
-    items, padding = _batch(histories)
+    items, padding = padded_batch(histories)
     train = objective.content_offsets(items, padding, torch.arange(len(f)))
     served = model.content_offsets(histories, f)
     for b, h in enumerate(histories):
@@ -125,27 +117,8 @@ def test_training_offsets_at_a_windows_last_position_are_the_served_ones():
     torch.testing.assert_close(objective.content_offsets(items, padding, cand), train[:, :, cand])
 
 
-def _content_planted(n_items=60, n_users=300, seed=0):
-    """Items on a random walk through feature space, histories that walk it: the next item is a near neighbour of
-    the last one by the features (the one before it is as near, and already in the history)."""
-    g = torch.Generator().manual_seed(seed)
-    steps = torch.randn(n_items, 16, generator=g)
-    walk = F.normalize(torch.cumsum(steps, 0), dim=-1)
-    order = torch.randperm(n_items, generator=g)  # row order says nothing
-    text = torch.empty_like(walk)
-    text[order] = walk
-    seqs = []
-    for _ in range(n_users):
-        n = int(torch.randint(4, 9, (1,), generator=g))
-        start = int(torch.randint(n_items - n, (1,), generator=g))
-        seqs.append([int(order[i]) for i in range(start, start + n)])
-    catalog = Catalog([Item(id=f"i{i}", title=f"item {i}", text="") for i in range(n_items)])
-    ds = Dataset(catalog, Interactions([f"u{u}" for u in range(n_users)], seqs), name="walk")
-    return ds, Features("synthetic", {"text": text}, {"text": torch.ones(n_items, dtype=torch.bool)})
-
-
 def test_training_learns_a_planted_content_signal_that_carries_to_unseen_features(tmp_path):
-    ds, f = _content_planted()
+    ds, f = walk_dataset()
     cfg = tiny_finetune_config(f, model={"content_lags": 2, "repeat_bias": True, "tower": "adaptor", "n_heads": 2,
                                          "n_experts": 2}, epochs=6, evaluate_test=False)
     finetune(ds, f, cfg, tmp_path, progress=False)
@@ -153,7 +126,7 @@ def test_training_learns_a_planted_content_signal_that_carries_to_unseen_feature
     w = model.content_bias.values().detach()
     assert w[0] > 0.5  # the last item's neighbour is the next item: the term learns to follow it
     # another catalog of the same kind, never trained on: the learned term alone already ranks well
-    ds2, f2 = _content_planted(seed=1)
+    ds2, f2 = walk_dataset(seed=1)
     cases = list(ds2.eval_cases("test"))
     with_term = evaluate_model(model, f2, cases)["ndcg@10"]
     model.content_bias = None

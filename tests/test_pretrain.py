@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import walk_dataset
 
 from dtrec.config import ModelConfig, PretrainConfig
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
@@ -190,30 +191,9 @@ def test_neighbour_distillation_keeps_the_features_neighbourhoods_in_a_domain_ne
     assert json.loads((tmp_path / "w2.0" / "train_config.json").read_text())["config"]["geometry_weight"] == 2.0
 
 
-def walk_domain(name: str, seed: int, n_items: int = 60, n_users: int = 200,
-                image: bool = False) -> tuple[Dataset, Features]:
-    """A domain whose items lie on a random walk through text-feature space and whose users walk it: the next
-    item is a near neighbour of the last by the frozen features, in every domain alike."""
-    g = torch.Generator().manual_seed(seed)
-    walk = torch.nn.functional.normalize(torch.cumsum(torch.randn(n_items, 16, generator=g), 0), dim=-1)
-    order = torch.randperm(n_items, generator=g)
-    text = torch.empty_like(walk)
-    text[order] = walk
-    seqs = []
-    for _ in range(n_users):
-        n = int(torch.randint(4, 9, (1,), generator=g))
-        start = int(torch.randint(n_items - n, (1,), generator=g))
-        seqs.append([int(order[i]) for i in range(start, start + n)])
-    catalog = Catalog([Item(id=f"{name}{i}", title=f"{name} {i}", text="") for i in range(n_items)])
-    ds = Dataset(catalog, Interactions([f"u{u}" for u in range(n_users)], seqs), name=name)
-    img = torch.randn(n_items, 12, generator=g) if image else torch.zeros(n_items, 12)
-    present = {"text": torch.ones(n_items, dtype=torch.bool), "image": torch.full((n_items,), image, dtype=torch.bool)}
-    return ds, Features("synthetic", {"text": text, "image": img}, present)
-
-
 def test_the_content_term_learned_in_pretraining_serves_a_domain_never_seen(tmp_path):
-    sources = [walk_domain("a", 1, image=True), walk_domain("b", 2), walk_domain("c", 3)]
-    held_out, held = walk_domain("z", 9)
+    sources = [walk_dataset("a", 1, n_users=200, image=True), walk_dataset("b", 2, n_users=200), walk_dataset("c", 3, n_users=200)]
+    held_out, held = walk_dataset("z", 9, n_users=200)
     cfg = tiny_pretrain_config(epochs=3, model=dataclasses.replace(tiny_pretrain_config().model, content_lags=2,
                                                                     repeat_bias=True))
     pretrain(sources, cfg, tmp_path, progress=False)

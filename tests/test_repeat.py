@@ -6,22 +6,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from synthetic import open_demo, planted_dataset, tiny_finetune_config, tiny_model_config
+from synthetic import open_demo, padded_batch, planted_dataset, tiny_finetune_config, tiny_model_config
 
 from dtrec.config import ModelConfig
 from dtrec.model import DualTower
 from dtrec.model.repeat import (RepeatBias, history_offsets, repeat_offsets, repeat_offsets_at,
                                 repeat_offsets_reference)
-from dtrec.sequences import pad
 from dtrec.train.checkpoint import init_from
 from dtrec.train.finetune import FinetuneObjective, finetune
-
-
-def _batch(histories):
-    length = max(map(len, histories))
-    items = pad(histories, length)
-    padding = torch.arange(length).unsqueeze(0) >= torch.tensor([len(h) for h in histories]).unsqueeze(1)
-    return items.masked_fill(padding, -1), padding
 
 
 def test_batched_offsets_match_the_plain_definition_at_every_position():
@@ -29,7 +21,7 @@ def test_batched_offsets_match_the_plain_definition_at_every_position():
     weight = torch.randn(5, generator=g)
     # repeats inside a history, histories longer than the weights, one of a single item
     histories = [[3, 1, 3, 3, 0, 2, 3], [4], [2, 2, 1]]
-    items, padding = _batch(histories)
+    items, padding = padded_batch(histories)
     n = 6
     every = repeat_offsets(weight, items, padding, torch.arange(n))
     assert every.shape == (3, 7, n)
@@ -51,7 +43,7 @@ def test_offsets_at_chosen_positions_match_the_batched_ones_left_or_right_padded
     g = torch.Generator().manual_seed(1)
     weight = torch.randn(4, generator=g)
     histories = [[3, 1, 3, 3, 0, 2, 3], [4], [2, 2, 1]]
-    items, padding = _batch(histories)
+    items, padding = padded_batch(histories)
     left = torch.stack([torch.roll(items[b], int(padding[b].sum())) for b in range(3)])
     lpad = torch.stack([torch.roll(padding[b], int(padding[b].sum())) for b in range(3)])
     for it, pd in ((items, padding), (left, lpad)):
