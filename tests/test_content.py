@@ -14,8 +14,7 @@ from synthetic import (open_demo, padded_batch, planted_dataset, tiny_finetune_c
 from dtrec.config import ModelConfig
 from dtrec.features import Features
 from dtrec.model import DualTower
-from dtrec.model.content import (ContentBias, content_offsets, content_offsets_reference, content_scores,
-                                 lagged_offsets)
+from dtrec.model.content import ContentBias, content_offsets, content_offsets_reference, content_scores
 from dtrec.train.checkpoint import init_from
 from dtrec.train.finetune import FinetuneObjective, evaluate_model, finetune
 
