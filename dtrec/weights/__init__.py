@@ -4,7 +4,9 @@
 `dtrec/weights/pretrained/` (docs/pretraining.md), and `dtrec evaluate --checkpoint pretrained`
 scores it zero-shot. The folder is package data, so an installed wheel finds it without a
 checkout; `assets/models/pretrained` points to it. Fine-tuning still starts from scratch by
-default: at equal steps the pretrained start has not yet beaten it (docs/pretraining.md).
+default: at equal steps this start has not beaten it, and the one pretrained with the content term
+(assets/models/pretrained-content) beats it on a held-out shopping domain but not on films
+(docs/pretraining.md).
 """
 
 from __future__ import annotations
