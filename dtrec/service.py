@@ -148,6 +148,7 @@ class Recommender:
             vals[m][ridx] = torch.from_numpy(values[m])
             pres[m][ridx] = torch.from_numpy(present[m])
         self._features = Features(self.encoder_name, vals, pres).to(self.device)
+        self._content: torch.Tensor | None = None  # the content term's vectors of `_features`, made on first use
         self._emb = np.zeros((n, self.d), np.float32)
         self._emb[rows] = emb
         self._views: dict[int, ItemView] = {}
@@ -217,8 +218,11 @@ class Recommender:
 
     def _content_offsets(self, rows: list[int]) -> np.ndarray | None:
         """The model's content-term offsets (N,) of every store row for a history, or None without one."""
-        out = self.model.content_offsets([rows], self._features)
-        return None if out is None else out[0].float().cpu().numpy()
+        if self.model.content_bias is None:
+            return None
+        if self._content is None:  # every query reads them: made once per change of the store's rows
+            self._content = self.model.content_vectors(self._features)
+        return self.model.content_offsets([rows], self._features, self._content)[0].float().cpu().numpy()
 
     def warm_up(self) -> None:
         """Load and warm the frozen encoder and index the titles now, so that the first upload or
@@ -364,6 +368,7 @@ class Recommender:
             v = feats.get(m)
             self._features.values[m][row] = torch.from_numpy(v).to(self.device) if v is not None else 0.0
             self._features.present[m][row] = v is not None
+        self._content = None  # a row changed: the content vectors are made again on the next query
 
     def _delete_uploads(self, drop: list[StoredItem]) -> None:
         """Delete uploads from the store, the index and the in-memory state (under the lock)."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import (open_demo, padded_batch, planted_dataset, tiny_finetune_config, tiny_model_config,
+from synthetic import (open_demo, padded_batch, png_bytes, planted_dataset, tiny_finetune_config, tiny_model_config,
                        walk_dataset)
 
 from dtrec.config import ModelConfig
@@ -173,3 +173,15 @@ def test_serving_ranks_every_item_exactly_with_the_term(synthetic_demo, tmp_path
     third = got.items[2].item.id
     if third not in history:
         assert rec.rank_of(third, history) == 3 - sum(r.item.id in history for r in got.items[:2])
+    # an upload changes the store's rows: its content is scored on the next query, not a stale copy's
+    new_id, _ = rec.add_item("A new thing", image=png_bytes(30, 20, (10, 200, 30)))
+    feats = rec._features
+    scores = model.scores([[3, 7, 11]], feats, torch.from_numpy(rec._emb))[0].numpy()
+    if exclude_history:
+        scores[[3, 7, 11]] = -np.inf
+    live = np.array(sorted(rec._views))
+    order = live[np.argsort(-scores[live], kind="stable")][:5]
+    after = rec.recommend(history, k=5, exclude_history=exclude_history)
+    assert [r.item.id for r in after.items] == [rec._views[i].id for i in order]
+    np.testing.assert_allclose([r.score for r in after.items], scores[order], atol=1e-4)
+    assert rec.rank_of(new_id, history) == int((scores[live] > scores[rec._row_of[new_id]]).sum()) + 1
