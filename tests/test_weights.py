@@ -23,6 +23,7 @@ def test_the_pretrained_checkpoint_ships_with_the_package_and_reads_the_offline_
     cfg = read_model_config(folder)
     assert cfg.encoder == "offline" and cfg.tower == "adaptor"
     assert cfg.modality_dims == {"text": 384, "image": 1280}
+    assert cfg.repeat_bias and cfg.content_lags == 3  # both score terms travel with it to zero-shot use and fine-tuning
     model = DualTower.from_pretrained(str(folder))
     assert sum(p.numel() for p in model.parameters()) > 0
     card = (folder / "README.md").read_text()
@@ -67,6 +68,7 @@ def test_cli_finetune_starts_from_the_pretrained_model_by_name_and_from_scratch_
     rec = json.loads((tmp_path / "pre" / "train_config.json").read_text())
     assert Path(rec["init"]).resolve() == shipped_checkpoint("pretrained").resolve()
     assert rec["config"]["model"]["tower"] == "adaptor" and rec["config"]["model"]["n_experts"] == 4
+    assert rec["config"]["model"]["content_lags"] == 3  # inherited from the init, not given on the command line
     cli("finetune", *small, "--out", tmp_path / "scratch")
     assert json.loads((tmp_path / "scratch" / "train_config.json").read_text())["init"] is None
     out = json.loads(cli("evaluate", "--checkpoint", "pretrained", "--data", tmp_path / "data",

@@ -1,12 +1,11 @@
 """Checkpoints shipped inside the package, by name.
 
 `dtrec finetune --init pretrained` starts from the multi-domain pretrained model in
-`dtrec/weights/pretrained/` (docs/pretraining.md), and `dtrec evaluate --checkpoint pretrained`
-scores it zero-shot. The folder is package data, so an installed wheel finds it without a
-checkout; `assets/models/pretrained` points to it. Fine-tuning still starts from scratch by
-default: at equal steps this start has not beaten it, and the one pretrained with the content term
-(assets/models/pretrained-content) beats it on a held-out shopping domain but not on films
-(docs/pretraining.md).
+`dtrec/weights/pretrained/` (docs/pretraining.md: six domains, the content term and neighbour
+distillation), and `dtrec evaluate --checkpoint pretrained` scores it zero-shot. The folder is package
+data, so an installed wheel finds it without a checkout; `assets/models/pretrained` points to it.
+Fine-tuning still starts from scratch by default: this start beats scratch at equal steps on a held-out
+shopping domain but not on films (docs/pretraining.md).
 """
 
 from __future__ import annotations
