@@ -349,8 +349,9 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised multi-modal pretraining over items, and with --sequences "
                                         "over the histories of every --data too (torchrun-aware)")
-    p.add_argument("--data", required=True, action="append", help="prepared data folder (repeat for several)")
-    p.add_argument("--encoder", required=True, help="feature encoder whose cached features to read")
+    p.add_argument("--data", action="append",
+                   help="prepared data folder (repeat for several; with --resume: the run's own by default)")
+    p.add_argument("--encoder", help="feature encoder whose cached features to read (with --resume: the run's)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--init", default=None, help="start from this checkpoint (--sequences only)")
     p.add_argument("--config", default=None, help="JSON file of PretrainConfig fields (model fields under 'model')")
@@ -361,8 +362,8 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_pretrain)
 
     f = sub.add_parser("finetune", help="train the two towers on next-item prediction (torchrun-aware)")
-    f.add_argument("--data", required=True, help="prepared data folder")
-    f.add_argument("--encoder", required=True, help="feature encoder whose cached features to read")
+    f.add_argument("--data", help="prepared data folder (with --resume: the run's own by default)")
+    f.add_argument("--encoder", help="feature encoder whose cached features to read (with --resume: the run's)")
     f.add_argument("--out", required=True, help="output folder: best/, last/, metrics.jsonl, valid.json")
     f.add_argument("--init", default=None,
                    help="start from this checkpoint (a `dtrec pretrain` output, or `pretrained`: the shipped "
@@ -375,20 +376,37 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_cmd_finetune)
 
 
+def _run_record(out: str) -> dict:
+    """OUT/train_config.json, the record a resumed run continues from."""
+    rec = Path(out) / "train_config.json"
+    if not rec.exists():
+        raise FileNotFoundError(f"{rec} is missing: nothing to resume in {out}")
+    return json.loads(rec.read_text())
+
+
 def _resumed_config(args: argparse.Namespace) -> dict | None:
     """With `--resume`, the config recorded in OUT/train_config.json (flags given now override it)."""
+    return _run_record(args.out)["config"] if args.resume else None
+
+
+def _fill_inputs(args: argparse.Namespace) -> None:
+    """--data and --encoder as given, or with `--resume` the run's own from its record; else one clear error."""
+    if args.data is not None and args.encoder is not None:
+        return
     if not args.resume:
-        return None
-    rec = Path(args.out) / "train_config.json"
-    if not rec.exists():
-        raise FileNotFoundError(f"{rec} is missing: nothing to resume in {args.out}")
-    return json.loads(rec.read_text())["config"]
+        raise CLIError("--data and --encoder are required (only --resume can leave them out: it reads the run's)")
+    rec = _run_record(args.out)
+    if args.data is None:
+        args.data = rec["data"]
+    if args.encoder is None:
+        args.encoder = rec["encoder"]
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from dtrec.train.finetune import load_dataset_features
     from dtrec.train.pretrain import pretrain
 
+    _fill_inputs(args)
     config = resolve_config(PretrainConfig, args, _resumed_config(args))
     sources = [load_dataset_features(d, args.encoder) for d in args.data]
     row = pretrain(sources, config, args.out, progress=not args.quiet, init=args.init, resume=args.resume,
@@ -402,6 +420,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from dtrec.train.finetune import finetune, load_dataset_features
 
     out = Path(args.out)
+    _fill_inputs(args)
     config = resolve_config(FinetuneConfig, args, _resumed_config(args))
     dataset, features = load_dataset_features(args.data, args.encoder)
     init = None if args.resume else resolve_init(args.init)

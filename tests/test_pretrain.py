@@ -244,7 +244,7 @@ def test_cli_pretrains_across_domains_resumes_and_evaluates_zero_shot(tmp_path):
               "--max-len", 8, "--steps-per-epoch", 3, "--sequence-batch-size", 16, "--batch-size", 8,
               "--device", "cpu", "--no-amp", "--quiet"]
     cli("pretrain", *common, "--epochs", 1)
-    cli("pretrain", *common, "--epochs", 2, "--resume")
+    cli("pretrain", "--out", tmp_path / "pre", "--epochs", 2, "--resume", "--quiet")  # sources from the run's record
     rows = [json.loads(line) for line in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     rec = json.loads((tmp_path / "pre" / "train_config.json").read_text())

@@ -283,6 +283,18 @@ def test_cli_pretrain_then_finetune_from_it(tmp_path):
     assert any("position" in n for n in rec["init_notes"])
     assert json.loads((tmp_path / "ft" / "valid.json").read_text())["n"] == 80
     assert DualTower.from_pretrained(str(tmp_path / "ft" / "best")).config.max_len == 6
+    # Resuming needs only the folder: data, encoder and settings come from its record; --epochs extends it.
+    r = _cli("finetune", "--out", tmp_path / "ft", "--resume", "--epochs", 3, "--quiet")
+    assert r.returncode == 0, r.stderr
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+
+
+def test_cli_training_without_data_is_one_clear_error_unless_resuming(tmp_path):
+    r = _cli("finetune", "--out", tmp_path / "ft")
+    assert r.returncode == 2 and "--data and --encoder are required" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("pretrain", "--out", tmp_path / "pre", "--resume")
+    assert r.returncode == 2 and "nothing to resume" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_reports_a_missing_feature_cache_in_one_line(tmp_path):
