@@ -4,8 +4,8 @@
 `dtrec/weights/pretrained/` (docs/pretraining.md: six domains, the content term and neighbour
 distillation), and `dtrec evaluate --checkpoint pretrained` scores it zero-shot. The folder is package
 data, so an installed wheel finds it without a checkout; `assets/models/pretrained` points to it.
-Fine-tuning still starts from scratch by default: this start beats scratch at equal steps on a held-out
-shopping domain but not on films (docs/pretraining.md).
+Fine-tuning still starts from scratch by default (docs/pretraining.md, "Not the default init yet"): a
+pretrained start loses on a kind of catalog its sources lack, and an init's architecture overrides the flags.
 """
 
 from __future__ import annotations
