@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dtrec.config import checkpoint_folder
 from dtrec.data.catalog import Dataset
 from dtrec.features import load_features
 from dtrec.model import DualTower
 from dtrec.provenance import git_commit
+from dtrec.weights import resolve_checkpoint
 
 KS = (1, 10)
 
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-items", action="store_true", help="every item with both modalities, not the cold ones")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    model = DualTower.from_pretrained(args.checkpoint).float().eval()
+    model = DualTower.from_pretrained(str(checkpoint_folder(resolve_checkpoint(args.checkpoint)))).float().eval()
     ds = Dataset.load(args.data)
     feats = load_features(args.data, model.config.encoder, ds.catalog)
     both = feats.present["text"] & feats.present["image"]

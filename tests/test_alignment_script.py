@@ -45,3 +45,20 @@ def test_the_script_scores_only_cold_items_with_both_modalities(tmp_path):
     res = json.loads(out.read_text())
     assert res["n"] == 3 and res["chance"]["recall@1"] == 1 / 3
     assert 0.0 <= res["text_to_image"]["recall@1"] <= res["text_to_image"]["recall@10"] == 1.0
+
+
+def test_the_script_takes_the_shipped_model_by_name(tmp_path, monkeypatch):
+    """`--checkpoint pretrained`, as the CLI takes it: the package's model, not a Hub repo id."""
+    n = 8
+    g = torch.Generator().manual_seed(1)
+    catalog = Catalog([Item(id=str(i), title=f"t{i}", text="") for i in range(n)])
+    ds = Dataset(catalog, Interactions(["u"], [[0, 1]]), name="x", cold_items=[2, 3, 4])
+    ds.save(tmp_path / "d")
+    present = {m: torch.ones(n, dtype=torch.bool) for m in ("text", "image")}
+    f = Features("offline", {"text": torch.randn(n, 384, generator=g), "image": torch.randn(n, 1280, generator=g)},
+                 present, ds.catalog.fingerprint())
+    f.save(cache_path(tmp_path / "d", "offline"))
+    monkeypatch.chdir(tmp_path)  # no folder named `pretrained` here
+    out = tmp_path / "a.json"
+    assert alignment.main(["--checkpoint", "pretrained", "--data", str(tmp_path / "d"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 3
