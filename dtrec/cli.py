@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from dtrec import __version__
-from dtrec.config import (DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig,
-                          read_model_config)
+from dtrec.config import DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
 from dtrec.data.registry import PrepareOptions, get_reader, list_readers
 from dtrec.results import metric_table
 from dtrec.weights import resolve_checkpoint, resolve_init
@@ -367,7 +366,8 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="output folder: best/, last/, metrics.jsonl, valid.json")
     f.add_argument("--init", default=None,
                    help="start from this checkpoint (a `dtrec pretrain` output, or `pretrained`: the shipped "
-                        "multi-domain model for the offline encoder); default: from scratch")
+                        "multi-domain model), or `none`: from scratch; default: `pretrained` on offline features "
+                        "(its architecture and settings, flags given winning), else from scratch")
     f.add_argument("--config", default=None, help="JSON file of FinetuneConfig fields (model fields under 'model')")
     f.add_argument("--resume", action="store_true", help="continue OUT/last with OUT's saved config")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -416,6 +416,49 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return _push_after(args, 0, args.out)
 
 
+def _given_model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The ModelConfig fields this run names: flags given on the command line and the `model` of --config."""
+    given = dict(json.loads(Path(args.config).read_text()).get("model") or {}) if getattr(args, "config", None) else {}
+    given.update({n: getattr(args, n) for n, _ in _fields(ModelConfig) if getattr(args, n, None) is not None})
+    return given
+
+
+def _finetune_start(args: argparse.Namespace, config: FinetuneConfig, features: Any) -> tuple[str | None, FinetuneConfig]:
+    """The checkpoint a fine-tuning starts from, and its config completed from it.
+
+    No --init on offline features means the shipped model, run as it was trained (its architecture and settings,
+    the flags given winning); --init X takes X's architecture and score terms, the rest stays the run's own."""
+    from dtrec.train.checkpoint import architecture_conflicts, init_differences, settings_from_init
+    from dtrec.weights import default_init
+
+    if args.resume:
+        return None, config
+    given = _given_model_fields(args)
+    if args.init is not None:
+        init, by_default = resolve_init(args.init), False
+    else:
+        dims = features.select(m.strip() for m in config.modalities.split(",") if m.strip()).dims \
+            if config.modalities else features.dims
+        init, by_default = default_init(args.encoder, dims), True
+    if init is None:
+        return None, config
+    conflicts = architecture_conflicts(given, init)
+    if conflicts:
+        whose = "the shipped pretrained model's, which fine-tuning on these features starts from by default" \
+            if by_default else "the init's"
+        raise CLIError(f"{'; '.join(conflicts)} differs from {whose}: a fine-tuning takes its init's architecture, "
+                       "so drop the flag, or add --init none to train this architecture from scratch")
+    config = dataclasses.replace(config, model=settings_from_init(config.model, init, set(given), every=by_default))
+    if not args.quiet:
+        print(f"starting from {init}" + (" (the default for these features; --init none: from scratch)"
+                                         if by_default else ""), file=sys.stderr)
+    diffs = [] if by_default else init_differences(config.model, init)
+    if diffs:  # shown even with --quiet: a silent default here changes what the run learns
+        print(f"note: settings unlike the init's: {'; '.join(diffs)}. "
+              "Give them as flags (e.g. --repeat-bias, --temperature) to keep the init's.", file=sys.stderr)
+    return init, config
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from dtrec.train.finetune import finetune, load_dataset_features
 
@@ -423,21 +466,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     _fill_inputs(args)
     config = resolve_config(FinetuneConfig, args, _resumed_config(args))
     dataset, features = load_dataset_features(args.data, args.encoder)
-    init = None if args.resume else resolve_init(args.init)
-    if init is not None and not args.quiet:
-        print(f"starting from {init}", file=sys.stderr)
-    if init is not None:
-        from dtrec.train.checkpoint import init_differences
-
-        # The repeat and content terms have weights: like the architecture, they come with the init unless given.
-        inherit = {k: getattr(read_model_config(init), k) for k in ("repeat_bias", "content_lags")
-                   if getattr(args, k) is None}
-        if inherit:
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model, **inherit))
-        diffs = init_differences(config.model, init)
-        if diffs:  # shown even with --quiet: a silent default here changes what the run learns
-            print(f"note: settings unlike the init's: {'; '.join(diffs)}. "
-                  "Give them as flags (e.g. --repeat-bias, --temperature) to keep the init's.", file=sys.stderr)
+    init, config = _finetune_start(args, config, features)
     result = finetune(dataset, features, config, out, init=init, resume=args.resume,
                       progress=not args.quiet, record={"data": str(args.data), "encoder": args.encoder})
     if os.environ.get("RANK", "0") == "0" and result.get("valid"):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from dtrec.config import ModelConfig
+from dtrec.config import ModelConfig, read_model_config
 from dtrec.features import Features
 from dtrec.model import CheckpointError, DualTower, FeatureMismatchError, FusionEncoder
 from dtrec.train.checkpoint import init_from
@@ -225,6 +225,34 @@ def test_init_differences_name_the_settings_a_run_does_not_share_with_its_init(t
     run = tiny_model_config(f, temperature=0.05)  # another tower too, but the architecture always comes from the init
     assert init_differences(run, tmp_path / "pre") == ["temperature 0.05 (the init: 0.07)",
                                                        "repeat_bias False (the init: True)"]
+
+
+def test_architecture_conflicts_name_only_the_given_fields_that_differ_from_the_init(tmp_path):
+    from dtrec.train.checkpoint import architecture_conflicts
+
+    f = _features()
+    DualTower(tiny_model_config(f, tower="adaptor", n_experts=3)).save_pretrained(tmp_path / "pre")
+    base = read_model_config(tmp_path / "pre")
+    assert architecture_conflicts({"tower": "adaptor", "d_model": base.d_model, "temperature": 9.0},
+                                  tmp_path / "pre") == []  # the same architecture; a setting is no conflict
+    assert architecture_conflicts({"n_experts": 5, "d_model": base.d_model}, tmp_path / "pre") == [
+        "--n-experts 5 (the init: 3)"]
+
+
+def test_settings_from_init_take_the_score_terms_or_every_setting_but_the_given_ones(tmp_path):
+    from dtrec.train.checkpoint import settings_from_init
+
+    f = _features()
+    pre = tiny_model_config(f, tower="adaptor", repeat_bias=True, content_lags=2, temperature=0.07, max_len=4)
+    DualTower(pre).save_pretrained(tmp_path / "pre")
+    run = tiny_model_config(f, temperature=0.05, max_len=6)
+    terms = settings_from_init(run, tmp_path / "pre", given={"max_len"})
+    assert (terms.repeat_bias, terms.content_lags, terms.temperature, terms.max_len) == (True, 2, 0.05, 6)
+    every = settings_from_init(run, tmp_path / "pre", given={"max_len"}, every=True)
+    assert (every.repeat_bias, every.content_lags, every.temperature, every.max_len) == (True, 2, 0.07, 6)
+    assert every.tower == run.tower  # the architecture is merge_init_config's, not a setting
+    kept = settings_from_init(run, tmp_path / "pre", given={"repeat_bias", "content_lags"})
+    assert (kept.repeat_bias, kept.content_lags) == (run.repeat_bias, run.content_lags)
 
 
 def test_subtract_last_starts_as_the_plain_model_and_can_push_the_last_item_down():

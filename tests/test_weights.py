@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from dtrec.config import read_model_config
+from dtrec.features import Features, cache_path
 from dtrec.model.tower import DualTower
-from dtrec.weights import SHIPPED, resolve_checkpoint, resolve_init, shipped_checkpoint
+from dtrec.weights import SHIPPED, default_init, resolve_checkpoint, resolve_init, shipped_checkpoint
+from synthetic import planted_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,13 +44,59 @@ def test_resolve_init_names_the_shipped_model_and_defaults_to_scratch():
     assert resolve_init("runs/mine") == "runs/mine"
 
 
+def test_the_default_init_is_the_shipped_model_for_the_features_it_reads_only():
+    shipped = str(shipped_checkpoint("pretrained"))
+    dims = read_model_config(shipped).modality_dims
+    assert default_init("offline", dict(dims)) == shipped
+    assert default_init("offline", {"text": 384}) is None  # `--modalities text`: not the features it reads
+    assert default_init("tiny-clip", dict(dims)) is None
+
+
+def _cli(tmp_path: Path, *args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dtrec.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=tmp_path)
+
+
+def test_cli_finetune_on_offline_features_starts_from_the_shipped_model_unless_told_otherwise(tmp_path):
+    """Random features of the offline encoder's sizes: with no --init the run is the shipped model's (architecture
+    and settings, a given flag winning); an architecture flag unlike it is one sentence naming `--init none`."""
+    ds, f = planted_dataset(n_items=20, n_users=40, dims=dict(read_model_config(shipped_checkpoint("pretrained"))
+                                                               .modality_dims))
+    ds.save(tmp_path / "d")
+    Features("offline", f.values, f.present, ds.catalog.fingerprint()).save(cache_path(tmp_path / "d", "offline"))
+    small = ["--data", tmp_path / "d", "--encoder", "offline", "--epochs", 1, "--max-steps", 1, "--device", "cpu",
+             "--no-amp", "--quiet"]
+
+    r = _cli(tmp_path, "finetune", *small, "--out", tmp_path / "wide", "--d-model", 64)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--d-model 64 (the init: 128)" in r.stderr and "--init none" in r.stderr
+    assert not (tmp_path / "wide").exists()
+
+    r = _cli(tmp_path, "finetune", *small, "--out", tmp_path / "default", "--temperature", 0.1)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "default" / "train_config.json").read_text())
+    base = read_model_config(shipped_checkpoint("pretrained"))
+    assert Path(rec["init"]).resolve() == shipped_checkpoint("pretrained").resolve()
+    model = rec["config"]["model"]
+    assert (model["tower"], model["d_model"], model["content_lags"], model["repeat_bias"]) == (
+        base.tower, base.d_model, base.content_lags, base.repeat_bias)
+    assert model["temperature"] == 0.1 and model["dropout"] == base.dropout  # the given flag wins
+
+    r = _cli(tmp_path, "finetune", *small, "--out", tmp_path / "scratch", "--init", "none", "--d-model", 64,
+             "--n-heads", 2)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "scratch" / "train_config.json").read_text())
+    assert rec["init"] is None and rec["config"]["model"]["d_model"] == 64
+
+
 def test_an_unknown_shipped_name_is_one_clear_error():
     with pytest.raises(KeyError, match="shipped: " + ", ".join(SHIPPED)):
         shipped_checkpoint("nope")
 
 
 @pytest.mark.slow
-def test_cli_finetune_starts_from_the_pretrained_model_by_name_and_from_scratch_by_default(tmp_path):
+def test_cli_finetune_starts_from_the_pretrained_model_by_name_and_from_scratch_with_init_none(tmp_path):
     """Offline features of the small jsonl fixture, then two one-epoch fine-tunings and a zero-shot evaluation."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
@@ -69,7 +117,7 @@ def test_cli_finetune_starts_from_the_pretrained_model_by_name_and_from_scratch_
     assert Path(rec["init"]).resolve() == shipped_checkpoint("pretrained").resolve()
     assert rec["config"]["model"]["tower"] == "adaptor" and rec["config"]["model"]["n_experts"] == 4
     assert rec["config"]["model"]["content_lags"] == 3  # inherited from the init, not given on the command line
-    cli("finetune", *small, "--out", tmp_path / "scratch")
+    cli("finetune", *small, "--init", "none", "--out", tmp_path / "scratch")
     assert json.loads((tmp_path / "scratch" / "train_config.json").read_text())["init"] is None
     out = json.loads(cli("evaluate", "--checkpoint", "pretrained", "--data", tmp_path / "data",
                          "--json", "--quiet").stdout)

@@ -84,6 +84,28 @@ def merge_init_config(model_cfg: ModelConfig, init: str | Path) -> ModelConfig:
                                **{f: getattr(base, f) for f in ARCH_FIELDS})
 
 
+SETTINGS_WITH_WEIGHTS = ("repeat_bias", "content_lags")  # score terms with learned weights: they come with an init
+_NOT_SETTINGS = ("encoder", "modality_dims", "id_rows", *ARCH_FIELDS)  # id_rows: from the catalog (item_ids)
+
+
+def architecture_conflicts(given: dict[str, Any], init: str | Path) -> list[str]:
+    """The architecture fields in `given` (settings named for this run) that differ from the init's, as
+    "--flag ours (the init: its)": a fine-tuning takes its init's architecture, so such a flag would be ignored."""
+    base = read_model_config(init)
+    return [f"--{f.replace('_', '-')} {given[f]!r} (the init: {getattr(base, f)!r})"
+            for f in ARCH_FIELDS if f in given and given[f] != getattr(base, f)]
+
+
+def settings_from_init(model_cfg: ModelConfig, init: str | Path, given: set[str], every: bool = False) -> ModelConfig:
+    """`model_cfg` with the init's values of the settings not in `given`: the score terms with weights
+    (`SETTINGS_WITH_WEIGHTS`), or with `every` all of its settings beyond the architecture (temperature, window,
+    dropout, ...), which makes the run the init's own model continued on new data."""
+    base = read_model_config(init)
+    names = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in _NOT_SETTINGS] if every \
+        else list(SETTINGS_WITH_WEIGHTS)
+    return dataclasses.replace(model_cfg, **{n: getattr(base, n) for n in names if n not in given})
+
+
 def init_differences(model_cfg: ModelConfig, init: str | Path) -> list[str]:
     """The model settings beyond the architecture in which `model_cfg` differs from the init's, as "name ours (the init: its)".
 
@@ -91,10 +113,9 @@ def init_differences(model_cfg: ModelConfig, init: str | Path) -> list[str]:
     window, dropout) is the run's own, so a setting left at its default can silently differ from the one the init
     was trained with (a fine-tuning without the init's repeat term starts by echoing the last item)."""
     base = read_model_config(init)
-    skip = {"encoder", "modality_dims", "id_rows", *ARCH_FIELDS}  # id_rows: from the catalog (item_ids)
     return [f"{f.name} {getattr(model_cfg, f.name)!r} (the init: {getattr(base, f.name)!r})"
             for f in dataclasses.fields(ModelConfig)
-            if f.name not in skip and getattr(model_cfg, f.name) != getattr(base, f.name)]
+            if f.name not in _NOT_SETTINGS and getattr(model_cfg, f.name) != getattr(base, f.name)]
 
 
 def resize_table(table: Tensor, rows: int, fill: Tensor) -> Tensor:

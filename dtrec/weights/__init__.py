@@ -1,11 +1,11 @@
 """Checkpoints shipped inside the package, by name.
 
-`dtrec finetune --init pretrained` starts from the multi-domain pretrained model in
-`dtrec/weights/pretrained/` (docs/pretraining.md: six domains, the content term and neighbour
-distillation), and `dtrec evaluate --checkpoint pretrained` scores it zero-shot. The folder is package
-data, so an installed wheel finds it without a checkout; `assets/models/pretrained` points to it.
-Fine-tuning still starts from scratch by default (docs/pretraining.md, "Not the default init yet"): a
-pretrained start loses on a kind of catalog its sources lack, and an init's architecture overrides the flags.
+`dtrec/weights/pretrained/` holds the multi-domain pretrained model for the offline encoder
+(docs/pretraining.md: six domains, the content term and neighbour distillation). `dtrec finetune`
+starts from it by default on offline features (`default_init`; `--init none` trains from scratch),
+`--init pretrained` names it, and `dtrec evaluate --checkpoint pretrained` scores it zero-shot. The
+folder is package data, so an installed wheel finds it without a checkout; `assets/models/pretrained`
+points to it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 SHIPPED = ("pretrained",)  # folder names under dtrec/weights/
 NO_INIT = "none"
+DEFAULT_INIT = "pretrained"  # what a fine-tuning starts from when its features suit it (`default_init`)
 
 
 def shipped_checkpoint(name: str) -> Path:
@@ -34,6 +35,22 @@ def resolve_init(init: str | None) -> str | None:
     if init in SHIPPED:
         return str(shipped_checkpoint(init))
     return init
+
+
+def default_init(encoder: str, dims: dict[str, int]) -> str | None:
+    """The shipped model a fine-tuning on `encoder` features of `dims` starts from when given no init, or None.
+
+    Only features the shipped model reads (its encoder, every one of its modalities) get it; any other run starts
+    from scratch, as before there was a model to ship. An installation without it starts from scratch too."""
+    from dtrec.config import read_model_config
+    from dtrec.encoders.registry import same_encoder
+
+    try:
+        folder = shipped_checkpoint(DEFAULT_INIT)
+    except FileNotFoundError:
+        return None
+    base = read_model_config(folder)
+    return str(folder) if same_encoder(base.encoder, encoder) and base.modality_dims == dims else None
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
