@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Recipe: MovieLens-1M with posters from a pretrained model (PRETRAINED, default assets/models/pretrained-no-content:
-# the one shipped before the content term, which the demo and docs/results.md's MovieLens-1M rows start from; `pretrained`
-# is the shipped one, with the same sources), on the split its pretraining used
+# Recipe: MovieLens-1M with posters from a pretrained model (PRETRAINED, default `pretrained`: the shipped one, which
+# the demo starts from; docs/results.md's MovieLens-1M rows start from assets/models/pretrained-no-content, the one
+# shipped before the content term, with the same sources, and name it), on the split its pretraining used
 # (scripts/prepare_domains.sh: seed 42, 10 % of the movies held out of all training, pretraining included).
 # The pretrained model zero-shot and fine-tuned on MovieLens-1M (item views (t, vt), as the demo's recipe; at
 # most 8 epochs, the best on validation NDCG@10), beside popularity, content kNN and SASRec (dropout 0.2, the SASRec
@@ -18,7 +18,7 @@
 set -euo pipefail
 source "$(dirname "$0")/_recipe.sh"
 start_recipe "${1:?usage: bash scripts/movielens1m_pretrained.sh OUTDIR [PRETRAINED]}"
-PRE=${2:-$ROOT/assets/models/pretrained-no-content}
+PRE=${2:-pretrained}
 ENC=offline
 DOMAINS=${DTREC_DOMAINS:-$OUT/domains}
 D=$DOMAINS/movielens-1m
@@ -45,9 +45,11 @@ for m in popularity content-knn sasrec zero-shot dtrec; do
 done
 # The demo's catalog (dtrec build-demo --data OUT/data/ml1m, docs/results.md): the same movies with their year and
 # genres as fields, which the genre filter reads. Ids, texts and images are unchanged, so are the split and features.
+# A jsonl catalog is named after its items file's folder, and the demo's card and notice take the data's terms from
+# that name: hence the folder `movielens-1m`.
 "$DTREC_PYTHON" "$ROOT/scripts/movielens1m_items.py" --items "$DATA/movielens-1m/items.jsonl.gz" \
-  --movies "$DATA/movielens-1m-posters/movies.dat" --out "$OUT/data/items.jsonl.gz" > /dev/null
-dtrec prepare jsonl --items "$OUT/data/items.jsonl.gz" --interactions "$DATA/movielens-1m/interactions.csv.gz" \
+  --movies "$DATA/movielens-1m-posters/movies.dat" --out "$OUT/data/movielens-1m/items.jsonl.gz" > /dev/null
+dtrec prepare jsonl --items "$OUT/data/movielens-1m/items.jsonl.gz" --interactions "$DATA/movielens-1m/interactions.csv.gz" \
   --out "$OUT/data/ml1m" --cold-fraction "${DTREC_COLD_FRACTION:-0.1}" --seed 42 > /dev/null
 # shellcheck disable=SC2046
 dtrec extract "$OUT/data/ml1m" --encoder $ENC $(device_flag) > /dev/null
