@@ -343,9 +343,16 @@ def init_data_sets(init: str) -> list[str] | None:
     return sorted(Path(str(d)).name for d in names) or None
 
 
+def _shown_init(init: str) -> str:
+    """How a card names `init`: the shipped model by its place in the package, not in the checkout it ran from."""
+    folder = Path(init)
+    return f"dtrec/weights/{folder.name}" if folder.name in SHIPPED and folder.parts[-3:-1] == ("dtrec", "weights") \
+        else init
+
+
 def _init_cold_note(init: str) -> str:
     """What "never seen in training" means for a model fine-tuned from `init`."""
-    start = f"This model was fine-tuned from `{init}`"
+    start = f"This model was fine-tuned from `{_shown_init(init)}`"
     names = init_data_sets(init)
     if names is None:
         return (start + ". Items that checkpoint was trained on are not unseen for it, so these rows measure cold "

@@ -171,7 +171,9 @@ def test_the_card_of_a_fine_tuned_model_says_its_cold_start_items_may_be_in_the_
     # The shipped init, recorded relative to where the run started, is found inside the package.
     assert init_data_sets("dtrec/weights/pretrained") == sorted(
         json.loads((shipped_checkpoint("pretrained") / "train_config.json").read_text())["sources"])
-    assert "which was trained on Scientific, amazon2014-beauty" in cold_section("/old/checkout/dtrec/weights/pretrained")
+    shipped = cold_section("/old/checkout/dtrec/weights/pretrained")
+    assert "which was trained on Scientific, amazon2014-beauty" in shipped
+    assert "fine-tuned from `dtrec/weights/pretrained`" in shipped and "/old/checkout" not in shipped
     assert init_data_sets("runs/pretrained") is None  # another folder of that name, gone: not the shipped one
 
 
