@@ -296,6 +296,7 @@ def test_a_misspelt_title_in_the_search_box_shows_that_movie_first(url, page):
     query = page.get_by_placeholder("Search by title or describe a movie…")
     query.fill("the godfater")
     query.press("Enter")
-    page.wait_for_function(f"() => ({first})().startsWith('The Godfather')")
+    # The tiny demo's title, or MovieLens-1M's own form on the real demo (DTREC_BROWSER_DEMO=assets/demo).
+    page.wait_for_function(f"() => /^(The Godfather|Godfather, The) \\(1972\\)/.test(({first})())")
     captions = page.locator("#catalog .thumbnail-item").all_inner_texts()
-    assert captions[0].startswith("The Godfather (1972)") and len(captions) > 1  # then movies by meaning
+    assert captions[0].startswith(("The Godfather (1972)", "Godfather, The (1972)")) and len(captions) > 1
