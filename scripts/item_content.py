@@ -26,6 +26,7 @@ from dtrec.features import Features
 from dtrec.model import DualTower
 from dtrec.provenance import git_commit
 from dtrec.train.finetune import load_dataset_features
+from dtrec.weights import resolve_checkpoint
 
 
 def hit_at_10(scores: torch.Tensor, targets: torch.Tensor) -> float:
@@ -70,11 +71,13 @@ def item_content(model: DualTower, features: Features, cold: list[int] | None = 
 def main(argv: list[str] | None = None) -> int:
     """Measure and report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="DualTower folder or a training run (its best/)")
+    p.add_argument("--checkpoint", required=True,
+                   help="DualTower folder, a training run (its best/), or `pretrained`: the shipped model")
     p.add_argument("--data", required=True, help="prepared data set with the checkpoint's encoder's features")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    model = DualTower.from_pretrained(str(checkpoint_folder(args.checkpoint, ("config.json", "model.safetensors"))))
+    folder = checkpoint_folder(resolve_checkpoint(args.checkpoint), ("config.json", "model.safetensors"))
+    model = DualTower.from_pretrained(str(folder))
     dataset, features = load_dataset_features(args.data, model.config.encoder)
     out: dict = item_content(model, features.select(model.modalities), dataset.cold_items)
     print(json.dumps(out, indent=2))

@@ -68,3 +68,21 @@ def test_an_image_the_text_knows_nothing_about_lowers_the_tower_hit(tmp_path):
     assert saved["cold_own_text_hit@10_item_tower"] == item_content.item_content(model, f, [5, 6, 7])[
         "cold_own_text_hit@10_item_tower"]
     assert "item_content.py" in saved["provenance"]["command"]
+
+
+def test_the_script_takes_the_shipped_model_by_name(tmp_path, monkeypatch):
+    """`--checkpoint pretrained`, as the CLI takes it: the package's model, not a Hub repo id."""
+    n = 12
+    g = torch.Generator().manual_seed(2)
+    catalog = Catalog([Item(id=str(i), title=f"t{i}", text="") for i in range(n)])
+    ds = Dataset(catalog, Interactions(["u"], [[0, 1]]), name="x", cold_items=[2, 3])
+    ds.save(tmp_path / "d")
+    present = {m: torch.ones(n, dtype=torch.bool) for m in ("text", "image")}
+    f = Features("offline", {"text": torch.randn(n, 384, generator=g), "image": torch.randn(n, 1280, generator=g)},
+                 present, ds.catalog.fingerprint())
+    f.save(cache_path(tmp_path / "d", "offline"))
+    monkeypatch.chdir(tmp_path)  # no folder named `pretrained` here
+    assert item_content.main(["--checkpoint", "pretrained", "--data", str(tmp_path / "d"),
+                              "--out", str(tmp_path / "o.json")]) == 0
+    saved = json.loads((tmp_path / "o.json").read_text())
+    assert saved["n_items"] == n and saved["cold_items"] == 2
