@@ -22,7 +22,7 @@ from dtrec import __version__
 from dtrec.config import DEFAULT_TIES, INDEX_KINDS, TIES, FinetuneConfig, ModelConfig, PretrainConfig
 from dtrec.data.registry import PrepareOptions, get_reader, list_readers
 from dtrec.results import metric_table
-from dtrec.weights import resolve_checkpoint, resolve_init
+from dtrec.weights import default_init, resolve_checkpoint, resolve_init
 
 
 class CLIError(Exception):
@@ -429,7 +429,6 @@ def _finetune_start(args: argparse.Namespace, config: FinetuneConfig, features: 
     No --init on offline features means the shipped model, run as it was trained (its architecture and settings,
     the flags given winning); --init X takes X's architecture and score terms, the rest stays the run's own."""
     from dtrec.train.checkpoint import architecture_conflicts, init_differences, settings_from_init
-    from dtrec.weights import default_init
 
     if args.resume:
         return None, config

@@ -78,6 +78,10 @@ FUNCTION_LEVEL_IMPORTS = {
          "dtrec.train.pretrain"},
         "each sub-command imports its library module when it runs: `dtrec --help` need not import torch, "
         "pandas, FAISS, huggingface_hub or gradio (checked below: every one of these is heavy, cli itself is not)"),
+    "dtrec.weights": (
+        {"dtrec.encoders.registry"},
+        "the CLI imports it at start-up; `default_init` needs the encoder registry, whose package imports every "
+        "encoder, only when a fine-tuning starts"),
 }
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from dtrec.config import read_model_config
+
 SHIPPED = ("pretrained",)  # folder names under dtrec/weights/
 NO_INIT = "none"
 DEFAULT_INIT = "pretrained"  # what a fine-tuning starts from when its features suit it (`default_init`)
@@ -42,7 +44,6 @@ def default_init(encoder: str, dims: dict[str, int]) -> str | None:
 
     Only features the shipped model reads (its encoder, every one of its modalities) get it; any other run starts
     from scratch, as before there was a model to ship. An installation without it starts from scratch too."""
-    from dtrec.config import read_model_config
     from dtrec.encoders.registry import same_encoder
 
     try:
