@@ -429,6 +429,7 @@ def _finetune_start(args: argparse.Namespace, config: FinetuneConfig, features: 
     No --init on offline features means the shipped model, run as it was trained (its architecture and settings,
     the flags given winning); --init X takes X's architecture and score terms, the rest stays the run's own."""
     from dtrec.train.checkpoint import architecture_conflicts, init_differences, settings_from_init
+    from dtrec.train.finetune import trained_features
 
     if args.resume:
         return None, config
@@ -436,9 +437,7 @@ def _finetune_start(args: argparse.Namespace, config: FinetuneConfig, features: 
     if args.init is not None:
         init, by_default = resolve_init(args.init), False
     else:
-        dims = features.select(m.strip() for m in config.modalities.split(",") if m.strip()).dims \
-            if config.modalities else features.dims
-        init, by_default = default_init(args.encoder, dims), True
+        init, by_default = default_init(args.encoder, trained_features(features, config).dims), True
     if init is None:
         return None, config
     conflicts = architecture_conflicts(given, init)

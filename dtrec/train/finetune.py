@@ -202,6 +202,13 @@ class FinetuneTask(Task):
         self.model.save_pretrained(self.out / "best")
 
 
+def trained_features(features: Features, config: FinetuneConfig) -> Features:
+    """The features a fine-tuning reads: all of them, or the modalities `config.modalities` names."""
+    if not config.modalities:
+        return features
+    return features.select(m.strip() for m in config.modalities.split(",") if m.strip())
+
+
 def finetune(
     dataset: Dataset,
     features: Features,
@@ -231,8 +238,7 @@ def _finetune(dataset: Dataset, features: Features, config: FinetuneConfig, out:
     device = info.device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
-    if config.modalities:
-        features = features.select(m.strip() for m in config.modalities.split(",") if m.strip())
+    features = trained_features(features, config)
     model_cfg = dataclasses.replace(config.model, encoder=features.encoder, modality_dims=features.dims)
     if init is not None:
         model_cfg = merge_init_config(model_cfg, init)
