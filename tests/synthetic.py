@@ -13,7 +13,7 @@ from PIL import Image
 from dtrec.config import FinetuneConfig, ModelConfig, ServeConfig
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.demo import write_demo_folder
-from dtrec.features import Features
+from dtrec.features import Features, cache_path
 from dtrec.model import DualTower
 from dtrec.service import Recommender
 
@@ -119,6 +119,19 @@ def paired_features(n: int = 160, seed: int = 0) -> Features:
 N_ITEMS = 40  # items of the synthetic demo folder; every fourth is text-only
 DEMO_DIMS = {"text": 32, "image": 32}  # the tiny-clip encoder's dims
 GENRES = ["Comedy", "Drama", "Horror"]
+
+
+def write_offline_catalog(folder: Path, n: int, cold_items: list[int], seed: int = 0) -> Dataset:
+    """A prepared data set of `n` items (one user) with random features of the offline encoder's sizes, which the
+    shipped model reads: for scripts that take `--checkpoint pretrained`."""
+    g = torch.Generator().manual_seed(seed)
+    catalog = Catalog([Item(id=str(i), title=f"t{i}", text="") for i in range(n)])
+    ds = Dataset(catalog, Interactions(["u"], [[0, 1]]), name="x", cold_items=cold_items)
+    ds.save(folder)
+    present = {m: torch.ones(n, dtype=torch.bool) for m in ("text", "image")}
+    Features("offline", {"text": torch.randn(n, 384, generator=g), "image": torch.randn(n, 1280, generator=g)},
+             present, ds.catalog.fingerprint()).save(cache_path(folder, "offline"))
+    return ds
 
 
 def png_bytes(w: int = 6, h: int = 4, color=(200, 10, 10), mode: str = "RGB", fmt: str = "PNG", **save) -> bytes:

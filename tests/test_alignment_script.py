@@ -12,6 +12,7 @@ from dtrec.config import ModelConfig
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.features import Features, cache_path
 from dtrec.model.tower import DualTower
+from synthetic import write_offline_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("alignment", ROOT / "scripts" / "alignment.py")
@@ -49,15 +50,7 @@ def test_the_script_scores_only_cold_items_with_both_modalities(tmp_path):
 
 def test_the_script_takes_the_shipped_model_by_name(tmp_path, monkeypatch):
     """`--checkpoint pretrained`, as the CLI takes it: the package's model, not a Hub repo id."""
-    n = 8
-    g = torch.Generator().manual_seed(1)
-    catalog = Catalog([Item(id=str(i), title=f"t{i}", text="") for i in range(n)])
-    ds = Dataset(catalog, Interactions(["u"], [[0, 1]]), name="x", cold_items=[2, 3, 4])
-    ds.save(tmp_path / "d")
-    present = {m: torch.ones(n, dtype=torch.bool) for m in ("text", "image")}
-    f = Features("offline", {"text": torch.randn(n, 384, generator=g), "image": torch.randn(n, 1280, generator=g)},
-                 present, ds.catalog.fingerprint())
-    f.save(cache_path(tmp_path / "d", "offline"))
+    write_offline_catalog(tmp_path / "d", n=8, cold_items=[2, 3, 4], seed=1)
     monkeypatch.chdir(tmp_path)  # no folder named `pretrained` here
     out = tmp_path / "a.json"
     assert alignment.main(["--checkpoint", "pretrained", "--data", str(tmp_path / "d"), "--out", str(out)]) == 0

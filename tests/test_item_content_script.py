@@ -12,6 +12,7 @@ from dtrec.config import ModelConfig
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.features import Features, cache_path
 from dtrec.model.tower import DualTower
+from synthetic import write_offline_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("item_content", ROOT / "scripts" / "item_content.py")
@@ -73,14 +74,7 @@ def test_an_image_the_text_knows_nothing_about_lowers_the_tower_hit(tmp_path):
 def test_the_script_takes_the_shipped_model_by_name(tmp_path, monkeypatch):
     """`--checkpoint pretrained`, as the CLI takes it: the package's model, not a Hub repo id."""
     n = 12
-    g = torch.Generator().manual_seed(2)
-    catalog = Catalog([Item(id=str(i), title=f"t{i}", text="") for i in range(n)])
-    ds = Dataset(catalog, Interactions(["u"], [[0, 1]]), name="x", cold_items=[2, 3])
-    ds.save(tmp_path / "d")
-    present = {m: torch.ones(n, dtype=torch.bool) for m in ("text", "image")}
-    f = Features("offline", {"text": torch.randn(n, 384, generator=g), "image": torch.randn(n, 1280, generator=g)},
-                 present, ds.catalog.fingerprint())
-    f.save(cache_path(tmp_path / "d", "offline"))
+    write_offline_catalog(tmp_path / "d", n=n, cold_items=[2, 3], seed=2)
     monkeypatch.chdir(tmp_path)  # no folder named `pretrained` here
     assert item_content.main(["--checkpoint", "pretrained", "--data", str(tmp_path / "d"),
                               "--out", str(tmp_path / "o.json")]) == 0
