@@ -19,6 +19,7 @@ from dtrec.data.movielens import match_posters, normalise_name, parse_movie, rea
 from dtrec.data.prepare import prepare
 from dtrec.data.unisrec import read_unisrec, title_of
 from dtrec.features import Features, cache_path
+from dtrec.modelcard import movielens_release
 
 
 # ----------------------------------------------------------------------------- title join
@@ -335,6 +336,16 @@ def test_catalog_without_interactions(jsonl_fixture, tmp_path, capsys):
         rc = main(["prepare", "jsonl", "--items", str(jsonl_fixture / "items.jsonl"), "--out", str(tmp_path / "x"),
                    *extra])
         assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_a_jsonl_catalog_is_named_after_its_folder_unless_named(jsonl_fixture, tmp_path):
+    """The name is what a model card and a demo notice take the data's terms from (MovieLens: research use)."""
+    items = str(jsonl_fixture / "items.jsonl")
+    assert main(["prepare", "jsonl", "--items", items, "--out", str(tmp_path / "a")]) == 0
+    assert Dataset.load(tmp_path / "a").name == jsonl_fixture.name
+    assert main(["prepare", "jsonl", "--items", items, "--out", str(tmp_path / "b"), "--name", "movielens-1m"]) == 0
+    assert Dataset.load(tmp_path / "b").name == "movielens-1m"
+    assert movielens_release(Dataset.load(tmp_path / "b").name) == "1m"
 
 
 def test_prepare_refuses_foreign_folder(jsonl_fixture, tmp_path):

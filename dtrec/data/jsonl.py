@@ -151,10 +151,11 @@ def read_events(path: str | Path, catalog: Catalog) -> tuple[list[str], list[int
 
 
 def read_jsonl(items_path: str | Path, interactions_path: str | Path | None, out: str | Path, kcore: int = 0,
-               min_len: int = 3) -> Dataset:
+               min_len: int = 3, name: str | None = None) -> Dataset:
     """Read `items.jsonl` (+ `interactions.csv` when given), copy images into `out/images`, return the Dataset.
 
-    With `interactions_path=None` the Dataset is the catalog alone, with no users.
+    With `interactions_path=None` the Dataset is the catalog alone, with no users. The data set is `name`, or
+    else named after the items file's folder.
     """
     out = Path(out)
     items_path = require_file(items_path)
@@ -181,15 +182,15 @@ def read_jsonl(items_path: str | Path, interactions_path: str | Path | None, out
     final = []
     for i, it in enumerate(tqdm(catalog.items, desc="images", unit="item", disable=None)):
         if it.image:
-            name = f"images/{i}{IMAGE_SUFFIX[_image_format(Path(it.image))]}"
-            shutil.copyfile(it.image, out / name)
-            it = Item(it.id, it.title, it.text, name, it.meta)
+            rel = f"images/{i}{IMAGE_SUFFIX[_image_format(Path(it.image))]}"
+            shutil.copyfile(it.image, out / rel)
+            it = Item(it.id, it.title, it.text, rel, it.meta)
         final.append(it)
     catalog = Catalog(final, root=out)
     info = {"source": {"kind": "jsonl", "items": str(items_path.resolve()),
                        "interactions": str(interactions_path.resolve()) if interactions_path else None},
             "kcore": kcore}
-    return Dataset(catalog, inter, name=items_path.parent.name or "jsonl", info=info, root=out)
+    return Dataset(catalog, inter, name=name or items_path.parent.name or "jsonl", info=info, root=out)
 
 
 
@@ -200,6 +201,9 @@ class JsonlOptions(PrepareOptions):
     items: Path = field(metadata={"help": "items.jsonl or items.jsonl.gz"})
     interactions: Path | None = field(default=None, metadata={
         "help": "interactions.csv or .csv.gz (omit it for a catalog without users)"})
+    name: str | None = field(default=None, metadata={
+        "help": "the data set's name, which model cards and demo notices take the data's terms from "
+                "(e.g. movielens-1m); default: the items file's folder"})
 
 
 @register_reader("jsonl", "your own catalog: items.jsonl + interactions.csv (plain or .gz)", JsonlOptions)
@@ -207,4 +211,4 @@ def read(options: JsonlOptions, out: Path) -> Dataset:
     """`read_jsonl` with the options of `dtrec prepare jsonl`."""
     if options.interactions is None and options.cold_fraction:
         raise ValueError("--cold-fraction holds out items from interactions: it needs --interactions")
-    return read_jsonl(options.items, options.interactions, out, kcore=options.kcore)
+    return read_jsonl(options.items, options.interactions, out, kcore=options.kcore, name=options.name)
