@@ -235,12 +235,18 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
     a = sub.add_parser("adapt", help="refit an adaptor checkpoint's feature standardisation on a new catalog's "
-                                     "items (zero-shot, no interactions read) and save the result as a checkpoint")
+                                     "items and/or scale its content term (zero-shot, no interactions read) and "
+                                     "save the result as a checkpoint")
     a.add_argument("--checkpoint", required=True, help="adaptor checkpoint folder, or `pretrained`: the shipped model")
     a.add_argument("--data", required=True, help="prepared data (or catalog-only) folder with extracted features")
     a.add_argument("--out", required=True,
                    help="checkpoint folder to write (config.json, model.safetensors, adapt.json)")
     a.add_argument("--encoder", default=None, help="feature encoder (default: the checkpoint's)")
+    a.add_argument("--content-scale", type=float, default=None, metavar="FACTOR",
+                   help="multiply the content term's weights by FACTOR (3 for the shipped model on a catalog it "
+                        "never saw: docs/pretraining.md)")
+    a.add_argument("--keep-norm", action="store_true",
+                   help="keep the checkpoint's feature standardisation (only scale the content term)")
     a.set_defaults(func=_cmd_adapt)
 
     b = sub.add_parser("baseline", help="fit a baseline (popularity | sasrec | content-knn) and save it")
@@ -319,9 +325,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_adapt(args: argparse.Namespace) -> int:
     from dtrec.train.adapt import adapt_checkpoint
 
-    record = adapt_checkpoint(resolve_checkpoint(args.checkpoint), args.data, args.out, encoder=args.encoder)
-    fitted = ", ".join(f"{n:,} with {m}" for m, n in record["items_fitted"].items())
-    print(f"standardisation refitted on {fitted}; checkpoint: {args.out}")
+    record = adapt_checkpoint(resolve_checkpoint(args.checkpoint), args.data, args.out, encoder=args.encoder,
+                              refit_norm=not args.keep_norm, content_scale=args.content_scale)
+    done = []
+    if record["norm_refitted"]:
+        done.append("standardisation refitted on " + ", ".join(f"{n:,} with {m}"
+                                                              for m, n in record["items_fitted"].items()))
+    if record["content_scale"] is not None:
+        weights = ", ".join(f"{w:.3f}" for w in record["content_weights"]["after"])
+        done.append(f"content term x{record['content_scale']:g} (weights {weights})")
+    print(f"{'; '.join(done)}; checkpoint: {args.out}")
     return 0
 
 

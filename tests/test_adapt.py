@@ -86,3 +86,72 @@ def test_cli_adapts_then_evaluates_the_adapted_checkpoint(tmp_path, capsys):
                  "--json", "--quiet", "--device", "cpu"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["test"]["n"] == 40 and 0.0 <= res["test"]["ndcg@10"] <= 1.0
+
+
+def _content_checkpoint(out: Path, features: Features) -> DualTower:
+    """An adaptor checkpoint with a two-place content term whose weights are not zero."""
+    cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=8, tower="adaptor", n_experts=2,
+                      encoder="synthetic", modality_dims=features.dims, content_lags=2)
+    torch.manual_seed(0)
+    model = DualTower(cfg)
+    model.fit_feature_norm(features)
+    with torch.no_grad():
+        model.content_bias.weight.copy_(torch.tensor([0.03, 0.01]))
+    model.save_pretrained(out)
+    return model
+
+
+def test_content_scale_multiplies_only_the_content_weights_and_so_their_share_of_the_score(tmp_path):
+    source = _content_checkpoint(tmp_path / "ckpt", _domain(tmp_path / "a", 1, shift=0.0))
+    target = _domain(tmp_path / "b", 2, shift=5.0)
+
+    record = adapt_checkpoint(tmp_path / "ckpt", tmp_path / "b", tmp_path / "adapted", refit_norm=False,
+                              content_scale=3.0)
+
+    assert record["norm_refitted"] is False and record["items_fitted"] == {}
+    assert record["content_weights"] == {"before": [0.3, 0.1], "after": [0.9, 0.3]}
+    before, after = load_file(str(tmp_path / "ckpt" / "model.safetensors")), \
+        load_file(str(tmp_path / "adapted" / "model.safetensors"))
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {"content_bias.weight"}
+    adapted = DualTower.from_pretrained(str(tmp_path / "adapted")).eval()
+    source.eval()
+    histories = [[1, 2, 3], [4, 5], [6]]
+    with torch.no_grad():
+        s0 = source.scores(histories, target, source.item_embeddings(target), source.content_vectors(target))
+        s3 = adapted.scores(histories, target, adapted.item_embeddings(target), adapted.content_vectors(target))
+        offsets = source.content_offsets(histories, target)
+    assert offsets.abs().max() > 0
+    assert torch.allclose(s3 - s0, 2 * offsets, atol=1e-5)  # x3: two more shares of the term, nothing else
+
+
+def test_content_scale_with_a_refit_does_both(tmp_path):
+    _content_checkpoint(tmp_path / "ckpt", _domain(tmp_path / "a", 1, shift=0.0))
+    _domain(tmp_path / "b", 2, shift=5.0)
+    record = adapt_checkpoint(tmp_path / "ckpt", tmp_path / "b", tmp_path / "adapted", content_scale=0.5)
+    assert record["norm_refitted"] and record["items_fitted"] == {"text": 30}
+    assert record["content_weights"]["after"] == [0.15, 0.05]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(refit_norm=False), "nothing to adapt"),
+    (dict(content_scale=0.0), "positive number"),
+    (dict(content_scale=float("nan")), "positive number"),
+])
+def test_adapt_refuses_what_would_change_nothing_or_break_the_term(tmp_path, kwargs, match):
+    _content_checkpoint(tmp_path / "ckpt", _domain(tmp_path / "a", 1, shift=0.0))
+    with pytest.raises(ValueError, match=match):
+        adapt_checkpoint(tmp_path / "ckpt", tmp_path / "a", tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_scales_the_content_term_and_refuses_a_checkpoint_without_one(tmp_path, capsys):
+    _content_checkpoint(tmp_path / "with", _domain(tmp_path / "a", 1, shift=0.0))
+    _checkpoint(tmp_path / "without", _domain(tmp_path / "a", 1, shift=0.0))
+    assert main(["adapt", "--checkpoint", str(tmp_path / "with"), "--data", str(tmp_path / "a"),
+                 "--content-scale", "2", "--keep-norm", "--out", str(tmp_path / "x2")]) == 0
+    out = capsys.readouterr().out
+    assert "content term x2 (weights 0.600, 0.200)" in out and "standardisation" not in out
+    assert main(["adapt", "--checkpoint", str(tmp_path / "without"), "--data", str(tmp_path / "a"),
+                 "--content-scale", "2", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "has no content term" in err and "Traceback" not in err and not (tmp_path / "y").exists()
