@@ -13,6 +13,7 @@ from dtrec.cli import main
 from dtrec.data.catalog import Catalog, Dataset, Interactions, Item
 from dtrec.results import METRIC_KEYS
 from dtrec.scoring import evaluate_checkpoint, load_scorer
+from dtrec.train.adapt import adapt_checkpoint
 
 
 def _tiny_dataset(path: Path) -> Dataset:
@@ -87,14 +88,16 @@ def test_shipped_item_id_checkpoint_reproduces_its_row_on_freshly_extracted_feat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("checkpoint, record", [
-    ("pretrained-content", "transfer-toy-content3-50steps-seed42.json"),
-    ("pretrained", "transfer-toy-content3-geometry1-50steps-seed42.json"),  # the shipped model
+@pytest.mark.parametrize("checkpoint, record, scale", [
+    ("pretrained-content", "transfer-toy-content3-50steps-seed42.json", None),
+    ("pretrained", "transfer-toy-content3-geometry1-50steps-seed42.json", None),  # the shipped model
+    ("pretrained", "transfer-toy-content-scale3-seed42.json", 3.0),  # the same, `dtrec adapt --content-scale 3`
 ])
 def test_content_term_checkpoint_reproduces_its_zero_shot_row_on_a_domain_never_seen(tmp_path, shared_data,
-                                                                                     checkpoint, record):
+                                                                                     checkpoint, record, scale):
     """A content-term checkpoint on Amazon 2014 Toys prepared and extracted afresh (as prepare_domains.sh does):
-    `dtrec evaluate` gives the zero-shot row of docs/pretraining.md's content-term table."""
+    `dtrec evaluate` gives the zero-shot row of docs/pretraining.md's content-term table (with its content term
+    scaled as `dtrec adapt --content-scale --keep-norm` does, the scaled row)."""
     repo = Path(__file__).resolve().parent.parent
     source = shared_data / "seqrec-text" / "amazon2014-toy"
     if not (source / "items.jsonl.gz").exists():
@@ -103,7 +106,12 @@ def test_content_term_checkpoint_reproduces_its_zero_shot_row_on_a_domain_never_
     assert main(["prepare", "jsonl", "--items", str(source / "items.jsonl.gz"), "--interactions",
                  str(source / "interactions.csv.gz"), "--out", str(data)]) == 0
     assert main(["extract", str(data), "--encoder", "offline"]) == 0
-    row = json.loads((repo / "docs" / "results" / record).read_text())["dtrec-zero-shot"]["test"]
-    got = evaluate_checkpoint(repo / "assets" / "models" / checkpoint, data, device="cpu")
+    folder = repo / "assets" / "models" / checkpoint
+    if scale is not None:
+        adapt_checkpoint(folder, data, tmp_path / "scaled", refit_norm=False, content_scale=scale)
+        folder = tmp_path / "scaled"
+    name = "dtrec-zero-shot" if scale is None else "dtrec-zero-shot-scaled"
+    row = json.loads((repo / "docs" / "results" / record).read_text())[name]["test"]
+    got = evaluate_checkpoint(folder, data, device="cpu")
     for key in ("ndcg@10", "recall@10", "recall@50", "mrr"):
         assert got["test"][key] == pytest.approx(row[key], abs=1e-6)
