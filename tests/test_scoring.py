@@ -68,23 +68,47 @@ def test_shipped_scientific_checkpoint_reproduces_its_published_row(tmp_path, sh
 
 
 
-@pytest.mark.slow
-def test_shipped_item_id_checkpoint_reproduces_its_row_on_freshly_extracted_features(tmp_path, shared_data):
-    """assets/models/movielens1m-item-ids on MovieLens-1M prepared and extracted afresh (as prepare_domains.sh does):
-    its item IDs recognise the catalog, and `dtrec evaluate` gives the published row."""
-    repo = Path(__file__).resolve().parent.parent
+@pytest.fixture(scope="module")
+def fresh_movielens1m(tmp_path_factory, shared_data) -> Path:
+    """MovieLens-1M prepared and extracted afresh, as prepare_domains.sh does (once for this module's tests)."""
     source = shared_data / "movielens-1m"
     if not (source / "items.jsonl.gz").exists():
         pytest.skip(f"MovieLens-1M not found under {shared_data}")
-    data = tmp_path / "ml1m"
+    data = tmp_path_factory.mktemp("ml1m") / "movielens-1m"
     assert main(["prepare", "jsonl", "--items", str(source / "items.jsonl.gz"), "--interactions",
                  str(source / "interactions.csv.gz"), "--out", str(data), "--cold-fraction", "0.1",
                  "--seed", "42"]) == 0
     assert main(["extract", str(data), "--encoder", "offline"]) == 0
+    return data
+
+
+@pytest.mark.slow
+def test_shipped_item_id_checkpoint_reproduces_its_row_on_freshly_extracted_features(fresh_movielens1m):
+    """assets/models/movielens1m-item-ids on MovieLens-1M prepared and extracted afresh: its item IDs recognise
+    the catalog, and `dtrec evaluate` gives the published row."""
+    repo = Path(__file__).resolve().parent.parent
     row = json.loads((repo / "docs" / "results" / "movielens1m-item-ids-seed42.json").read_text())["test"]
-    got = evaluate_checkpoint(repo / "assets" / "models" / "movielens1m-item-ids", data, device="cpu")
+    got = evaluate_checkpoint(repo / "assets" / "models" / "movielens1m-item-ids", fresh_movielens1m, device="cpu")
     for key in ("ndcg@10", "recall@10", "recall@50", "mrr"):
         assert got["test"][key] == pytest.approx(row[key], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale, row_name", [(None, "dtrec-zero-shot"), (4.0, "dtrec-zero-shot-scaled")])
+def test_the_checkpoint_pretrained_without_movielens1m_reproduces_its_zero_shot_rows(tmp_path, fresh_movielens1m,
+                                                                                    scale, row_name):
+    """assets/models/pretrained-without-ml1m-content on MovieLens-1M, as published and with its content term x4
+    (`dtrec adapt --content-scale 4 --keep-norm`): the zero-shot rows of docs/pretraining.md, test and cold."""
+    repo = Path(__file__).resolve().parent.parent
+    folder = repo / "assets" / "models" / "pretrained-without-ml1m-content"
+    if scale is not None:
+        adapt_checkpoint(folder, fresh_movielens1m, tmp_path / "scaled", refit_norm=False, content_scale=scale)
+        folder = tmp_path / "scaled"
+    row = json.loads((repo / "docs" / "results" / "transfer-ml1m-content-scale4-seed42.json").read_text())[row_name]
+    got = evaluate_checkpoint(folder, fresh_movielens1m, device="cpu")
+    for split in ("test", "cold_start"):
+        for key in ("ndcg@10", "recall@10", "recall@50", "mrr"):
+            assert got[split][key] == pytest.approx(row[split][key], abs=1e-6)
 
 
 @pytest.mark.slow
