@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         scales = [float(s) for s in args.scales.split(",")]
     except ValueError:
         p.error(f"--scales takes comma-separated numbers, got {args.scales!r}")
+    if not all(s > 0 for s in scales):
+        p.error(f"--scales takes positive factors, got {args.scales!r}")
     folder = checkpoint_folder(resolve_checkpoint(args.checkpoint))
     ds = Dataset.load(args.data)
     cases = list(ds.eval_cases(args.split))

@@ -66,3 +66,6 @@ def test_a_checkpoint_without_the_term_or_bad_scales_get_one_sentence(tmp_path, 
     with pytest.raises(SystemExit):
         content_scale.main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--scales", "1,x"])
     assert "comma-separated numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        content_scale.main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--scales", "1,0"])
+    assert "positive factors" in capsys.readouterr().err
