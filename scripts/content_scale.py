@@ -15,6 +15,7 @@ usage: python scripts/content_scale.py --checkpoint pretrained --data CALIBRATIO
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import sys
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print(f"{args.data} has no {args.split} cases to score", file=sys.stderr)
         return 2
-    config = DualTower.from_pretrained(str(folder)).config
+    base = DualTower.from_pretrained(str(folder)).float().eval()
+    config = base.config
     if not config.content_lags:
         print(f"{args.checkpoint} has no content term (trained without --content-lags): nothing to scale",
               file=sys.stderr)
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for refit in (False, True):
         for scale in scales:
-            model = DualTower.from_pretrained(str(folder)).float().eval()
+            model = copy.deepcopy(base)  # every setting starts from the checkpoint as saved
             if refit:
                 model.fit_feature_norm(features, exclude=list(ds.cold_items))
             weights = scale_content_term(model, scale)

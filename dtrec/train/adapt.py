@@ -32,16 +32,22 @@ from dtrec.provenance import git_commit
 ADAPT_RECORD = "adapt.json"
 
 
-def scale_content_term(model: DualTower, factor: float) -> list[float]:
-    """Multiply `model`'s content-term weights by `factor` in place; returns the new weights, newest place first."""
+def content_weights(model: DualTower) -> list[float]:
+    """`model`'s content-term weights, newest place first; ValueError when it has no content term."""
     if model.content_bias is None:
         raise ValueError("the checkpoint has no content term (it was trained without --content-lags): "
                          "there is nothing to scale")
+    return [round(w, 6) for w in model.content_bias.values().detach().tolist()]
+
+
+def scale_content_term(model: DualTower, factor: float) -> list[float]:
+    """Multiply `model`'s content-term weights by `factor` in place; returns the new weights, newest place first."""
+    content_weights(model)  # refuses a model without the term before the factor is looked at
     if not factor > 0:
         raise ValueError(f"the content scale must be a positive number, got {factor}")
     with torch.no_grad():
         model.content_bias.weight.mul_(factor)
-    return [round(w, 6) for w in model.content_bias.values().detach().tolist()]
+    return content_weights(model)
 
 
 def adapt_checkpoint(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
@@ -58,11 +64,10 @@ def adapt_checkpoint(checkpoint: str | Path, data_dir: str | Path, out: str | Pa
     if refit_norm and model.config.tower != "adaptor":
         raise ValueError(f"{source} has the {model.config.tower!r} tower, which keeps no feature statistics: "
                          "only adaptor checkpoints can be adapted to a catalog")
-    content_weights = None
+    weights = None
     if content_scale is not None:
-        before = model.content_bias.values().detach().tolist() if model.content_bias is not None else []
-        after = scale_content_term(model, content_scale)
-        content_weights = {"before": [round(w, 6) for w in before], "after": after}
+        before = content_weights(model)
+        weights = {"before": before, "after": scale_content_term(model, content_scale)}
     dataset = Dataset.load(data_dir)
     features = load_features(data_dir, encoder or model.config.encoder, dataset.catalog)
     model.check_features(features)
@@ -86,7 +91,7 @@ def adapt_checkpoint(checkpoint: str | Path, data_dir: str | Path, out: str | Pa
         "items_fitted": fitted if refit_norm else {},
         "cold_items_left_out": len(cold),
         "content_scale": content_scale,
-        "content_weights": content_weights,
+        "content_weights": weights,
         "git_commit": git_commit(),  # the key train_config.json uses
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
