@@ -24,19 +24,9 @@ from dtrec.model import DualTower
 
 def dual_tower_score_fn(model: DualTower, features: Features, device: str | torch.device = "cpu",
                         item_batch_size: int = 4096) -> ScoreFn:
-    """Score function of a DualTower: cosine of the user tower's prediction with every item embedding, plus
-    its repeat and content terms."""
-    model = model.to(device).eval()
-    features = features.to(device)
-    with torch.no_grad():
-        items = model.item_embeddings(features, batch_size=item_batch_size)
-        content = model.content_vectors(features) if model.content_bias is not None else None
-
-    def score(histories: list[list[int]]) -> torch.Tensor:
-        with torch.no_grad():
-            return model.scores(histories, features, items, content).float()
-
-    return score
+    """Score function of a DualTower on `device`, in eval mode: `DualTower.scorer` (the two towers' cosine
+    plus its repeat and content terms)."""
+    return model.to(device).eval().scorer(features.to(device), item_batch_size)
 
 
 def _dual_tower(ckpt: Path, data_dir: str | Path, encoder: str | None, device: torch.device) -> ScoreFn:

@@ -298,3 +298,22 @@ def test_a_saved_checkpoint_carries_a_card_that_says_what_it_reads_and_claims_no
     card = (tmp_path / "ckpt" / "README.md").read_text()
     assert f"reading `{f.encoder}` features" in card and "adaptor towers" in card
     assert "license" not in card.split("---")[1] and "More Information Needed" not in card
+
+
+def test_scorer_is_the_cosine_plus_both_terms_and_keeps_its_item_vectors_until_asked_again():
+    f = _features()
+    m = DualTower(tiny_model_config(f, tower="adaptor", repeat_bias=True, content_lags=2)).eval()
+    with torch.no_grad():
+        m.repeat_bias.weight.normal_()
+        m.content_bias.weight.normal_()
+    histories = [[1, 2, 3], [4], list(range(25))]
+    expected = (m.user_embeddings(histories, f) @ m.item_embeddings(f).T + m.history_offsets(histories, 30)
+                + m.content_offsets(histories, f))
+    score = m.scorer(f, item_batch_size=7)
+    torch.testing.assert_close(score(histories), expected)
+    assert score(histories).dtype == torch.float32
+    # The item vectors are computed once: a changed model changes the user side of an old scorer only.
+    with torch.no_grad():
+        for p in m.item_adaptor.parameters():
+            p.add_(1.0)
+    assert not torch.allclose(m.scorer(f)(histories), score(histories))

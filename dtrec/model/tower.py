@@ -12,6 +12,7 @@ Saved with `PyTorchModelHubMixin` as `config.json` + `model.safetensors`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -275,6 +276,19 @@ class DualTower(
             if offsets is not None:
                 out = out + offsets
         return out
+
+    @torch.no_grad()
+    def scorer(self, features: Features, item_batch_size: int = 4096) -> Callable[[list[list[int]]], Tensor]:
+        """`(histories) -> scores (B, N)` over every row of `features` (float32), the item embeddings and
+        content vectors computed once, now: the model must not change while the function is used."""
+        items = self.item_embeddings(features, batch_size=item_batch_size)
+        content = self.content_vectors(features) if self.content_bias is not None else None
+
+        def score(histories: list[list[int]]) -> Tensor:
+            with torch.no_grad():
+                return self.scores(histories, features, items, content).float()
+
+        return score
 
     # ------------------------------------------------------------------ loading
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:

@@ -157,16 +157,10 @@ def evaluate_model(model: DualTower, features: Features, cases: list, batch_size
     """Full-ranking metrics of `model` on `(history, target)` cases (eval mode, no grad)."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        items = model.item_embeddings(features)
-        content = model.content_vectors(features) if model.content_bias is not None else None
-
-        def score(histories: list[list[int]]) -> Tensor:
-            return model.scores(histories, features, items, content)
-
-        out = evaluate(score, cases, batch_size=batch_size)
-    model.train(was_training)
-    return out
+    try:
+        return evaluate(model.scorer(features), cases, batch_size=batch_size)
+    finally:
+        model.train(was_training)
 
 
 class FinetuneTask(Task):
