@@ -304,11 +304,14 @@ def _load_results_arg(results: dict | str | Path | None, ckpt: Path) -> dict | N
 
 
 def _dataset_name(training: dict[str, Any], folder: Path) -> str:
-    """The data set's name from the training config's data path, else a neutral name."""
+    """The data set's name from the training config's data path, else a neutral name; a pretraining run's
+    several sources joined with "+" (so the card's terms are those of the data, not `custom`)."""
     for key in ("dataset", "dataset_name", "data", "data_dir"):
         value = training.get(key)
         if isinstance(value, str) and value.strip():
             return Path(value.rstrip("/")).name
+        if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+            return "+".join(Path(v.rstrip("/")).name for v in value)
     return "custom"
 
 

@@ -239,6 +239,17 @@ def test_finetune_output_folder_publishes_best_with_its_valid_and_test(run_dir: 
         ("test", k): test[k] for k in METRIC_KEYS}
 
 
+def test_a_pretraining_run_of_several_sources_is_published_under_their_names_and_terms(run_dir: Path,
+                                                                                       tmp_path: Path):
+    record = json.loads((run_dir / "train_config.json").read_text())
+    (run_dir / "train_config.json").write_text(json.dumps(
+        record | {"data": ["data/domains/amazon2014-beauty", "data/domains/food/", "data/domains/scientific"]}))
+    card = ModelCard((Path(publish(run_dir, "me/x", dry_run_dir=tmp_path / "o")) / "README.md").read_text())
+    assert card.data.datasets == ["amazon2014-beauty+food+scientific"]
+    # Amazon's research-use terms, not the `custom` data's apache-2.0 a list used to fall back to
+    assert card.data.license == "other" and card.data.license_name == "amazon-reviews-research-terms"
+
+
 def test_dry_run_refuses_a_non_empty_folder(run_dir: Path, tmp_path: Path):
     out = tmp_path / "busy"
     out.mkdir()
