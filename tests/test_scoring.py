@@ -83,12 +83,15 @@ def fresh_movielens1m(tmp_path_factory, shared_data) -> Path:
 
 
 @pytest.mark.slow
-def test_shipped_item_id_checkpoint_reproduces_its_row_on_freshly_extracted_features(fresh_movielens1m):
-    """assets/models/movielens1m-item-ids on MovieLens-1M prepared and extracted afresh: its item IDs recognise
-    the catalog, and `dtrec evaluate` gives the published row."""
+@pytest.mark.parametrize("shipped, results", [("movielens1m-item-ids", "movielens1m-item-ids-seed42.json"),
+                                              ("movielens1m-batch128", "movielens1m-batch128-dropout02-seed42.json")])
+def test_shipped_movielens1m_checkpoint_reproduces_its_row_on_freshly_extracted_features(fresh_movielens1m, shipped,
+                                                                                        results):
+    """A MovieLens-1M checkpoint of docs/results.md on the data prepared and extracted afresh: `dtrec evaluate`
+    gives its published test row (the item-ID one's IDs recognise the catalog)."""
     repo = Path(__file__).resolve().parent.parent
-    row = json.loads((repo / "docs" / "results" / "movielens1m-item-ids-seed42.json").read_text())["test"]
-    got = evaluate_checkpoint(repo / "assets" / "models" / "movielens1m-item-ids", fresh_movielens1m, device="cpu")
+    row = json.loads((repo / "docs" / "results" / results).read_text())["test"]
+    got = evaluate_checkpoint(repo / "assets" / "models" / shipped, fresh_movielens1m, device="cpu")
     for key in ("ndcg@10", "recall@10", "recall@50", "mrr"):
         assert got["test"][key] == pytest.approx(row[key], abs=1e-6)
 
