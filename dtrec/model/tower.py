@@ -279,16 +279,11 @@ class DualTower(
 
     @torch.no_grad()
     def scorer(self, features: Features, item_batch_size: int = 4096) -> Callable[[list[list[int]]], Tensor]:
-        """`(histories) -> scores (B, N)` over every row of `features` (float32), the item embeddings and
-        content vectors computed once, now: the model must not change while the function is used."""
+        """`(histories) -> scores (B, N)` over every row of `features` (float32). The item embeddings and content
+        vectors are computed once, here: a model changed afterwards needs a new scorer."""
         items = self.item_embeddings(features, batch_size=item_batch_size)
         content = self.content_vectors(features) if self.content_bias is not None else None
-
-        def score(histories: list[list[int]]) -> Tensor:
-            with torch.no_grad():
-                return self.scores(histories, features, items, content).float()
-
-        return score
+        return lambda histories: self.scores(histories, features, items, content).float()  # scores: no_grad
 
     # ------------------------------------------------------------------ loading
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
