@@ -84,7 +84,9 @@ def fresh_movielens1m(tmp_path_factory, shared_data) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shipped, results", [("movielens1m-item-ids", "movielens1m-item-ids-seed42.json"),
-                                              ("movielens1m-batch128", "movielens1m-batch128-dropout02-seed42.json")])
+                                              ("movielens1m-batch128", "movielens1m-batch128-dropout02-seed42.json"),
+                                              ("movielens1m-batch128-20epochs",
+                                               "movielens1m-batch128-dropout02-20epochs-seed42.json")])
 def test_shipped_movielens1m_checkpoint_reproduces_its_row_on_freshly_extracted_features(fresh_movielens1m, shipped,
                                                                                         results):
     """A MovieLens-1M checkpoint of docs/results.md on the data prepared and extracted afresh: `dtrec evaluate`
